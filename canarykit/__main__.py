@@ -1,0 +1,3 @@
+from canarykit.cli import main
+
+raise SystemExit(main())
