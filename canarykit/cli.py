@@ -20,7 +20,9 @@ def _percent(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 100 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 0 to 100 (got {text!r})"
+        ) from None
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 100 (got {value})")
     return value
@@ -28,11 +30,17 @@ def _percent(text: str) -> int:
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("service", metavar="SERVICE", help="the service (VirtualService host)")
-    parser.add_argument("-n", "--namespace", help="namespace (default: the context's, else default)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument(
-        "--audit-log", type=Path, help="audit log (default: $CANARYKIT_AUDIT_LOG or reports/audit.jsonl)"
+        "-n", "--namespace", help="namespace (default: the context's, else default)"
+    )
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+    )
+    parser.add_argument(
+        "--audit-log",
+        type=Path,
+        help="audit log (default: $CANARYKIT_AUDIT_LOG or reports/audit.jsonl)",
     )
     parser.add_argument("--output", choices=("text", "json"), default="text")
 
@@ -49,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"canarykit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = commands.add_parser("validate", help="check Istio YAML files offline, like istioctl analyze")
+    validate = commands.add_parser(
+        "validate", help="check Istio YAML files offline, like istioctl analyze"
+    )
     _module_command("validate").add_arguments(validate)
     validate.set_defaults(module="validate")
 
@@ -63,14 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     weight = commands.add_parser("weight", help="set the canary's share of traffic")
     _add_cluster_arguments(weight)
-    weight.add_argument("--canary", type=_percent, required=True, metavar="N", help="canary weight 0..100")
+    weight.add_argument(
+        "--canary", type=_percent, required=True, metavar="N", help="canary weight 0..100"
+    )
     weight.add_argument("--stable-subset", default="v1", help="stable subset (default v1)")
     weight.add_argument("--canary-subset", default="v2", help="canary subset (default v2)")
     weight.add_argument("--route", help="name of the http route holding the split")
     weight.add_argument("--dry-run", action="store_true", help="ask the server, change nothing")
     weight.set_defaults(handler=run_weight)
 
-    rollback = commands.add_parser("rollback", help="restore the traffic as it was before the rollout")
+    rollback = commands.add_parser(
+        "rollback", help="restore the traffic as it was before the rollout"
+    )
     _add_cluster_arguments(rollback)
     rollback.add_argument("--dry-run", action="store_true", help="ask the server, change nothing")
     rollback.set_defaults(handler=run_rollback)
@@ -78,10 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = audit_commands.add_parser("verify", help="check the hash chain of an audit log")
-    verify.add_argument("path", type=Path, metavar="PATH", help="audit log file, or a folder holding audit.jsonl")
+    verify.add_argument(
+        "path", type=Path, metavar="PATH", help="audit log file, or a folder holding audit.jsonl"
+    )
     verify.set_defaults(handler=run_audit_verify)
 
-    demo = commands.add_parser("demo", help="the main job: a rollout rehearsal against the local lab")
+    demo = commands.add_parser(
+        "demo", help="the main job: a rollout rehearsal against the local lab"
+    )
     _module_command("demo").add_arguments(demo)
     demo.set_defaults(module="demo")
 
@@ -124,14 +142,18 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"VirtualService {report['virtualService']}  DestinationRule {report['destinationRule']}")
     print("subsets: " + ", ".join(f"{s['name']} {s['labels']}" for s in report["subsets"]))
     for route in report["routes"]:
-        split = ", ".join(f"{d['subset'] or '-'}={d['weight'] if d['weight'] is not None else 100}"
-                          for d in route["destinations"])
+        split = ", ".join(
+            f"{d['subset'] or '-'}={d['weight'] if d['weight'] is not None else 100}"
+            for d in route["destinations"]
+        )
         match = " (match)" if route["match"] else ""
         print(f"  http[{route['index']}] {route['name'] or '(unnamed)'}{match}: {split}")
     rollout = report["rollout"]
     if rollout:
-        print(f"rollout {rollout['release']}: {rollout['canary']} over {rollout['stable']}, "
-              f"phase {rollout['phase']}, step {rollout['step']}, since {rollout['started_at']}")
+        print(
+            f"rollout {rollout['release']}: {rollout['canary']} over {rollout['stable']}, "
+            f"phase {rollout['phase']}, step {rollout['step']}, since {rollout['started_at']}"
+        )
     else:
         print("no rollout in progress")
     return EXIT_OK
@@ -157,7 +179,9 @@ def run_weight(args: argparse.Namespace) -> int:
 def run_rollback(args: argparse.Namespace) -> int:
     from canarykit import cluster
 
-    applied = cluster.rollback(_connect(args), args.service, dry_run=args.dry_run, audit_log=args.audit_log)
+    applied = cluster.rollback(
+        _connect(args), args.service, dry_run=args.dry_run, audit_log=args.audit_log
+    )
     _print_changes(applied, args)
     return EXIT_OK
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,12 +76,9 @@ class AppliedChange:
         }
 
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-
-
 def check_name(field_name: str, value: str) -> str:
     """Refuse a service or namespace name that is not a DNS-1123 label."""
-    if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
+    if not istio.is_dns1123_label(value):
         raise BadInput(
             field_name, value, "must be a DNS-1123 label (lowercase letters, digits, '-')"
         )
@@ -485,8 +481,12 @@ def set_weight(
     """Send `canary_weight`% of the canary route to `canary`, starting a rollout if none is."""
     from canarykit.traffic import set_canary_weight
 
+    dr = find_destination_rule(cluster, service)
+
     def operation(vs: dict[str, Any]) -> Change:
-        return set_canary_weight(vs, canary_weight, stable=stable, canary=canary, route=route)
+        return set_canary_weight(
+            vs, canary_weight, stable=stable, canary=canary, route=route, dr=dr
+        )
 
     operation(find_virtual_service(cluster, service))  # refuse bad input before any write
     if not dry_run:

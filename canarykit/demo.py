@@ -18,6 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kubernetes import client
+
 from canarykit import audit, cluster, istio, traffic, validate
 from canarykit.errors import CanaryKitError
 
@@ -26,15 +28,28 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="where the run lands")
-    parser.add_argument("--examples", type=Path, default=EXAMPLES, help="folder of example YAML files")
+    parser.add_argument(
+        "--examples", type=Path, default=EXAMPLES, help="folder of example YAML files"
+    )
 
 
 def _start_apiserver(data: Path) -> tuple[subprocess.Popen, Path]:
     kubeconfig = data / "kubeconfig"
     log = open(data / "apiserver.log", "w")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
-        [sys.executable, "-m", "canarykit", "lab", "apiserver", "--port", "0",
-         "--data", str(data / "etcd"), "--kubeconfig", str(kubeconfig)],
+        [
+            sys.executable,
+            "-m",
+            "canarykit",
+            "lab",
+            "apiserver",
+            "--port",
+            "0",
+            "--data",
+            str(data / "etcd"),
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -42,7 +57,9 @@ def _start_apiserver(data: Path) -> tuple[subprocess.Popen, Path]:
     while not kubeconfig.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            raise CanaryKitError(f"the local API server did not start; see {data / 'apiserver.log'}")
+            raise CanaryKitError(
+                f"the local API server did not start; see {data / 'apiserver.log'}"
+            )
         time.sleep(0.05)
     return process, kubeconfig
 
@@ -106,16 +123,16 @@ def run(args: argparse.Namespace) -> int:
         process, kubeconfig = _start_apiserver(Path(tmp))
         try:
             kube = cluster.connect(str(kubeconfig))
-            _say(f"local Kubernetes API at {kube.server}, Istio {istio.ISTIO_GROUP}/{kube.istio_version}")
-            api = kube.api
-            from kubernetes import client
-
-            custom = client.CustomObjectsApi(api)
+            _say(f"local Kubernetes API at {kube.server}, Istio API {kube.istio_version}")
+            custom = client.CustomObjectsApi(kube.api)
             for obj in istio.load_file(args.examples / "reviews.yaml"):
                 if obj.get("kind") in cluster.PLURALS:
                     custom.create_namespaced_custom_object(
-                        istio.ISTIO_GROUP, kube.istio_version, kube.namespace,
-                        cluster.PLURALS[obj["kind"]], obj,
+                        istio.ISTIO_GROUP,
+                        kube.istio_version,
+                        kube.namespace,
+                        cluster.PLURALS[obj["kind"]],
+                        obj,
                     )
             rehearse(kube, "reviews", log)
         finally:

@@ -10,6 +10,8 @@ Secrets are only ever named (an environment variable or a file) and are read at 
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import os
 import re
@@ -363,16 +365,24 @@ def _connection_problem(exc: Exception, timeout: float) -> str:
     return "the connection failed"
 
 
+def _error_text(body_repr: str) -> str:
+    """Prometheus's `error` field from the repr of the response body the client gives."""
+    try:
+        body = ast.literal_eval(body_repr)
+        data = json.loads(body)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    return str(error) if error else ""
+
+
 def _http_error(client: Client, query: str, exc: PrometheusApiClientException) -> QueryOutcome:
     text = str(exc)
     match = re.match(r"HTTP Status Code (\d+) \((.*)\)$", text, re.S)
     status = int(match.group(1)) if match else None
     detail = ""
     if match:
-        body = match.group(2)
-        found = re.search(r'"error":"((?:[^"\\]|\\.)*)"', body)
-        if found:
-            detail = found.group(1).encode().decode("unicode_escape", errors="replace")
+        detail = _error_text(match.group(2))
     hint = {401: " (authentication failed)", 403: " (access denied)"}.get(status or 0, "")
     message = f"Prometheus at {client.url} answered HTTP {status or '?'}{hint}"
     if detail:

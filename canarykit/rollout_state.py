@@ -83,7 +83,7 @@ def with_annotation(obj: dict[str, Any], key: str, value: str | None) -> dict[st
 
 def with_state(vs: dict[str, Any], state: RolloutState | None) -> dict[str, Any]:
     """A copy of the VirtualService carrying `state` (or none, when the rollout is over)."""
-    value = None if state is None else json.dumps(state.to_dict(), sort_keys=True)
+    value = None if state is None else json.dumps(state.to_dict())
     return with_annotation(vs, ROLLOUT_ANNOTATION, value)
 
 

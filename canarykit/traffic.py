@@ -211,10 +211,9 @@ def _require_known(field: str, subset: str, vs: dict, dr: dict | None) -> None:
     known = _known_subsets(vs, dr)
     if subset not in known:
         where = istio.object_ref(dr) if dr is not None else istio.object_ref(vs)
+        names = ", ".join(sorted(known)) or "none"
         hint = "" if dr is not None else "; pass the DestinationRule to use a new subset"
-        raise BadInput(field, subset,
-                       f"is not a subset known to {where} (known: {', '.join(known) or 'none'})"
-                       + hint)
+        raise BadInput(field, subset, f"is not a subset known to {where} (known: {names}){hint}")
 
 
 def _check_dr_host(dr: dict | None, vs: dict, host: str, label: str) -> None:

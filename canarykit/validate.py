@@ -52,7 +52,6 @@ GRPC_STATUSES = frozenset({
 })
 SIMPLE_LB = ("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST")
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-INT32_MAX = 2**31 - 1
 MAX_REGEX_LENGTH = 1024
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RE2_OPTIONS = re2.Options()
@@ -238,9 +237,10 @@ def _check_virtual_service(spec: dict, out: list[_Finding]) -> None:
 
 
 def _check_http_rule(rule: Any, path: str, out: list[_Finding]) -> None:
+    if rule == {}:
+        out.append(_bad(path, "must not be empty"))
     rule = _as_dict(rule, path, out)
     if not rule:
-        out.append(_bad(path, "must not be empty"))
         return
     routes = _as_list(rule.get("route"), f"{path}.route", out)
     other_actions = [key for key in ("redirect", "directResponse", "delegate") if key in rule]
@@ -253,6 +253,7 @@ def _check_http_rule(rule: Any, path: str, out: list[_Finding]) -> None:
     _check_mirrors(rule, path, out)
     _check_fault(rule.get("fault"), f"{path}.fault", out)
     _check_retries(rule.get("retries"), f"{path}.retries", out)
+    # Istio's webhook and CRD both refuse a timeout under 1ms, `0s` included.
     _check_duration(rule.get("timeout"), f"{path}.timeout", out)
     cors = _as_dict(rule.get("corsPolicy"), f"{path}.corsPolicy", out)
     for k, origin in enumerate(_as_list(cors.get("allowOrigins"), f"{path}.corsPolicy.allowOrigins",
@@ -321,7 +322,7 @@ def _check_route_destinations(value: Any, path: str, out: list[_Finding]) -> Non
         route_path = f"{path}[{j}]"
         route = _as_dict(route, route_path, out)
         _check_destination(route.get("destination"), f"{route_path}.destination", out)
-        weight = _check_int(route.get("weight"), f"{route_path}.weight", out, 0, INT32_MAX)
+        weight = _check_int(route.get("weight"), f"{route_path}.weight", out, 0)
         total += weight if weight is not None and weight > 0 else 0
     if len(routes) > 1 and total == 0:
         out.append(_bad(path, "total weight of several destinations must not be 0", total))
@@ -378,7 +379,7 @@ def _check_retries(value: Any, path: str, out: list[_Finding]) -> None:
     if value is None:
         return
     retries = _as_dict(value, path, out)
-    attempts = _check_int(retries.get("attempts", 0), f"{path}.attempts", out, 0, INT32_MAX)
+    attempts = _check_int(retries.get("attempts", 0), f"{path}.attempts", out, 0)
     policy = [key for key in ("perTryTimeout", "retryOn", "retryRemoteLocalities")
               if key in retries]
     if attempts == 0 and policy:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+__all__ = ["prometheus_url"]  # what tests/conftest.py takes with `import *`
+
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
 END = 1_700_000_000  # 2023-11-14T22:13:20Z, a multiple of the resolution

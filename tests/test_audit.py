@@ -6,7 +6,9 @@ from canarykit import audit
 
 def _write_three(path):
     for n in range(3):
-        audit.append_record(path, {"operation": "set_canary_weight", "params": {"canaryWeight": n * 10}})
+        audit.append_record(
+            path, {"operation": "set_canary_weight", "params": {"canaryWeight": n * 10}}
+        )
 
 
 def test_records_are_chained_and_numbered(tmp_path):

@@ -44,7 +44,10 @@ def test_weight_status_and_rollback(kubeconfig, tmp_path, capsys):
 
 
 def test_weight_dry_run_prints_the_diff_and_changes_nothing(kubeconfig, capsys):
-    assert cli.main(["weight", "reviews", "--canary", "50", "--dry-run", "--kubeconfig", kubeconfig]) == 0
+    assert (
+        cli.main(["weight", "reviews", "--canary", "50", "--dry-run", "--kubeconfig", kubeconfig])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "server dry run, nothing written" in out and "weight: 50" in out
     assert _weights(kubeconfig) == {"v1": 100, "v2": 0}
@@ -75,7 +78,7 @@ def test_rollback_with_no_rollout_fails_with_exit_1(kubeconfig, capsys):
 def test_audit_verify_exits_non_zero_on_a_tampered_log(kubeconfig, tmp_path, capsys):
     cli.main(["weight", "reviews", "--canary", "20", "--kubeconfig", kubeconfig])
     log = tmp_path / "audit.jsonl"
-    log.write_text(log.read_text().replace('"canaryWeight": 20', '"canaryWeight": 2'))
+    log.write_text(log.read_text().replace('"canary_weight": 20', '"canary_weight": 2'))
     assert cli.main(["audit", "verify", str(log)]) == 1
     assert "BROKEN" in capsys.readouterr().err
 
