@@ -204,7 +204,7 @@ def run_analysis(
 
     counts = m.raw_counts(client, selector, start, finish)
     count_queries = [outcome.query for outcome in counts.outcomes]
-    problem = counts.unreachable
+    problem = counts.failure
     if problem is not None:
         judgement = _inconclusive("prometheus", problem.message, count_queries)
         return judges.Decision(judges.Verdict.INCONCLUSIVE, problem.message, [judgement])
@@ -435,7 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML analysis settings (thresholds, judges, custom metrics)")
     parser.add_argument("--canary-weight", type=float, metavar="PERCENT",
                         help="configured canary weight, for the traffic split test")
-    parser.add_argument("--min-success-rate", type=float, help="e.g. 0.99")
+    parser.add_argument("--min-success-rate", type=float,
+                        help="minimum canary success rate as a fraction, e.g. 0.99")
     parser.add_argument("--max-p99-ms", type=float, help="e.g. 500")
     parser.add_argument("--min-requests", type=int, help="fewer canary requests is inconclusive")
     parser.add_argument("--alpha", type=float, help="error probability of the sequential tests")

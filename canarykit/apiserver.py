@@ -3,18 +3,23 @@
 No real API server runs on the lab machines, so this one speaks the real REST protocol
 (discovery, CRUD, merge and JSON patch, watch, dry run, optimistic concurrency, Status errors)
 for the few kinds canarykit touches. Production code reaches it only through the official
-`kubernetes` client and a kubeconfig, exactly as it would reach a cluster.
+`kubernetes` client and a kubeconfig, exactly as it would reach a cluster. It serves plain HTTP
+by default; `--tls` serves HTTPS with a self-signed certificate, which kubectl needs because
+client-go sends bearer tokens only over TLS.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import json
 import os
 import re
 import secrets
 import signal
+import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -238,9 +243,17 @@ def admission(res: Resource, obj: dict) -> list[str]:
     messages = validate.validate_object(obj)
     errors = [m for m in messages if m.level == "Error"]
     if errors:
-        causes = [{"reason": m.code, "message": m.format()} for m in errors]
+        causes = [webhook_cause(m) for m in errors]
         raise invalid(res, obj["metadata"]["name"], causes)
     return [m.format() for m in messages if m.level == "Warning"]
+
+
+def webhook_cause(message: Any) -> dict:
+    """A validator message as a Status cause, its leading `field.path: ` as the cause's field."""
+    m = re.fullmatch(r"([A-Za-z][\w.\[\]-]*): (.+)", message.message, re.S)
+    if m is None:
+        return {"reason": message.code, "message": message.format()}
+    return {"reason": message.code, "message": f"[{message.code}] {m[2]}", "field": m[1]}
 
 
 # ---------------------------------------------------------------- selectors
@@ -715,6 +728,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiServer
 
+    def setup(self) -> None:
+        """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.handle_request("GET")
 
@@ -904,18 +925,27 @@ def watch_line(event: Event, t: Target, labels: list, fields: list) -> bytes | N
 
 
 class ApiServer(ThreadingHTTPServer):
-    """The HTTP server plus its store; `stop()` ends watches and closes the socket."""
+    """The HTTP(S) server plus its store; `stop()` ends watches and closes the socket."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: Store) -> None:
+    def __init__(self, address: tuple[str, int], store: Store,
+                 tls: tuple[Path, Path] | None = None) -> None:
         super().__init__(address, Handler)
         self.store = store
         self.api = Api(store)
+        self.certificate: str | None = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True,
+                                              do_handshake_on_connect=False)
+            self.certificate = tls[0].read_text()
 
     @property
     def url(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}"
+        scheme = "https" if self.certificate else "http"
+        return f"{scheme}://{self.server_address[0]}:{self.server_address[1]}"
 
     @property
     def token(self) -> str:
@@ -927,20 +957,51 @@ class ApiServer(ThreadingHTTPServer):
         self.server_close()
 
 
+def ensure_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `host`, made once with the openssl tool and kept in DIR.
+
+    kubectl (client-go) sends bearer tokens only over TLS, so kubectl needs --tls.
+    """
+    cert, key = data_dir / "tls.crt", data_dir / "tls.key"
+    if cert.exists() and key.exists():
+        return cert, key
+    data_dir.mkdir(parents=True, exist_ok=True)
+    names = ["IP:127.0.0.1", "DNS:localhost"]
+    if host not in ("127.0.0.1", "localhost"):
+        names.append(f"IP:{host}" if re.fullmatch(r"[\d.]+|[\da-fA-F:]+", host) else f"DNS:{host}")
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650",
+               "-subj", "/CN=canarykit-lab", "-addext", "subjectAltName=" + ",".join(names),
+               "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError as err:
+        raise RuntimeError("--tls needs the openssl command to make a certificate") from err
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"openssl could not make a certificate: {err.stderr.strip()}") from err
+    os.chmod(key, 0o600)
+    return cert, key
+
+
 def start_server(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1",
-                 token: str | None = None) -> tuple[ApiServer, threading.Thread]:
+                 token: str | None = None, tls: bool = False) -> tuple[ApiServer, threading.Thread]:
     """Start serving in a background thread (for the lab to embed); stop with server.stop()."""
     store = Store(Path(data_dir), token)
-    server = ApiServer((host, port), store)
+    certificate = ensure_certificate(Path(data_dir), host) if tls else None
+    server = ApiServer((host, port), store, certificate)
     thread = threading.Thread(target=server.serve_forever, name="apiserver", daemon=True)
     thread.start()
     return server, thread
 
 
-def kubeconfig_text(url: str, token: str, namespace: str = "default") -> str:
+def kubeconfig_text(url: str, token: str, certificate: str | None = None,
+                    namespace: str = "default") -> str:
+    cluster: dict[str, str] = {"server": url}
+    if certificate:
+        cluster["certificate-authority-data"] = base64.b64encode(certificate.encode()).decode()
     config = {
         "apiVersion": "v1", "kind": "Config", "preferences": {},
-        "clusters": [{"name": CLUSTER, "cluster": {"server": url}}],
+        "clusters": [{"name": CLUSTER, "cluster": cluster}],
         "users": [{"name": USER, "user": {"token": token}}],
         "contexts": [{"name": CLUSTER, "context": {"cluster": CLUSTER, "user": USER,
                                                    "namespace": namespace}}],
@@ -949,9 +1010,9 @@ def kubeconfig_text(url: str, token: str, namespace: str = "default") -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def write_kubeconfig(path: str | Path, url: str, token: str) -> None:
+def write_kubeconfig(path: str | Path, server: ApiServer) -> None:
     """Atomically, so whoever waits for the file reads all of it or nothing."""
-    write_atomically(Path(path), kubeconfig_text(url, token))
+    write_atomically(Path(path), kubeconfig_text(server.url, server.token, server.certificate))
 
 
 # ---------------------------------------------------------------- CLI
@@ -965,15 +1026,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kubeconfig file to write once the server listens")
     parser.add_argument("--token", default=None,
                         help="bearer token (default: the one stored in --data, else a new one)")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a self-signed certificate kept in --data "
+                        "(kubectl sends tokens only over TLS)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve in the foreground until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
-    server, thread = start_server(args.data, args.port, args.host, args.token)
+    server, thread = start_server(args.data, args.port, args.host, args.token,
+                                  getattr(args, "tls", False))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    write_kubeconfig(args.kubeconfig, server.url, server.token)
+    write_kubeconfig(args.kubeconfig, server)
     sys.stderr.write(f"apiserver listening on {server.url}, kubeconfig {args.kubeconfig}\n")
     sys.stderr.flush()
     while not stop.wait(0.5):

@@ -76,15 +76,6 @@ class AppliedChange:
         }
 
 
-def check_name(field_name: str, value: str) -> str:
-    """Refuse a service or namespace name that is not a DNS-1123 label."""
-    if not istio.is_dns1123_label(value):
-        raise BadInput(
-            field_name, value, "must be a DNS-1123 label (lowercase letters, digits, '-')"
-        )
-    return value
-
-
 # --- connecting ---------------------------------------------------------------------------
 
 
@@ -118,7 +109,7 @@ def connect(
     except ConfigException as exc:
         raise ClusterError(f"cannot load Kubernetes configuration: {exc}") from exc
     namespace = namespace or context_namespace or "default"
-    check_name("--namespace", namespace)
+    istio.check_dns_label("--namespace", namespace)
     server = api.configuration.host
     version = detect_istio_version(api, server)
     actor = who_am_i(api) or user or "unknown"
@@ -223,7 +214,7 @@ def find_destination_rule(cluster: Cluster, service: str) -> dict[str, Any]:
 
 
 def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
-    check_name("SERVICE", service)
+    istio.check_dns_label("SERVICE", service)
     matches = []
     for obj in list_objects(cluster, kind):
         spec = obj.get("spec") or {}

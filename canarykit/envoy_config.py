@@ -27,6 +27,7 @@ import yaml
 
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput, CanaryKitError
+from canarykit.istio import host_fqdn
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -76,6 +77,9 @@ class Translation:
     listeners: list[dict] = field(default_factory=list)
     clusters: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Hash of the resources; also in each listener's metadata (filter_metadata.canarykit.version)
+    # so a running Envoy's /config_dump shows which translation it serves.
+    version: str = ""
 
 
 @dataclass
@@ -129,20 +133,6 @@ class _PlainDumper(yaml.SafeDumper):
 def to_yaml(document: dict) -> str:
     """YAML text of an Envoy document, keys in the order they were built."""
     return yaml.dump(document, Dumper=_PlainDumper, sort_keys=False)
-
-
-def fqdn(host: str, namespace: str) -> str:
-    """Istio's fully qualified service host: `reviews` -> `reviews.default.svc.cluster.local`."""
-    parts = host.split(".")
-    if host.endswith(".svc.cluster.local") or "*" in host:
-        return host
-    if len(parts) == 1:
-        return f"{host}.{namespace}.svc.cluster.local"
-    if len(parts) == 2:
-        return f"{host}.svc.cluster.local"
-    if len(parts) == 3 and parts[2] == "svc":
-        return f"{host}.cluster.local"
-    return host
 
 
 def cluster_name(port: int, subset: str, host: str) -> str:
@@ -542,7 +532,7 @@ def _destination_cluster(destination: dict, field_name: str, scope: _Scope) -> s
         raise BadInput(f"{field_name}.host", host, "is required")
     port = (destination.get("port") or {}).get("number") or scope.service_port
     subset = destination.get("subset", "")
-    full = fqdn(host, scope.namespace)
+    full = host_fqdn(host, scope.namespace)
     scope.wanted.append((port, subset, full, field_name))
     return cluster_name(port, subset, full)
 
@@ -598,7 +588,7 @@ def _port_level_hash(destination: dict, policy: dict | None) -> dict | None:
 
 def _destination_hash(destination: dict, scope: _Scope) -> dict | None:
     """istiod's hashForHTTPDestination: subset port-level, subset, port-level, then top level."""
-    rule = scope.rules.get(fqdn(destination["host"], scope.namespace))
+    rule = scope.rules.get(host_fqdn(destination["host"], scope.namespace))
     if rule is None:
         return None
     top = rule["spec"].get("trafficPolicy")
@@ -654,9 +644,14 @@ def _route_destinations(
     for i, dst in enumerate(destinations):
         if "destination" not in dst:
             raise BadInput(f"{where}.route[{i}].destination", None, "is required")
+        weight = dst.get("weight", 0)
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise BadInput(f"{where}.route[{i}].weight", weight, "must be a whole number >= 0")
         policy = _hash_policy(_destination_hash(dst["destination"], scope), where)
         if policy is not None and (len(destinations) == 1 or dst.get("weight", 0) != 0):
             hash_policies.append(policy)
+    if len(destinations) > 1 and not any(dst.get("weight", 0) for dst in destinations):
+        raise BadInput(f"{where}.route", destinations, "weights must not all be 0")
     if len(destinations) == 1:
         dst = destinations[0]
         action["cluster"] = _destination_cluster(
@@ -835,7 +830,7 @@ def _virtual_hosts(
         if not routes:  # istiod then gives the hosts their default routes
             scope.report(where, "no route applies to the lab")
             continue
-        full_hosts = [fqdn(h, scope.namespace) for h in hosts]
+        full_hosts = [host_fqdn(h, scope.namespace) for h in hosts]
         domains = [d for h in full_hosts for d in _domains(h, scope.namespace, scope.service_port)]
         add(f"{full_hosts[0]}:{scope.service_port}", domains, routes, where)
         covered.update(full_hosts)
@@ -1152,7 +1147,7 @@ def _rules_by_host(destination_rules: list[dict], scope: _Scope) -> dict[str, di
         host = (rule.get("spec") or {}).get("host")
         if not isinstance(host, str) or not host:
             raise BadInput(f"{where} spec.host", host, "is required")
-        full = fqdn(host, scope.namespace)
+        full = host_fqdn(host, scope.namespace)
         if "*" in full:
             scope.report(where, "wildcard hosts are not supported by the lab")
         elif full in rules:
@@ -1181,7 +1176,7 @@ def translate(
     scope = _Scope(namespace=namespace, service_port=service_port, rules={})
     scope.rules = _rules_by_host(destination_rules, scope)
     service_hosts = list(
-        dict.fromkeys([fqdn(short, namespace) for short, _ in endpoints] + list(scope.rules))
+        dict.fromkeys([host_fqdn(short, namespace) for short, _ in endpoints] + list(scope.rules))
     )
     virtual_hosts = _virtual_hosts(virtual_services, service_hosts, scope)
     for _port, _subset, host, where in scope.wanted:
@@ -1190,17 +1185,20 @@ def translate(
             service_hosts.append(host)
     clusters = [c for host in service_hosts for c in _clusters_for_host(host, endpoints, scope)]
     _report_missing_clusters({c["name"] for c in clusters}, scope)
-    return Translation(
-        listeners=[_listener(virtual_hosts, listener_port)] if virtual_hosts else [],
-        clusters=clusters,
-        problems=scope.problems,
-    )
+    listeners = [_listener(virtual_hosts, listener_port)] if virtual_hosts else []
+    version = _digest([listeners, clusters])
+    for listener in listeners:
+        listener["metadata"] = {"filter_metadata": {"canarykit": {"version": version}}}
+    return Translation(listeners, clusters, scope.problems, version)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(yaml.safe_dump(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _document(resources: list[dict], type_url: str) -> dict:
     typed = [{"@type": type_url, **r} for r in resources]
-    digest = hashlib.sha256(yaml.safe_dump(typed, sort_keys=True).encode()).hexdigest()[:16]
-    return {"version_info": digest, "resources": typed}
+    return {"version_info": _digest(typed), "resources": typed}
 
 
 def lds_document(t: Translation) -> dict:

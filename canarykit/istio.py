@@ -328,3 +328,15 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 def is_dns1123_label(text: Any) -> bool:
     """Whether `text` is a DNS-1123 label (what Istio requires of subset names)."""
     return isinstance(text, str) and len(text) <= 63 and bool(DNS1123_LABEL.match(text))
+
+
+def check_dns_label(field_name: str, value: Any) -> str:
+    """Refuse a service, namespace or subset name that is not a DNS-1123 label."""
+    if not is_dns1123_label(value):
+        raise BadInput(
+            field_name,
+            value,
+            "must be a DNS-1123 label: lower-case letters, digits and '-', at most 63 "
+            "characters, starting and ending with a letter or digit",
+        )
+    return value

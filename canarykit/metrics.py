@@ -30,6 +30,7 @@ from urllib3.util.retry import Retry
 
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput
+from canarykit.istio import check_dns_label
 
 REQUESTS_METRIC = "istio_requests_total"
 DURATION_BUCKET_METRIC = "istio_request_duration_milliseconds_bucket"
@@ -54,7 +55,6 @@ EMPTY = "empty"
 UNREACHABLE = "unreachable"
 HTTP_ERROR = "http-error"
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -88,17 +88,6 @@ def escape_label_value(value: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def check_dns_label(field_name: str, value: Any) -> str:
-    """A Kubernetes object name such as a service or namespace (DNS-1123 label)."""
-    if not isinstance(value, str) or len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
-        raise BadInput(
-            field_name, value,
-            "must be a DNS-1123 label: lower-case letters, digits and '-', at most 63 "
-            "characters, starting and ending with a letter or digit",
-        )
-    return value
 
 
 def check_label_value(field_name: str, value: Any) -> str:
@@ -647,7 +636,7 @@ class RawCounts:
     outcomes: list[QueryOutcome]
 
     @property
-    def unreachable(self) -> QueryOutcome | None:
+    def failure(self) -> QueryOutcome | None:
         """The first outcome saying Prometheus could not be reached or refused to answer."""
         for outcome in self.outcomes:
             if outcome.status in (UNREACHABLE, HTTP_ERROR):

@@ -22,6 +22,7 @@ import yaml
 
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput, CanaryKitError
+from canarykit.istio import host_fqdn
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 SCHEMA_ERROR = "IST0106"  # SchemaValidationError
@@ -638,20 +639,6 @@ def validate_object(obj: dict) -> list[Message]:
 # --- cross-object: IST0101 -----------------------------------------------------------------
 
 
-def _fqdn(host: str, namespace: str) -> str:
-    """Resolve a service host the way the mesh does: short names in the given namespace."""
-    if host.startswith("*"):
-        return host
-    parts = host.split(".")
-    if len(parts) == 1:
-        return f"{host}.{namespace}.svc.cluster.local"
-    if len(parts) == 2:
-        return f"{host}.svc.cluster.local"
-    if len(parts) == 3 and parts[2] == "svc":
-        return f"{host}.cluster.local"
-    return host
-
-
 def _subsets_by_host(objects: Iterable[Any]) -> dict[str, set[str]]:
     """Fully qualified DestinationRule host -> the subset names defined for it."""
     subsets: dict[str, set[str]] = {}
@@ -661,7 +648,7 @@ def _subsets_by_host(objects: Iterable[Any]) -> dict[str, set[str]]:
         host = obj["spec"].get("host")
         if not isinstance(host, str) or not host:
             continue
-        names = subsets.setdefault(_fqdn(host, _identity(obj)[1]), set())
+        names = subsets.setdefault(host_fqdn(host, _identity(obj)[1]), set())
         for subset in obj["spec"].get("subsets") or []:
             if isinstance(subset, dict) and isinstance(subset.get("name"), str):
                 names.add(subset["name"])
@@ -703,7 +690,7 @@ def _missing_subsets(vs: dict, subsets: dict[str, set[str]]) -> list[Message]:
         host, subset = dest.get("host"), dest.get("subset")
         if not isinstance(host, str) or not host or not isinstance(subset, str) or not subset:
             continue  # no subset needs no DestinationRule; a bad host is a schema error
-        if subset in _defined_subsets(_fqdn(host, namespace), subsets):
+        if subset in _defined_subsets(host_fqdn(host, namespace), subsets):
             continue
         message = Message(ERROR, REFERENCE_NOT_FOUND, kind, namespace, name,
                           f"Referenced {ref} in destinationrule not found: "

@@ -304,3 +304,15 @@ def test_default_end_is_now(prometheus_url):
     after = datetime.now(UTC).strftime("%Y-%m-%d")
     assert decision.verdict == Verdict.INCONCLUSIVE  # the synthetic data end in 2023
     assert before in decision.reason or after in decision.reason
+
+
+def test_custom_metrics_can_be_compared_interval_by_interval(prometheus_url):
+    decision = analyze(
+        prometheus_url, "errors", judges=["mann-whitney"], custom_metrics=[CHECKOUT],
+        compare_metrics=[judges.CompareMetric("checkout-success", direction="decrease")])
+    compared = by_judge(decision)["mann-whitney"]
+    assert compared.values["classifications"] == {"checkout-success": "Low"}
+    assert compared.verdict == Verdict.FAIL
+    assert any('version="v1"' in q for q in compared.queries)
+    assert any('version="v2"' in q for q in compared.queries)
+    assert all("[60s]" in q for q in compared.queries)

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 import yaml
-from kubernetes import client, watch
+from kubernetes import client, config, watch
 
 from canarykit import apiserver as server_module
 from tests.apiserver_fixture import (
@@ -136,13 +136,13 @@ def test_health_and_version_answer_without_a_token(apiserver):  # noqa: F811
 
 
 def test_kubeconfig_names_cluster_user_and_current_context(apiserver):  # noqa: F811
-    config = yaml.safe_load(apiserver.kubeconfig.read_text())
-    assert config["current-context"] == "canarykit-lab"
-    assert config["clusters"][0] == {"name": "canarykit-lab",
-                                     "cluster": {"server": apiserver.url}}
-    assert config["users"][0]["name"] == "canarykit-admin"
-    assert config["contexts"][0]["context"] == {"cluster": "canarykit-lab",
-                                                "user": "canarykit-admin", "namespace": "default"}
+    written = yaml.safe_load(apiserver.kubeconfig.read_text())
+    assert written["current-context"] == "canarykit-lab"
+    assert written["clusters"][0] == {"name": "canarykit-lab",
+                                      "cluster": {"server": apiserver.url}}
+    assert written["users"][0]["name"] == "canarykit-admin"
+    assert written["contexts"][0]["context"] == {"cluster": "canarykit-lab",
+                                                 "user": "canarykit-admin", "namespace": "default"}
     assert apiserver.url.startswith("http://127.0.0.1:")
 
 
@@ -506,8 +506,8 @@ def test_admission_refuses_a_negative_weight_and_stores_nothing(custom):
     assert err.value.status == 422
     status = status_of(err.value)
     assert status["reason"] == "Invalid"
-    assert "weight" in status["message"]
-    assert any("spec.http[0].route[0].weight" in c["message"] for c in status["details"]["causes"])
+    assert "spec.http[0].route[0].weight" in status["message"]
+    assert "spec.http[0].route[0].weight" in [c.get("field") for c in status["details"]["causes"]]
     assert custom.list_namespaced_custom_object(*vs_args())["items"] == []
 
 
@@ -693,8 +693,7 @@ def test_self_subject_review_names_the_user(api):
 def test_start_server_embeds_in_process_and_keeps_its_token_across_restarts(tmp_path):
     server, thread = server_module.start_server(tmp_path / "data")
     try:
-        server_module.write_kubeconfig(tmp_path / "kubeconfig", server.url, server.token)
-        from kubernetes import config
+        server_module.write_kubeconfig(tmp_path / "kubeconfig", server)
         with config.new_client_from_config(config_file=str(tmp_path / "kubeconfig")) as api:
             client.CustomObjectsApi(api).create_namespaced_custom_object(
                 *vs_args(), virtual_service())
@@ -709,3 +708,18 @@ def test_start_server_embeds_in_process_and_keeps_its_token_across_restarts(tmp_
                                "default", "reviews") is not None
     finally:
         again.stop()
+
+
+def test_tls_serves_https_that_its_own_kubeconfig_trusts(tmp_path):
+    server, _ = server_module.start_server(tmp_path / "data", tls=True)
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        server_module.write_kubeconfig(tmp_path / "kubeconfig", server)
+        written = yaml.safe_load((tmp_path / "kubeconfig").read_text())
+        assert written["clusters"][0]["cluster"]["certificate-authority-data"]
+        with config.new_client_from_config(config_file=str(tmp_path / "kubeconfig")) as api:
+            review = client.AuthenticationV1Api(api).create_self_subject_review(
+                client.V1SelfSubjectReview())
+        assert review.status.user_info.username == "canarykit-admin"
+    finally:
+        server.stop()

@@ -143,6 +143,24 @@ def test_zero_weight_destinations_are_dropped_from_weighted_clusters():
     assert action(t)["weighted_clusters"]["clusters"] == [{"name": V2, "weight": 100}]
 
 
+def test_destinations_that_all_weigh_zero_are_refused_naming_the_field():
+    with pytest.raises(BadInput) as err:
+        run([virtual_service({"route": [to("v1", 0), to("v2", 0)]})])
+    assert err.value.field == "VirtualService default/reviews http[0].route"
+
+
+def test_replicas_named_by_host_name_give_a_strict_dns_cluster():
+    endpoints = {("reviews", "v1"): [Endpoint("localhost", 18001)]}
+    t = translate(
+        [virtual_service({"route": [to("v1")]})],
+        [destination_rule()],
+        endpoints,
+        listener_port=15001,
+    )
+    validate_with_envoy(t)
+    assert cluster(t, V1)["type"] == "STRICT_DNS"
+
+
 def test_destination_without_subset_uses_every_replica_of_the_service():
     t = run([virtual_service({"route": [{"destination": {"host": "reviews"}}]})])
     assert action(t)["cluster"] == ALL
@@ -895,15 +913,22 @@ class Lab:
         return {s["name"]: s["value"] for s in data["stats"] if "value" in s}
 
     def wait_for(self, t: Translation) -> None:
-        """Wait (bounded) until Envoy's active listener carries this translation's version."""
-        want = lds_document(t)["version_info"]
+        """Wait (bounded) until Envoy's active listener is this translation."""
         deadline = time.monotonic() + 15
         while True:
             url = f"http://{self.admin}/config_dump?resource=dynamic_listeners"
             with urllib.request.urlopen(url, timeout=5) as r:
                 dump = json.load(r)
-            versions = [c.get("active_state", {}).get("version_info") for c in dump["configs"]]
-            if want in versions:
+            versions = [
+                c.get("active_state", {})
+                .get("listener", {})
+                .get("metadata", {})
+                .get("filter_metadata", {})
+                .get("canarykit", {})
+                .get("version")
+                for c in dump["configs"]
+            ]
+            if t.version in versions:
                 return
             assert time.monotonic() < deadline, f"Envoy kept {versions}: " + self.log_text()
             time.sleep(0.1)

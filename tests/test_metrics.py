@@ -16,6 +16,7 @@ import pytest
 
 from canarykit import metrics as m
 from canarykit.errors import BadInput
+from tests import prometheus_fixture
 from tests.prometheus_fixture import (
     BUCKETS_MS,
     END,
@@ -268,7 +269,7 @@ def test_nobody_listening_is_unreachable_naming_the_url():
     assert outcome.message == f"Prometheus at {url} is unreachable: the connection was refused"
     counts = m.raw_counts(client_for(url, retries=0), m.MetricsSelector("healthy", "shop"),
                           END - WINDOW, END)
-    assert counts.unreachable is not None and counts.versions == {}
+    assert counts.failure is not None and counts.versions == {}
 
 
 # ---------------------------------------------------------------- against the real Prometheus
@@ -442,3 +443,9 @@ def test_custom_metric_round_trips_and_dollar_dollar_is_a_dollar():
     rendered = m.render_template(metric, m.MetricsSelector("reviews", "shop"), version="v2",
                                  window_seconds=90)
     assert rendered == 'sum(cost{currency="$"})'
+
+
+def test_the_fixture_fails_rather_than_skips_without_prometheus(monkeypatch, tmp_path):
+    monkeypatch.setattr(prometheus_fixture, "PROMETHEUS", str(tmp_path / "no-prometheus"))
+    with pytest.raises(pytest.fail.Exception, match="install the Debian package `prometheus`"):
+        prometheus_fixture.start_prometheus(tmp_path, tmp_path)
