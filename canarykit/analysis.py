@@ -44,7 +44,7 @@ class AnalysisConfig:
     window: str = "10m"
     interval: str = "1m"
     judges: list[str] = field(default_factory=lambda: list(JUDGE_NAMES))
-    min_success_rate: float = 0.99
+    min_success_rate: float = 99.0  # percent, as Flagger's request-success-rate
     max_p99_ms: float = 500.0
     min_requests: int = 100
     alpha: float = 0.05
@@ -78,7 +78,7 @@ class AnalysisConfig:
         for name in self.judges:
             if name not in JUDGE_NAMES:
                 raise BadInput("judges", name, "must be one of " + ", ".join(JUDGE_NAMES))
-        _number("min_success_rate", self.min_success_rate, 0, 1)
+        _number("min_success_rate", self.min_success_rate, 0, 100)
         _number("max_p99_ms", self.max_p99_ms, 0, None, open_low=True)
         _number("alpha", self.alpha, 0, 1, open_low=True, open_high=True)
         _number("confidence", self.confidence, 0, 1, open_low=True, open_high=True)
@@ -258,7 +258,7 @@ def _success_rate(canary, config, queries, missing_reason) -> judges.Judgement:
     errors = min(canary["errors"], requests) if canary else None
     judgement = judges.check_success_rate(
         requests, errors,
-        min_success_rate=config.min_success_rate * 100,  # the judge takes percent, like Flagger
+        min_success_rate=config.min_success_rate,
         min_requests=config.min_requests,
     )
     if canary is None and missing_reason:
@@ -436,7 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--canary-weight", type=float, metavar="PERCENT",
                         help="configured canary weight, for the traffic split test")
     parser.add_argument("--min-success-rate", type=float,
-                        help="minimum canary success rate as a fraction, e.g. 0.99")
+                        help="minimum canary success rate in percent, e.g. 99")
     parser.add_argument("--max-p99-ms", type=float, help="e.g. 500")
     parser.add_argument("--min-requests", type=int, help="fewer canary requests is inconclusive")
     parser.add_argument("--alpha", type=float, help="error probability of the sequential tests")

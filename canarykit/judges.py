@@ -265,7 +265,7 @@ def check_metric_range(
         return Judgement(judge, Verdict.FAIL, f"{name} {measured:g} > maximum {max_value:g}",
                          values, thresholds)
     return Judgement(judge, Verdict.PASS,
-                     f"{name} {measured:g} within [{_bound(min_value)}, {_bound(max_value)}]",
+                     f"{name} {measured:g} within [{_bound(min_value, '-inf')}, {_bound(max_value, 'inf')}]",
                      values, thresholds)
 
 
@@ -554,5 +554,5 @@ def _count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
-def _bound(value: float | None) -> str:
-    return "-inf" if value is None else f"{value:g}"
+def _bound(value: float | None, unbounded: str) -> str:
+    return unbounded if value is None else f"{value:g}"

@@ -185,7 +185,7 @@ def test_config_round_trips_through_yaml():
         ({"window": "1m", "interval": "2m"}, "interval"),
         ({"window": "ten minutes"}, "window"),
         ({"judges": ["kayenta"]}, "judges"),
-        ({"min_success_rate": 99}, "min_success_rate"),
+        ({"min_success_rate": 101}, "min_success_rate"),
         ({"canary_weight": 100}, "canary_weight"),
         ({"compare_metrics": [{"name": "latency-p95"}]}, "compare_metrics.name"),
         ({"custom_metrics": [{"name": "x", "query": "up"}]}, "custom_metrics.x.min_value"),

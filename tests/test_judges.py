@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from canarykit import judges
 from canarykit.errors import BadInput
 from canarykit.judges import (
     CompareMetric,
@@ -342,3 +343,9 @@ def test_compare_judgement_is_json_serialisable():
     result = compare_samples({"bad": ([0.0] * 6, [0.0, 0.0, 0.0, 0.0, 0.0, 1.0])},
                              [CompareMetric("bad")], min_samples=5)
     json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_a_range_open_above_reads_as_up_to_infinity():
+    judgement = judges.check_metric_range("checkout-success", 0.97, min_value=0.9)
+    assert judgement.verdict == judges.Verdict.PASS
+    assert "within [0.9, inf]" in judgement.reason
