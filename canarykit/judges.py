@@ -264,9 +264,9 @@ def check_metric_range(
     if max_value is not None and measured > max_value:
         return Judgement(judge, Verdict.FAIL, f"{name} {measured:g} > maximum {max_value:g}",
                          values, thresholds)
-    return Judgement(judge, Verdict.PASS,
-                     f"{name} {measured:g} within [{_bound(min_value, '-inf')}, {_bound(max_value, 'inf')}]",
-                     values, thresholds)
+    bounds = f"[{_bound(min_value, '-inf')}, {_bound(max_value, 'inf')}]"
+    reason = f"{name} {measured:g} within {bounds}"
+    return Judgement(judge, Verdict.PASS, reason, values, thresholds)
 
 
 # --- comparative judge (Kayenta parity) --------------------------------------------------
