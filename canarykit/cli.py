@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     _module_command("demo").add_arguments(demo)
     demo.set_defaults(module="demo")
 
+    report = commands.add_parser("report", help="release reports")
+    report_commands = report.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
+    build = report_commands.add_parser("build", help="build the HTML report of a release folder")
+    _module_command("report").add_arguments(build)
+    build.set_defaults(module="report")
+
     lab = commands.add_parser("lab", help="the local lab")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
     apiserver = lab_commands.add_parser("apiserver", help="run the local Kubernetes API server")
