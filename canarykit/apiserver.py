@@ -726,6 +726,7 @@ class Handler(BaseHTTPRequestHandler):
     """One request: authenticate, route, answer JSON or a chunked watch stream."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: ApiServer
 
     def setup(self) -> None:

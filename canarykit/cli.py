@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     apiserver = lab_commands.add_parser("apiserver", help="run the local Kubernetes API server")
     _module_command("apiserver").add_arguments(apiserver)
     apiserver.set_defaults(module="apiserver")
+    lab_module = _module_command("lab")
+    for name, text in (
+        ("up", "start the lab: API server, control plane, Envoy, workloads, Prometheus, load"),
+        ("down", "stop every process of the lab"),
+        ("status", "show the lab's URLs, kubeconfig and each part's PID and health"),
+    ):
+        part = lab_commands.add_parser(name, help=text)
+        getattr(lab_module, f"add_{name}_arguments")(part)
+        part.set_defaults(module="lab")
     return parser
 
 
