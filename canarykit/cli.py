@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     _module_command("demo").add_arguments(demo)
     demo.set_defaults(module="demo")
 
+    rollout = commands.add_parser(
+        "rollout", help="run a rollout plan: run, step, status, abort, promote"
+    )
+    _module_command("rollout").add_arguments(rollout)
+    rollout.set_defaults(module="rollout")
+
     report = commands.add_parser("report", help="release reports")
     report_commands = report.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     build = report_commands.add_parser("build", help="build the HTML report of a release folder")

@@ -1,143 +1,126 @@
-"""The main job: a rollout rehearsal of the bundled `reviews` example.
+"""The main job: two complete canary releases of `reviews` against the local lab.
 
-It starts the local Kubernetes API server, loads examples/reviews.yaml into it, and
-drives a canary through canarykit exactly as against a real cluster: validate, shift
-traffic step by step (each step dry-run first), add an internal-users route, roll back,
-and verify the audit chain. (Traffic and metrics arrive with the lab.)
+1. A healthy v2 goes through `canarykit rollout run` (preflight, internal users, 10 %,
+   25 %, 50 %, promote) and ends promoted.
+2. The lab is reset and v2 is rolled out again, this time in scheduled mode
+   (`canarykit rollout step`, one phase per call, as cron would run it). Once v2 holds
+   25 % of the traffic it turns bad (5xx and latency); the analysis FAILs and the
+   driver rolls back by itself.
+
+Each release leaves a folder of executed notebooks, its audit chain and an HTML report.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from kubernetes import client
+import yaml
 
-from canarykit import audit, cluster, istio, traffic, validate
-from canarykit.errors import CanaryKitError
+from canarykit import cluster, lab, rollout
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PLAN = {
+    "service": "reviews",
+    "namespace": "default",
+    "stable": "v1",
+    "canary": "v2",
+    "pause": "0s",
+    "preflight": {"baseline_window": "20s", "min_baseline_success_rate": 99},
+    "inconclusive": {"hold_steps": 2, "then": "rollback"},
+    "analysis": {
+        "window": "20s",
+        "interval": "5s",
+        "check_every": "5s",
+        "max_duration": "60s",
+        "min_success_rate": 99,
+        "max_p99_ms": 500,
+        "min_requests": 50,
+        "judges": ["success-rate", "latency", "sequential"],
+    },
+    "steps": [
+        {"internal-canary": {}},
+        {"weight": 10},
+        {"weight": 25},
+        {"weight": 50},
+        {"promote": {}},
+    ],
+}
+BAD_V2 = {"error_rate": 0.25, "latency_median_ms": 400.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--reports", type=Path, default=Path("reports"), help="where the run lands")
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="where releases land")
     parser.add_argument(
-        "--examples", type=Path, default=EXAMPLES, help="folder of example YAML files"
+        "--rate", type=float, default=100.0, help="lab load, requests/s (default 100)"
     )
-
-
-def _start_apiserver(data: Path) -> tuple[subprocess.Popen, Path]:
-    kubeconfig = data / "kubeconfig"
-    log = open(data / "apiserver.log", "w")  # noqa: SIM115 - lives as long as the server
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "canarykit",
-            "lab",
-            "apiserver",
-            "--port",
-            "0",
-            "--data",
-            str(data / "etcd"),
-            "--kubeconfig",
-            str(kubeconfig),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not kubeconfig.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise CanaryKitError(
-                f"the local API server did not start; see {data / 'apiserver.log'}"
-            )
-        time.sleep(0.05)
-    return process, kubeconfig
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _weights(kube: cluster.Cluster, service: str) -> str:
-    routes = cluster.status(kube, service)["routes"]
-    split = routes[-1]["destinations"]
-    return " / ".join(f"{d['subset']} {d['weight']}%" for d in split)
+def _write_plan(path: Path, reports: Path) -> Path:
+    path.write_text(yaml.safe_dump({**PLAN, "reports": str(reports.resolve())}, sort_keys=False))
+    return path
 
 
-def rehearse(kube: cluster.Cluster, service: str, log: Path) -> None:
-    for weight in (10, 25, 50):
-        preview = cluster.set_weight(kube, service, weight, dry_run=True, audit_log=log)
-        _say(f"dry run of {weight}% accepted by the server (changed: {preview.change.changed})")
-        cluster.set_weight(kube, service, weight, audit_log=log)
-        _say(f"weights now {_weights(kube, service)}")
-    cluster.change_virtual_service(
-        kube,
-        service,
-        lambda vs: traffic.add_match_route(
-            vs, name="internal-users", header="x-canary-user", value="true", canary="v2"
-        ),
-        audit_log=log,
-    )
-    _say("internal users (x-canary-user: true) now always reach v2")
-    for applied in cluster.rollback(kube, service, audit_log=log):
-        if applied.change.changed:
-            _say(f"rolled back {istio.object_ref(applied.result)}")
-    _say(f"weights after rollback {_weights(kube, service)}")
+def _releases(reports: Path) -> set[Path]:
+    return {p for p in (reports / "reviews").glob("*") if (p / "release.json").exists()}
+
+
+def _canary_weight(kubeconfig: str) -> int | None:
+    routes = cluster.status(cluster.connect(kubeconfig), "reviews")["routes"]
+    for destination in routes[-1]["destinations"]:
+        if destination["subset"] == "v2":
+            return destination["weight"]
+    return None
+
+
+def _healthy_release(plan: Path) -> int:
+    _say("release 1: a healthy v2, the whole plan in one process (canarykit rollout run)")
+    return rollout.main(["run", str(plan)])
+
+
+def _bad_release(plan: Path, state: lab.LabState, reports: Path) -> int:
+    _say("release 2: v2 again, one phase per call (canarykit rollout step), as a scheduler would")
+    earlier, turned_bad = _releases(reports), False
+    for call in range(60):
+        rollout.main(["step", str(plan), *(["--new-release"] if call == 0 else [])])
+        folder = max(_releases(reports) - earlier, key=lambda p: p.stat().st_mtime, default=None)
+        status = json.loads((folder / "release.json").read_text())["status"] if folder else ""
+        if status and status != "in-progress":
+            return 0 if status == "rolled-back" else 1
+        if not turned_bad and _canary_weight(state.kubeconfig) == 25:
+            lab.set_behaviour(state, "v2", **BAD_V2)
+            turned_bad = True
+            _say("v2 now answers 25 % of requests with 503 and a 400 ms median latency")
+    return 1
 
 
 def run(args: argparse.Namespace) -> int:
-    files = sorted(args.examples.glob("*.yaml"))
-    good = [f for f in files if f.name != "broken.yaml"]
-    messages = validate.analyze([obj for f in good for obj in istio.load_file(f)])
-    for message in messages:
-        _say(message.format())
-    if validate.has_errors(messages):
-        return 1
-    _say(f"{len(good)} example files validate cleanly")
-
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = args.reports / "demo" / stamp
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / "audit.jsonl"
+    started = time.monotonic()
+    reports = args.reports.resolve()
+    before = _releases(reports)
     with tempfile.TemporaryDirectory(prefix="canarykit-demo-") as tmp:
-        process, kubeconfig = _start_apiserver(Path(tmp))
+        data_dir = Path(tmp) / "lab"
+        os.environ["CANARYKIT_LAB_DIR"] = str(data_dir)
+        state = lab.up(lab.LabConfig(data_dir=str(data_dir), rate=args.rate))
+        _say(f"lab up: Envoy {state.envoy_url}, Prometheus {state.prometheus_url}")
         try:
-            kube = cluster.connect(str(kubeconfig))
-            _say(f"local Kubernetes API at {kube.server}, Istio API {kube.istio_version}")
-            custom = client.CustomObjectsApi(kube.api)
-            for obj in istio.load_file(args.examples / "reviews.yaml"):
-                if obj.get("kind") in cluster.PLURALS:
-                    custom.create_namespaced_custom_object(
-                        istio.ISTIO_GROUP,
-                        kube.istio_version,
-                        kube.namespace,
-                        cluster.PLURALS[obj["kind"]],
-                        obj,
-                    )
-            rehearse(kube, "reviews", log)
+            plan = _write_plan(Path(tmp) / "plan.yaml", reports)
+            first = _healthy_release(plan)
+            lab.reset(state)
+            second = _bad_release(plan, state, reports)
         finally:
-            _stop(process)
-    check = audit.verify_chain(log)
-    _say(f"audit chain: {'intact' if check.ok else 'BROKEN'}, {check.records} records")
-    print(f"audit: {log}")
-    return 0 if check.ok else 1
+            stopped = lab.down(data_dir)
+            _say(f"lab down: {len(stopped)} processes stopped")
+    new = sorted(_releases(reports) - before, key=lambda p: p.stat().st_mtime)
+    for folder in new:
+        print(f"report: {folder}")
+        print(f"report: {folder / 'report.html'}")
+    _say(f"finished in {time.monotonic() - started:.0f} s (exit codes {first}, {second})")
+    return 0 if (first, second, len(new)) == (0, 0, 2) else 1
