@@ -431,7 +431,9 @@ def rollback(
     """Restore every managed field to the pre-rollout snapshot and end the rollout.
 
     The VirtualService goes first, so no route points at a subset the restored
-    DestinationRule might no longer define.
+    DestinationRule might no longer define. The rollout state (with the snapshot) stays
+    on the VirtualService, marked `rolling-back`, until the DestinationRule is restored
+    too, so a rollback killed half way is finished by the next one.
     """
     vs = find_virtual_service(cluster, service)
     state = read_state(vs)
@@ -439,22 +441,21 @@ def rollback(
         raise ClusterError(
             f"no rollout in progress on {istio.object_ref(vs)}: nothing to roll back"
         )
-    snapshot = state.snapshot
+    snapshot, params = state.snapshot, {"release": state.release}
+    state.phase = "rolling-back"
     restored_vs = restore_managed_fields(vs, snapshot["virtualService"])
     vs_change = replace(
-        restored_vs,
-        operation="rollback",
-        params={"release": state.release},
-        after=with_state(restored_vs.after, None),
+        restored_vs, operation="rollback", params=params, after=with_state(restored_vs.after, state)
     )
     applied = [apply_change(cluster, vs_change, dry_run=dry_run, audit_log=audit_log)]
     dr = get_object(cluster, "DestinationRule", snapshot.get("destinationRuleName") or service)
     dr_change = replace(
-        restore_managed_fields(dr, snapshot["destinationRule"]),
-        operation="rollback",
-        params={"release": state.release},
+        restore_managed_fields(dr, snapshot["destinationRule"]), operation="rollback", params=params
     )
     applied.append(apply_change(cluster, dr_change, dry_run=dry_run, audit_log=audit_log))
+    vs = applied[0].result if dry_run else find_virtual_service(cluster, service)
+    end = Change("end_rollout", params, vs, with_state(vs, None))
+    applied.append(apply_change(cluster, end, dry_run=dry_run, audit_log=audit_log))
     return applied
 
 

@@ -676,14 +676,21 @@ def finished_release(driver: Driver, state: DriverState) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole plan in this process: phase after phase until promoted or rolled back."""
-    driver = open_driver(args)
+def take_lease(driver: Driver, otherwise: str) -> Lease | None:
+    """The driver's lease, or None (said, with who holds it) when another runner has it."""
     lease, other = acquire_lease(driver.kube, driver.plan.service, driver.runner,
                                  driver.lease_seconds)
     if lease is None:
         driver.say(f"another runner holds lease {lease_name(driver.plan.service)}: "
-                   f"{holder_text(other)}; not starting")
+                   f"{holder_text(other)}; {otherwise}")
+    return lease
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole plan in this process: phase after phase until promoted or rolled back."""
+    driver = open_driver(args)
+    lease = take_lease(driver, "not starting")
+    if lease is None:
         return EXIT_NOT_PROMOTED
     try:
         state = current_state(driver, lease, new_when_done=True)
@@ -706,11 +713,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_step(args: argparse.Namespace) -> int:
     """At most one phase: the next due one. Safe from cron, from several machines at once."""
     driver = open_driver(args)
-    lease, other = acquire_lease(driver.kube, driver.plan.service, driver.runner,
-                                 driver.lease_seconds)
+    lease = take_lease(driver, "nothing to do")
     if lease is None:
-        driver.say(f"another runner holds lease {lease_name(driver.plan.service)}: "
-                   f"{holder_text(other)}; nothing to do")
         return 0
     try:
         state = current_state(driver, lease, new_when_done=args.new_release)

@@ -40,7 +40,7 @@ def test_weight_status_and_rollback(kubeconfig, tmp_path, capsys):
     capsys.readouterr()
 
     assert cli.main(["audit", "verify", str(tmp_path)]) == 0
-    assert "audit chain intact, 3 records" in capsys.readouterr().out
+    assert "audit chain intact, 4 records" in capsys.readouterr().out
 
 
 def test_weight_dry_run_prints_the_diff_and_changes_nothing(kubeconfig, capsys):

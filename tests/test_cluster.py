@@ -9,7 +9,12 @@ from kubernetes import client
 
 from canarykit import audit, cluster, istio, traffic
 from canarykit.errors import BadInput, ConcurrentChangeError
-from canarykit.rollout_state import AUDIT_HEAD_ANNOTATION, ROLLOUT_ANNOTATION, read_state
+from canarykit.rollout_state import (
+    AUDIT_HEAD_ANNOTATION,
+    ROLLOUT_ANNOTATION,
+    read_state,
+    with_state,
+)
 from tests.apiserver_fixture import seed
 
 REVIEWS = yaml.safe_load_all(
@@ -238,7 +243,29 @@ def test_rollback_restores_the_exact_pre_rollout_managed_fields(lab):
     assert ROLLOUT_ANNOTATION not in vs["metadata"].get("annotations", {})
     assert vs["metadata"]["labels"] == original_vs["metadata"]["labels"]
     assert audit.verify_chain(log).ok
-    assert audit.read_records(log)[-2]["operation"] == "rollback"
+    operations = [r["operation"] for r in audit.read_records(log)]
+    assert operations[-3:] == ["rollback", "rollback", "end_rollout"]
+
+
+def test_a_rollback_killed_half_way_is_finished_by_the_next_one(lab):
+    kube, log = lab
+    original_dr = _read(kube, "DestinationRule")
+    cluster.set_weight(kube, "reviews", 30, audit_log=log)
+    cluster.change_destination_rule(
+        kube, "reviews", lambda dr: traffic.ensure_subset(dr, "v3"), audit_log=log
+    )
+    state = read_state(_read(kube))
+    # As if killed after the VirtualService was restored: state kept, DR not yet restored.
+    vs = _read(kube)
+    restored = traffic.restore_managed_fields(vs, state.snapshot["virtualService"])
+    state.phase = "rolling-back"
+    half = traffic.Change("rollback", {}, vs, with_state(restored.after, state))
+    cluster.apply_change(kube, half, audit_log=log)
+
+    cluster.rollback(kube, "reviews", audit_log=log)
+
+    assert istio.managed_fields(_read(kube, "DestinationRule")) == istio.managed_fields(original_dr)
+    assert read_state(_read(kube)) is None
 
 
 def test_rollback_without_a_rollout_says_there_is_nothing_to_roll_back(lab):

@@ -347,6 +347,25 @@ def test_abort_rolls_back_now_and_ends_the_release_aborted(tmp_path, lab_now):
     assert all_on_stable(lab_now)
 
 
+def test_promote_skips_the_remaining_steps_and_makes_the_canary_stable(tmp_path, lab_now):
+    path = write_plan(tmp_path, lab_now, steps=[{"weight": 25}, {"weight": 50},
+                                                {"promote": {}}])
+    for _ in range(2):
+        assert rollout_cli(tmp_path, "step", str(path)).returncode == 0
+    done = rollout_cli(tmp_path, "promote", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = release(tmp_path)
+    assert summary["status"] == "promoted"
+    assert [p["name"] for p in summary["phases"]] == ["preflight", "shift-25", "promote"]
+    assert weights_in_audit(release_folder(tmp_path)) == [25]  # 50 % was never applied
+    served = {d["subset"] for d in routes(lab_now)[0]["destinations"] if d["weight"] != 0}
+    assert served == {"v2"}
+    assert rollout_state.read_state(cluster.find_virtual_service(kube(lab_now), "reviews")) is None
+    again = rollout_cli(tmp_path, "promote", str(path))
+    assert again.returncode == 1 and "nothing to promote" in again.stdout
+    assert chain_intact(release_folder(tmp_path), lab_now)
+
+
 def test_a_runner_killed_at_any_point_of_a_phase_is_continued_by_the_next(tmp_path, lab_now):
     path = write_plan(tmp_path, lab_now, steps=[{"weight": 25}, {"weight": 50},
                                                 {"promote": {}}])

@@ -290,7 +290,7 @@ def test_rollback_restores_the_snapshot_and_a_second_one_changes_nothing(seeded,
     scene(target, "internal-canary", phases.internal_canary)
     scene(target, "shift-traffic", phases.shift_traffic, canary_weight=25)
     result = ok_result(execute("rollback", tmp_path, audit_log, reason="analyze-25 FAIL"))
-    assert [c["operation"] for c in result["changes"]] == ["rollback"]
+    assert [c["operation"] for c in result["changes"]] == ["rollback", "end_rollout"]
     assert "reason: analyze-25 FAIL" in result["notes"]
     vs, dr = objects(seeded)
     assert istio.managed_fields(vs) == istio.managed_fields(seed_vs)
