@@ -29,6 +29,7 @@ SCHEMA_ERROR = "IST0106"  # SchemaValidationError
 REFERENCE_NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
 UNREACHABLE_RULE = "IST0130"  # VirtualServiceUnreachableRule
 INEFFECTIVE_MATCH = "IST0131"  # VirtualServiceIneffectiveMatch
+CONFLICTING_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
 WEIGHT_SUM = "CK0001"  # canarykit's own: weights of a split do not sum to 100
 
 ISTIO_API_VERSIONS = (
@@ -700,15 +701,50 @@ def _missing_subsets(vs: dict, subsets: dict[str, set[str]]) -> list[Message]:
     return messages
 
 
+# --- cross-object: IST0109 -----------------------------------------------------------------
+
+
+def _mesh_hosts(vs: dict) -> set[str]:
+    """Fully qualified hosts a VirtualService routes for sidecars (the `mesh` gateway)."""
+    spec = vs.get("spec") if isinstance(vs.get("spec"), dict) else {}
+    gateways = spec.get("gateways")
+    if isinstance(gateways, list) and gateways and "mesh" not in gateways:
+        return set()
+    hosts = spec.get("hosts") if isinstance(spec.get("hosts"), list) else []
+    namespace = _identity(vs)[1]
+    return {host_fqdn(host, namespace) for host in hosts if isinstance(host, str) and host}
+
+
+def _conflicting_hosts(objects: list[Any]) -> list[Message]:
+    """Two VirtualServices for one host on the mesh gateway: sidecars apply only one of them."""
+    owners: dict[str, set[tuple[str, str, str]]] = {}
+    for obj in objects:  # one resource given twice (alternative files) is still one resource
+        if _is_istio_object(obj, "VirtualService"):
+            for host in _mesh_hosts(obj):
+                owners.setdefault(host, set()).add(_identity(obj))
+    messages: list[Message] = []
+    for host, services in sorted(owners.items()):
+        if len(services) < 2:
+            continue
+        names = ", ".join(f"{namespace}/{name}" for _, namespace, name in sorted(services))
+        for kind, namespace, name in sorted(services):
+            messages.append(Message(
+                ERROR, CONFLICTING_HOSTS, kind, namespace, name,
+                f"The VirtualServices {names} associated with mesh gateway define the same "
+                f"host {json.dumps(host)} which can lead to undefined behavior. This can be "
+                "fixed by merging the conflicting VirtualServices into a single resource."))
+    return messages
+
+
 def analyze(objects: list[dict]) -> list[Message]:
-    """`validate_object` for each object, plus checks across objects (IST0101)."""
+    """`validate_object` for each object, plus checks across objects (IST0101, IST0109)."""
     subsets = _subsets_by_host(objects)
     messages: list[Message] = []
     for obj in objects:
         messages += validate_object(obj)
         if _is_istio_object(obj, "VirtualService"):
             messages += _missing_subsets(obj, subsets)
-    return messages
+    return messages + _conflicting_hosts(objects)
 
 
 def has_errors(messages: Iterable[Message]) -> bool:

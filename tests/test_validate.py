@@ -194,6 +194,44 @@ def test_tcp_route_to_missing_subset_is_ist0101():
         'Referenced host+subset in destinationrule not found: "reviews+v9"']
 
 
+# --- IST0109: two VirtualServices for one host on the mesh gateway ---------------------------
+
+
+def named(obj, name):
+    obj["metadata"]["name"] = name
+    return obj
+
+
+def test_two_mesh_virtual_services_for_one_host_are_ist0109_on_both():
+    other = named(virtual_service(hosts=["reviews.default.svc.cluster.local"]), "reviews-canary")
+    messages = [m for m in analyze([virtual_service(), other, destination_rule()])
+                if m.code == "IST0109"]
+    assert [(m.level, m.name) for m in messages] == [("Error", "reviews"),
+                                                    ("Error", "reviews-canary")]
+    assert messages[0].message.startswith(
+        "The VirtualServices default/reviews, default/reviews-canary associated with mesh "
+        'gateway define the same host "reviews.default.svc.cluster.local"')
+
+
+def test_one_host_in_two_namespaces_or_on_a_gateway_only_does_not_conflict():
+    elsewhere = named(virtual_service(namespace="staging"), "reviews")
+    ingress = named(virtual_service(gateways=["bookinfo-gateway"]), "reviews-ingress")
+    assert texts(analyze([virtual_service(), elsewhere, ingress, destination_rule(),
+                          destination_rule(namespace="staging")]), code="IST0109") == []
+
+
+@pytest.mark.parametrize("gateways", [["mesh"], ["mesh", "bookinfo-gateway"]])
+def test_naming_the_mesh_gateway_counts_as_the_mesh(gateways):
+    other = named(virtual_service(gateways=gateways), "reviews-2")
+    assert len(texts(analyze([virtual_service(), other, destination_rule()]),
+                     code="IST0109")) == 2
+
+
+def test_one_virtual_service_given_in_two_files_does_not_conflict_with_itself():
+    assert texts(analyze([virtual_service(), virtual_service(), destination_rule()]),
+                 code="IST0109") == []
+
+
 # --- IST0130 / IST0131: rules and matches that are never used -------------------------------
 
 
@@ -750,3 +788,4 @@ def test_examples_are_not_changed_by_validation():
     before = copy.deepcopy(docs)
     analyze(docs)
     assert docs == before
+
