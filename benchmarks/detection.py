@@ -116,7 +116,8 @@ def sequential_fails(s: Streams, weight: float) -> np.ndarray:
     cc, cs = s.canary_requests.cumsum(1), s.stable_requests.cumsum(1)
     ec, es = s.canary_errors.cumsum(1), s.stable_errors.cumsum(1)
     error_fail = sequential.error_log_bayes_factor(ec, es, share) >= threshold
-    split_fail = sequential.split_log_bayes_factor(cc, cs, share) >= threshold
+    split_fail = sequential.retry_adjusted_split_log_bayes_factor(cc, cs, ec, es, share) \
+        >= threshold
     return (error_fail & ~split_fail) | latency_fails(s, alpha_each)
 
 

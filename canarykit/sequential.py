@@ -10,7 +10,8 @@ false-rollback probability at most alpha for the whole rollout.
 - `error_rate_test`: where the 5xx responses fall (Lindon & Malek 2022, Dirichlet-multinomial
   count test), one-sided with a tolerance, evidence chained across weight changes;
 - `traffic_split_test`: the same count test on requests against the configured weights
-  (sample ratio mismatch), a routing problem that invalidates the error test;
+  (sample ratio mismatch, allowing for retried 5xx), a routing problem that invalidates the
+  error test;
 - `latency_test`: time-uniform confidence bands for both latency CDFs at the histogram bucket
   edges, FAIL when the canary is slower by more than a tolerance;
 - `judge_sequential`: all three with alpha split across them (Bonferroni).
@@ -139,6 +140,53 @@ def split_log_bayes_factor(
             - x * math.log(canary_share) - y * math.log1p(-canary_share))
 
 
+def retry_adjusted_split_log_bayes_factor(
+    canary_requests: Any,
+    stable_requests: Any,
+    canary_errors: Any,
+    stable_errors: Any,
+    canary_share: float,
+    *,
+    concentration: float = SPLIT_CONCENTRATION,
+) -> Any:
+    """The least split Bayes factor over the request counts the clients may have sent.
+
+    A proxy retries a 5xx (Istio retries 503 by default) on the same subset, and a
+    destination-side count includes every attempt: a failing canary gets more requests
+    than its share without any routing problem. The requests clients sent to a version lie
+    between its non-5xx count and its total, so the test takes the smallest Bayes factor over
+    that box. The true counts are in the box, so the least value is at most the test
+    martingale of the true counts: still at most alpha under the null, at any time.
+    log BF is convex along each edge of the box and has no interior minimum, so the
+    minimum over the four edges (each found by bisection on the derivative) is exact.
+    """
+    a, b = concentration * canary_share, concentration * (1.0 - canary_share)
+    x_hi = np.asarray(canary_requests, dtype=float)
+    y_hi = np.asarray(stable_requests, dtype=float)
+    x_lo = np.maximum(x_hi - np.asarray(canary_errors, dtype=float), 0.0)
+    y_lo = np.maximum(y_hi - np.asarray(stable_errors, dtype=float), 0.0)
+
+    def log_bf(x: Any, y: Any) -> Any:
+        return split_log_bayes_factor(x, y, canary_share, concentration=concentration)
+
+    def along(lo: Any, hi: Any, other: Any, own: float, log_p: float) -> Any:
+        """argmin over [lo, hi] of the edge function, given the other count fixed."""
+        def slope(v: Any) -> Any:
+            return special.digamma(own + v) - special.digamma(a + b + v + other) - log_p
+        lo, hi = np.broadcast_arrays(lo, hi)
+        left, right = lo.astype(float), hi.astype(float)
+        for _ in range(60):
+            mid = (left + right) / 2
+            rising = slope(mid) > 0
+            right, left = np.where(rising, mid, right), np.where(rising, left, mid)
+        return np.clip((left + right) / 2, lo, hi)
+
+    log_rho, log_rest = math.log(canary_share), math.log1p(-canary_share)
+    candidates = [log_bf(along(x_lo, x_hi, y, a, log_rho), y) for y in (y_lo, y_hi)]
+    candidates += [log_bf(x, along(y_lo, y_hi, x, b, log_rest)) for x in (x_lo, x_hi)]
+    return np.minimum.reduce(candidates)
+
+
 def cdf_band_halfwidth(requests: Any, alpha: float, *, edges: int,
                        mixture: float = LATENCY_MIXTURE) -> Any:
     """Half-width of a time-uniform confidence band for a CDF at `edges` fixed points.
@@ -244,9 +292,10 @@ def traffic_split_test(
     """Does the canary get the share of requests it is configured for? (sample ratio mismatch)
 
     FAIL when the chained Bayes factor reaches 1/alpha: routing does not follow the weights,
-    so where errors fall says nothing about the canary. The judgement is not critical: a
-    routing problem is not evidence against the canary, and `decide` turns it into an
-    INCONCLUSIVE step. INCONCLUSIVE below `min_requests` requests in total or with no data.
+    so where errors fall says nothing about the canary. Requests a version got by retries of
+    its own 5xx are allowed for (`retry_adjusted_split_log_bayes_factor`). The judgement is
+    not critical: a routing problem is not evidence against the canary, and `decide` turns it
+    into an INCONCLUSIVE step. INCONCLUSIVE below `min_requests` requests in total or with no data.
     """
     _check_alpha(alpha)
     _check_concentration(concentration)
@@ -267,8 +316,9 @@ def traffic_split_test(
                          critical=False)
     per_segment = []
     for seg in segments:
-        log_bf = float(split_log_bayes_factor(seg.canary_requests, seg.stable_requests,
-                                              seg.canary_share, concentration=concentration))
+        log_bf = float(retry_adjusted_split_log_bayes_factor(
+            seg.canary_requests, seg.stable_requests, seg.canary_errors, seg.stable_errors,
+            seg.canary_share, concentration=concentration))
         per_segment.append({"canary_share": seg.canary_share, "log_bayes_factor": log_bf,
                             "bayes_factor": _bf(log_bf)})
     log_bf = sum(s["log_bayes_factor"] for s in per_segment)

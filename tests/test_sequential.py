@@ -20,6 +20,7 @@ from canarykit.sequential import (
     judge_sequential,
     latency_test,
     null_share,
+    retry_adjusted_split_log_bayes_factor,
     split_log_bayes_factor,
     traffic_split_test,
 )
@@ -237,6 +238,58 @@ def test_traffic_split_with_identical_routing_fails_at_most_alpha():
     canary = rng.binomial(n, 0.1).cumsum(1)
     total = n.cumsum(1)
     log_bf = split_log_bayes_factor(canary, total - canary, 0.1)
+    assert np.mean((log_bf >= math.log(20)).any(1)) <= 0.05 + MONTE_CARLO_MARGIN
+
+
+def retried(rng, requests, error_rate, attempts=3):
+    """Destination-side (requests, 5xx) when a proxy retries each 5xx up to attempts - 1 times."""
+    total = errors = np.zeros_like(requests)
+    pending = requests
+    for _ in range(attempts):
+        failed = rng.binomial(pending, error_rate)
+        total, errors, pending = total + pending, errors + failed, failed
+    return total, errors
+
+
+def test_the_retry_adjusted_factor_is_the_least_over_every_count_clients_may_have_sent():
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        share = rng.choice([0.05, 0.25, 0.5])
+        canary, stable = rng.integers(0, 3000), rng.integers(0, 9000)
+        canary_errors, stable_errors = rng.integers(0, canary + 1), rng.integers(0, stable + 1)
+        x, y = np.meshgrid(np.linspace(canary - canary_errors, canary, 80),
+                           np.linspace(stable - stable_errors, stable, 80))
+        least = split_log_bayes_factor(x, y, share).min()
+        got = retry_adjusted_split_log_bayes_factor(canary, stable, canary_errors,
+                                                    stable_errors, share)
+        assert least - 0.05 * abs(least) - 1e-3 <= got <= least + 1e-9
+
+
+def test_without_5xx_the_retry_adjusted_factor_is_the_plain_one():
+    assert retry_adjusted_split_log_bayes_factor(600, 9400, 0, 0, 0.05) == pytest.approx(
+        split_log_bayes_factor(600, 9400, 0.05))
+
+
+def test_a_failing_canary_whose_extra_requests_are_retries_is_not_a_routing_problem():
+    rng = np.random.default_rng(8)
+    canary, canary_errors = retried(rng, np.int64(25_000), 0.25)  # 25 % of 100,000 requests
+    stable, stable_errors = retried(rng, np.int64(75_000), 0.005)
+    seg = segment(0.25, int(stable), int(stable_errors), int(canary), int(canary_errors))
+    assert split_log_bayes_factor(canary, stable, 0.25) > math.log(1e6)  # unadjusted: SRM
+    errors, split = judge_sequential([seg], None, None, judge_latency=False)
+    assert split.verdict == Verdict.PASS
+    assert errors.verdict == Verdict.FAIL and decide([errors, split]).verdict == Verdict.FAIL
+
+
+def test_retries_on_both_versions_keep_false_split_failures_at_most_alpha():
+    rng = np.random.default_rng(9)
+    sent = rng.poisson(500, size=(300, 60))
+    to_canary = rng.binomial(sent, 0.1)
+    canary, canary_errors = retried(rng, to_canary, 0.05)
+    stable, stable_errors = retried(rng, sent - to_canary, 0.05)
+    log_bf = retry_adjusted_split_log_bayes_factor(
+        canary.cumsum(1), stable.cumsum(1), canary_errors.cumsum(1), stable_errors.cumsum(1),
+        0.1)
     assert np.mean((log_bf >= math.log(20)).any(1)) <= 0.05 + MONTE_CARLO_MARGIN
 
 
