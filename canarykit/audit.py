@@ -36,12 +36,18 @@ def record_hash(record: dict[str, Any]) -> str:
 
 
 def _last_hash(handle) -> tuple[str, int]:
-    handle.seek(0)
-    prev, count = GENESIS, 0
-    for line in handle:
-        if line.strip():
-            prev, count = json.loads(line)["hash"], count + 1
-    return prev, count
+    """(hash, seq) of the newest record, read from the end: the log only grows."""
+    fd = handle.fileno()
+    position, tail = os.fstat(fd).st_size, b""
+    while position > 0:
+        step = min(4096, position)
+        position -= step
+        tail = os.pread(fd, step, position) + tail
+        lines = [line for line in tail.split(b"\n") if line.strip()]
+        if len(lines) > 1 or (lines and position == 0):  # the newest line is whole
+            newest = json.loads(lines[-1])
+            return newest["hash"], newest["seq"]
+    return GENESIS, 0
 
 
 class AuditLog:

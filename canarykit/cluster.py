@@ -453,7 +453,7 @@ def rollback(
         restore_managed_fields(dr, snapshot["destinationRule"]), operation="rollback", params=params
     )
     applied.append(apply_change(cluster, dr_change, dry_run=dry_run, audit_log=audit_log))
-    vs = applied[0].result if dry_run else find_virtual_service(cluster, service)
+    vs = applied[0].result
     end = Change("end_rollout", params, vs, with_state(vs, None))
     applied.append(apply_change(cluster, end, dry_run=dry_run, audit_log=audit_log))
     return applied

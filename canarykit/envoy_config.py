@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import http
 import ipaddress
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import re2
 import yaml
 
+from canarykit.apiserver import write_atomically
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput, CanaryKitError
 from canarykit.istio import host_fqdn
@@ -1213,19 +1213,8 @@ def cds_document(t: Translation) -> dict:
 
 
 def _replace_file(path: Path, document: dict) -> None:
-    """Write to a temporary file beside `path`, then rename, so Envoy never reads half a file."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(to_yaml(document))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
+    """Envoy must never read half a file: temp file, fsync, rename."""
+    write_atomically(path, to_yaml(document), fsync=True)
 def write_config(t: Translation, directory: Path) -> None:
     """Replace cds.yaml, then lds.yaml, atomically; Envoy's watched_directory sees the moves."""
     directory = Path(directory)

@@ -18,6 +18,14 @@ ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 API_VERSIONS = tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS)
 KINDS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+# Envoy's retry conditions (x-envoy-retry-on) Istio accepts in retryOn; HTTP codes are allowed too.
+RETRY_ON_POLICIES = frozenset({
+    "5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimited", "retriable-4xx",
+    "refused-stream", "retriable-status-codes", "retriable-headers", "cancelled",
+    "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+    "http3-post-connect-failure", "reset-before-request",
+})
+HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
 MANAGED_FIELDS = {"VirtualService": ("http",), "DestinationRule": ("trafficPolicy", "subsets")}
 
 _LIST_KINDS = {"List", "VirtualServiceList", "DestinationRuleList"}
@@ -322,12 +330,12 @@ def destination_rule_subsets(dr: dict) -> list[str]:
     return [s.get("name") for s in subsets if isinstance(s, dict)]
 
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def is_dns1123_label(text: Any) -> bool:
     """Whether `text` is a DNS-1123 label (what Istio requires of subset names)."""
-    return isinstance(text, str) and len(text) <= 63 and bool(DNS1123_LABEL.match(text))
+    return isinstance(text, str) and len(text) <= 63 and DNS1123_LABEL.fullmatch(text) is not None
 
 
 def check_dns_label(field_name: str, value: Any) -> str:

@@ -26,16 +26,13 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from canarykit.apiserver import write_atomically
 from canarykit.errors import BadInput, CanaryKitError
-from canarykit.workload import (
-    SESSION_HEADER,
-    SOURCE_HEADER,
-    VERSION_HEADER,
-    write_ready_file,
-)
+from canarykit.workload import SESSION_HEADER, SOURCE_HEADER, VERSION_HEADER
 
 KINDS = ("plain", "header", "cookie", "session")
 DEFAULT_MIX = {"plain": 0.85, "header": 0.05, "cookie": 0.05, "session": 0.05}
@@ -638,7 +635,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     generator.start()
     if args.ready_file:
-        write_ready_file(args.ready_file, f"{server.server_address[1] if server else 0}\n")
+        write_atomically(Path(args.ready_file), f"{server.server_address[1] if server else 0}\n")
     where = f", stats on {server.url}" if server else ""
     sys.stderr.write(f"loadgen sending {generator.rate:g}/s to {args.target} (Host {args.host})"
                      f"{where}\n")

@@ -127,10 +127,6 @@ class Target:
     audit_log: Path
     release: str = ""
 
-    @property
-    def virtual_service_ref(self) -> str:
-        return f"VirtualService {self.namespace}/{self.service}"
-
 
 def _text(field: str, value: Any) -> str:
     if not isinstance(value, str):
@@ -960,8 +956,8 @@ def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
     phases, metric_rows, decisions, changes, weights = [], [], [], [], []
     for entry in entries:
         path = folder / str(entry.get("notebook"))
-        result = runbook.read_result(path) if path.is_file() else None
-        error = runbook.notebook_error(path) if path.is_file() else "notebook missing"
+        result, error = (runbook.read_notebook(path) if path.is_file()
+                         else (None, "notebook missing"))
         result = result or {}
         tag = {"phase": entry.get("name"), "notebook": entry.get("notebook")}
         finished = result.get("finished") or entry.get("finished")

@@ -137,9 +137,6 @@ class PhaseSpec:
     judged: bool = False  # records a verdict the driver acts on
     pause: float = 0.0  # seconds to wait after it before the next phase
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # ---------------------------------------------------------------- loading
 

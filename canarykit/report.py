@@ -101,8 +101,7 @@ def _load_phase(folder: Path, entry: dict[str, Any]) -> Phase:
     if not path.is_file():
         return Phase(entry, None, f"notebook {notebook} is missing")
     try:
-        result = runbook.read_result(path)
-        error = runbook.notebook_error(path)
+        result, error = runbook.read_notebook(path)
     except Exception as exc:  # nbformat raises several kinds on a damaged file
         return Phase(entry, None, f"notebook {notebook} is unreadable: {exc}")
     if result is None and error is None:

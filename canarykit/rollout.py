@@ -494,8 +494,8 @@ def execute(driver: Driver, state: DriverState, spec: PhaseSpec, notebook: Path)
     result = None
     if notebook.is_file():
         with contextlib.suppress(Exception):
-            result = runbook.read_result(notebook)
-            error = error or runbook.notebook_error(notebook)
+            result, left = runbook.read_notebook(notebook)
+            error = error or left
     if result is None:
         return {"outcome": "error", "verdict": None,
                 "error": error or "the runbook recorded no result", "reason": ""}
@@ -800,8 +800,7 @@ def status_report(driver: Driver) -> dict[str, Any]:
         "release": None,
     }
     if state is not None:
-        out["release"] = {k: v for k, v in state.to_dict().items() if k != "phases"}
-        out["release"]["phases"] = state.phases
+        out["release"] = state.to_dict()
         try:
             out["release"]["next"] = None if state.done else next_phase(driver, state).name
         except BadInput as exc:

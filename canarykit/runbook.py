@@ -81,23 +81,28 @@ def record(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def read_result(notebook: Path | str) -> dict[str, Any] | None:
-    """The last result recorded in an executed notebook, or None if it never got that far."""
+def read_notebook(notebook: Path | str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the last result recorded, the error a failed run left) of an executed notebook.
+
+    The result is None if the run never got that far; papermill keeps the traceback of a
+    failed run in the notebook, and the error is its first one.
+    """
     nb = nbformat.read(str(notebook), as_version=4)
-    found = None
+    found, error = None, None
     for cell in nb.cells:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            data = output.get("data", {})
-            if RESULT_MIME in data:
-                found = data[RESULT_MIME]
-    return dict(found) if found is not None else None
+            if RESULT_MIME in output.get("data", {}):
+                found = output["data"][RESULT_MIME]
+            if error is None and output.get("output_type") == "error":
+                error = f"{output.get('ename')}: {output.get('evalue')}"
+    return (dict(found) if found is not None else None), error
+
+
+def read_result(notebook: Path | str) -> dict[str, Any] | None:
+    """The last result recorded in an executed notebook, or None if it never got that far."""
+    return read_notebook(notebook)[0]
 
 
 def notebook_error(notebook: Path | str) -> str | None:
     """The error a failed run left in the notebook (papermill keeps the traceback there)."""
-    nb = nbformat.read(str(notebook), as_version=4)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if output.get("output_type") == "error":
-                return f"{output.get('ename')}: {output.get('evalue')}"
-    return None
+    return read_notebook(notebook)[1]

@@ -20,14 +20,7 @@ from canarykit import istio
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput
 
-RETRY_ON_POLICIES = frozenset({
-    "5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimited", "retriable-4xx",
-    "refused-stream", "retriable-status-codes", "retriable-headers", "cancelled",
-    "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
-    "http3-post-connect-failure", "reset-before-request",
-})
 HEADER_MATCH_KINDS = ("exact", "prefix", "regex")
-_HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
 _MIRROR_KEYS = ("mirror", "mirrorPercentage", "mirrorPercent", "mirror_percent")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -511,11 +504,11 @@ def retry_conditions(value: str | list[str] | tuple[str, ...]) -> str:
         token = token.strip() if isinstance(token, str) else token
         if isinstance(token, str) and token.isdigit() and 100 <= int(token) <= 599:
             cleaned.append(token)
-        elif token in RETRY_ON_POLICIES:
+        elif token in istio.RETRY_ON_POLICIES:
             cleaned.append(token)
         else:
             raise BadInput("retry_on", token, "is not an Envoy retry condition "
-                           f"({', '.join(sorted(RETRY_ON_POLICIES))}, or an HTTP status)")
+                           f"({', '.join(sorted(istio.RETRY_ON_POLICIES))}, or an HTTP status)")
     return ",".join(cleaned)
 
 
@@ -598,7 +591,7 @@ def set_session_affinity(dr: dict, *, header: str | None = None, cookie: str | N
     balancer.pop("simple", None)
     hashing = balancer.get("consistentHash")
     hashing = hashing if isinstance(hashing, dict) else {}
-    for other in _HASH_KEYS:
+    for other in istio.HASH_KEYS:
         if other != key:
             hashing.pop(other, None)
     hashing[key] = setting

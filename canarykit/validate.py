@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -22,7 +21,14 @@ import yaml
 
 from canarykit.durations import parse_duration
 from canarykit.errors import BadInput, CanaryKitError
-from canarykit.istio import host_fqdn
+from canarykit.istio import (
+    API_VERSIONS,
+    HASH_KEYS,
+    KINDS,
+    RETRY_ON_POLICIES,
+    host_fqdn,
+    is_dns1123_label,
+)
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 SCHEMA_ERROR = "IST0106"  # SchemaValidationError
@@ -32,20 +38,6 @@ INEFFECTIVE_MATCH = "IST0131"  # VirtualServiceIneffectiveMatch
 CONFLICTING_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
 WEIGHT_SUM = "CK0001"  # canarykit's own: weights of a split do not sum to 100
 
-ISTIO_API_VERSIONS = (
-    "networking.istio.io/v1",
-    "networking.istio.io/v1beta1",
-    "networking.istio.io/v1alpha3",
-)
-ISTIO_KINDS = ("VirtualService", "DestinationRule")
-
-# Envoy's retry conditions (x-envoy-retry-on, x-envoy-retry-grpc-on); HTTP codes are allowed too.
-RETRY_ON = frozenset({
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
-    "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
-    "retriable-headers", "http3-post-connect-failure", "cancelled", "deadline-exceeded",
-    "internal", "resource-exhausted", "unavailable",
-})
 GRPC_STATUSES = frozenset({
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
@@ -53,9 +45,7 @@ GRPC_STATUSES = frozenset({
     "UNAUTHENTICATED",
 })
 SIMPLE_LB = ("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST")
-HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
 MAX_REGEX_LENGTH = 1024
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # report through messages, not RE2's own stderr logging
 _ABSENT = object()
@@ -193,13 +183,9 @@ def _check_regex(value: Any, path: str, out: list[_Finding]) -> None:
         out.append(_bad(path, f"is not a valid RE2 regular expression: {reason}", pattern))
 
 
-def _is_dns1123_label(name: str) -> bool:
-    return len(name) <= 63 and _DNS1123_LABEL.fullmatch(name) is not None
-
-
 def _check_subset_name(value: Any, path: str, out: list[_Finding]) -> str | None:
     name = _as_str(value, path, out)
-    if name is not None and not _is_dns1123_label(name):
+    if name is not None and not is_dns1123_label(name):
         out.append(_bad(path, "must be a DNS-1123 label (a-z, 0-9 and '-', at most 63)", name))
         return None
     return name
@@ -239,7 +225,7 @@ def _check_virtual_service(spec: dict, out: list[_Finding]) -> None:
 
 
 def _check_http_rule(rule: Any, path: str, out: list[_Finding]) -> None:
-    if rule == {}:
+    if rule is None or rule == {}:
         out.append(_bad(path, "must not be empty"))
     rule = _as_dict(rule, path, out)
     if not rule:
@@ -391,7 +377,7 @@ def _check_retries(value: Any, path: str, out: list[_Finding]) -> None:
     _check_duration(retries.get("backoff"), f"{path}.backoff", out)
     retry_on = _as_str(retries.get("retryOn"), f"{path}.retryOn", out)
     for condition in (retry_on.split(",") if retry_on is not None else []):
-        if condition not in RETRY_ON and not _is_http_status(condition):
+        if condition not in RETRY_ON_POLICIES and not _is_http_status(condition):
             out.append(_bad(f"{path}.retryOn", f"{condition!r} is not an Envoy retry condition "
                             "or HTTP status code", retry_on))
 
@@ -606,7 +592,7 @@ def is_kubernetes_object(doc: Any) -> bool:
 
 def _is_istio_object(obj: Any, kind: str) -> bool:
     return (is_kubernetes_object(obj) and obj["kind"] == kind
-            and obj["apiVersion"] in ISTIO_API_VERSIONS)
+            and obj["apiVersion"] in API_VERSIONS)
 
 
 def validate_object(obj: dict) -> list[Message]:
@@ -619,11 +605,11 @@ def validate_object(obj: dict) -> list[Message]:
         return [Message(ERROR, SCHEMA_ERROR, kind, namespace, name,
                         "not a Kubernetes object: apiVersion and kind are required")]
     kind, namespace, name = _identity(obj)
-    if kind not in ISTIO_KINDS:
+    if kind not in KINDS:
         return []
     out: list[_Finding] = []
-    if obj["apiVersion"] not in ISTIO_API_VERSIONS:
-        out.append(_bad("apiVersion", f"must be one of {', '.join(ISTIO_API_VERSIONS)} for "
+    if obj["apiVersion"] not in API_VERSIONS:
+        out.append(_bad("apiVersion", f"must be one of {', '.join(API_VERSIONS)} for "
                         f"{kind}", obj["apiVersion"]))
     else:
         metadata = _as_dict(obj.get("metadata"), "metadata", out)

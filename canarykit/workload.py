@@ -15,12 +15,10 @@ import argparse
 import bisect
 import json
 import math
-import os
 import random
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from canarykit.apiserver import write_atomically
 from canarykit.errors import BadInput, CanaryKitError
 from canarykit.istio import check_dns_label
 
@@ -456,20 +455,6 @@ def get_behaviour(url: str, *, timeout: float = 5.0) -> dict[str, Any]:
 # ---------------------------------------------------------------- CLI
 
 
-def write_ready_file(path: str | Path, text: str) -> None:
-    """Temp file + rename, so whoever waits for the file reads all of it or nothing."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", required=True, help="service name, e.g. reviews")
     parser.add_argument("--namespace", default="default", help="namespace (default: default)")
@@ -515,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"workload: cannot listen on {args.host}:{args.port}: {err}\n")
         return 1
     if args.ready_file:
-        write_ready_file(args.ready_file, f"{server.port}\n")
+        write_atomically(Path(args.ready_file), f"{server.port}\n")
     sys.stderr.write(f"workload {identity.service} {identity.version} replica {identity.replica}"
                      f" listening on {server.url}\n")
     sys.stderr.flush()

@@ -412,3 +412,4 @@ def test_destination_rule_subsets_and_dns1123_names():
     assert not istio.is_dns1123_label("V2")
     assert not istio.is_dns1123_label("-v2")
     assert not istio.is_dns1123_label("a" * 64)
+    assert not istio.is_dns1123_label("v2\n")

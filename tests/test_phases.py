@@ -130,12 +130,6 @@ def test_bad_analysis_settings_are_refused_naming_the_field(changes, field, valu
     assert (refused.value.field, refused.value.value) == (field, value)
 
 
-def test_every_runbook_declares_the_common_parameters_except_post_rollout_analysis():
-    for name, names in phases.RUNBOOK_PARAMETERS.items():
-        if name != "post-rollout-analysis":
-            assert names[:len(phases.COMMON_PARAMETERS)] == phases.COMMON_PARAMETERS
-
-
 # ---------------------------------------------------------------- weights and their history
 
 

@@ -614,7 +614,7 @@ def test_bad_timeout_and_retry_parameters_are_refused_naming_them(vs, kwargs, fi
 
 
 def test_every_documented_retry_condition_is_accepted():
-    conditions = sorted(traffic.RETRY_ON_POLICIES)
+    conditions = sorted(istio.RETRY_ON_POLICIES)
     assert traffic.retry_conditions(conditions) == ",".join(conditions)
     assert "retriable-status-codes" in conditions and "reset-before-request" in conditions
 

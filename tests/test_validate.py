@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from canarykit import validate
+from canarykit import istio, validate
 from canarykit.validate import Message, analyze, has_errors, validate_object
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,6 +336,11 @@ def test_http_rule_without_any_action_is_refused():
         "spec.http[0]: must have a route, redirect, directResponse or delegate"]
 
 
+def test_an_empty_or_null_http_rule_is_refused():
+    assert http_errors(None) == ["spec.http[0]: must not be empty"]
+    assert http_errors({}) == ["spec.http[0]: must not be empty"]
+
+
 def test_virtual_service_without_hosts_is_refused():
     vs = virtual_service()
     del vs["spec"]["hosts"]
@@ -447,7 +452,7 @@ def test_unknown_retry_on_condition_is_refused():
 
 
 def test_known_retry_on_conditions_and_status_codes_are_accepted():
-    retry_on = ",".join(sorted(validate.RETRY_ON)) + ",503,429"
+    retry_on = ",".join(sorted(istio.RETRY_ON_POLICIES)) + ",503,429"
     assert http_errors(rule(retries={"attempts": 2, "retryOn": retry_on})) == []
 
 
