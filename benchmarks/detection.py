@@ -34,7 +34,10 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canarykit import judges, sequential  # noqa: E402
+from canarykit.analysis import (
+    judges,
+    sequential,  # noqa: E402
+)
 
 EDGES_MS = np.array([0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                      60000, 300000, 600000, 1800000, 3600000], dtype=float)

@@ -37,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes import client, config  # noqa: E402
 
-from canarykit import cluster, lab  # noqa: E402
-from canarykit.istio import ISTIO_GROUP  # noqa: E402
-from canarykit.lab import LabConfig, VersionSettings  # noqa: E402
-from canarykit.loadgen import LoadGenerator  # noqa: E402
-from canarykit.workload import VERSION_HEADER  # noqa: E402
+from canarykit.cluster import client as cluster  # noqa: E402
+from canarykit.lab import processes as lab  # noqa: E402
+from canarykit.lab.loadgen import LoadGenerator  # noqa: E402
+from canarykit.lab.processes import LabConfig, VersionSettings  # noqa: E402
+from canarykit.lab.workload import VERSION_HEADER  # noqa: E402
+from canarykit.mesh.istio import ISTIO_GROUP  # noqa: E402
 
 TIMEOUT_S = 20.0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canarykit import report  # noqa: E402
+from canarykit.rollout import report  # noqa: E402
 from tests.release_fixture import RELEASE, SERVICE, write_release  # noqa: E402
 
 TARGET_BYTES = 2_500_000

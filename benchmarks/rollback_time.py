@@ -36,8 +36,11 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
 
-from canarykit import cluster, lab, rollout, rollout_state  # noqa: E402
-from canarykit.lab import LabConfig  # noqa: E402
+from canarykit.cluster import client as cluster  # noqa: E402
+from canarykit.cluster import state as rollout_state  # noqa: E402
+from canarykit.lab import processes as lab  # noqa: E402
+from canarykit.lab.processes import LabConfig  # noqa: E402
+from canarykit.rollout import driver as rollout  # noqa: E402
 
 TARGET_S = 30.0
 QUIET_S = 3.0  # v2's count unchanged this long after Envoy switched: traffic is all on v1
@@ -96,7 +99,7 @@ def once(state: lab.LabState, plan: Path, work: Path, healthy: float) -> dict:
             raise
     log = open(work / "rollout.log", "a")  # noqa: SIM115 - closed below
     runner = subprocess.Popen(
-        [sys.executable, "-m", "canarykit.rollout", "run", str(plan)], cwd=work,
+        [sys.executable, "-m", "canarykit.rollout.driver", "run", str(plan)], cwd=work,
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait(lambda: analysing(kube, state.service), "the analysis at 25%", 120)

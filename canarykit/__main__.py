@@ -1,3 +1,3 @@
-from canarykit.cli import main
+from canarykit.cli.main import main
 
 raise SystemExit(main())

@@ -23,7 +23,7 @@ START_SECONDS = 30
 
 @dataclass
 class ApiServerProcess:
-    """A running `python -m canarykit.apiserver` and what a client needs to reach it."""
+    """A running `python -m canarykit.lab.apiserver` and what a client needs to reach it."""
 
     url: str
     kubeconfig: Path
@@ -44,8 +44,8 @@ def start_apiserver(work_dir: Path, data_dir: Path | None = None) -> ApiServerPr
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "canarykit.apiserver", "--port", "0", "--data", str(data_dir),
-             "--kubeconfig", str(kubeconfig)],
+            [sys.executable, "-m", "canarykit.lab.apiserver", "--port", "0",
+             "--data", str(data_dir), "--kubeconfig", str(kubeconfig)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + START_SECONDS
     while not kubeconfig.exists():

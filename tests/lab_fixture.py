@@ -4,7 +4,7 @@ The module lab runs the load generator at rate 0: tests send bounded bursts with
 `loadgen.send_requests`, so every count is theirs. `fresh_lab` puts the VirtualService,
 DestinationRule, replica behaviours and load counts back to the seed before each test and
 waits until Envoy serves the seeded configuration. Prometheus is read the way a rollout
-reads it: through `canarykit.metrics`.
+reads it: through `canarykit.analysis.metrics`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from canarykit import cluster, lab, loadgen, metrics
-from canarykit.lab import LabConfig, LabState, VersionSettings
+from canarykit.analysis import metrics
+from canarykit.cluster import client as cluster
+from canarykit.lab import loadgen
+from canarykit.lab import processes as lab
+from canarykit.lab.processes import LabConfig, LabState, VersionSettings
 
 FAST = {"latency_median_ms": 3.0, "latency_sigma": 0.3}
 

@@ -22,7 +22,8 @@ from typing import Any
 import nbformat
 import yaml
 
-from canarykit import audit, runbook
+from canarykit.cluster import audit
+from canarykit.rollout import runbook
 
 HOSTILE = "<script>alert(1)</script>"
 SERVICE, NAMESPACE, RELEASE = "reviews", "shop", "reviews-20240501-1200"
@@ -221,7 +222,7 @@ def _notebook(runbook_name: str, parameters: dict, result: dict | None,
         "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
     )
     injected.metadata["tags"] = ["injected-parameters"]
-    work = nbformat.v4.new_code_cell("from canarykit import runbook\nresult = run_phase()")
+    work = nbformat.v4.new_code_cell("from canarykit.rollout import runbook\nresult = run_phase()")
     work.execution_count = 3
     last = nbformat.v4.new_code_cell("runbook.record(result)")
     last.execution_count = 4

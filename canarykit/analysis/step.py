@@ -1,0 +1,560 @@
+"""One analysis step: Istio metrics from Prometheus -> judges -> one decision.
+
+`run_analysis` fetches the window's counts once (requests, 5xx, histogram buckets: three
+queries for all versions), the per-interval samples for the comparative judge (one range query
+per compared metric) and the custom metrics, runs the threshold, Mann-Whitney and sequential
+judges, records on each judgement the PromQL it was given, and combines them with
+`judges.decide`. Prometheus being unreachable or refusing is an INCONCLUSIVE decision that
+names the URL, never an exception. `canarykit analyze` is `add_arguments` + `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from canarykit.analysis import judges, sequential
+from canarykit.analysis import metrics as m
+from canarykit.core.errors import BadInput
+
+EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+JUDGE_NAMES = ("success-rate", "latency", "mann-whitney", "sequential")
+SEQUENTIAL_JUDGES = ("error-rate-sequential", "traffic-split", "latency-sequential")
+
+
+def _default_compare() -> list[judges.CompareMetric]:
+    return [
+        judges.CompareMetric("success-rate", direction="decrease"),
+        judges.CompareMetric("latency-p99", direction="increase", allowed_increase_ratio=0.1),
+    ]
+
+
+@dataclass
+class AnalysisConfig:
+    """Which judges run and their thresholds; round-trips to YAML/JSON."""
+
+    window: str = "10m"
+    interval: str = "1m"
+    judges: list[str] = field(default_factory=lambda: list(JUDGE_NAMES))
+    min_success_rate: float = 99.0  # percent, as Flagger's request-success-rate
+    max_p99_ms: float = 500.0
+    min_requests: int = 100
+    alpha: float = 0.05
+    error_tolerance: float = 0.0
+    latency_tolerance: float = 0.05
+    canary_weight: float | None = None  # configured canary weight in percent, when known
+    confidence: float = 0.95
+    pass_score: float = 95.0
+    marginal_score: float = 75.0
+    min_samples: int = 5
+    compare_metrics: list[judges.CompareMetric] = field(default_factory=_default_compare)
+    custom_metrics: list[m.CustomMetric] = field(default_factory=list)
+
+    @property
+    def window_seconds(self) -> float:
+        return m.parse_window(self.window, "window")
+
+    @property
+    def interval_seconds(self) -> float:
+        return m.parse_window(self.interval, "interval")
+
+    def validate(self) -> AnalysisConfig:
+        """Refuse a configuration that cannot be judged, naming the field."""
+        window, interval = self.window_seconds, self.interval_seconds
+        if interval > window:
+            raise BadInput("interval", self.interval,
+                           f"must not be longer than the window {self.window}")
+        if not isinstance(self.judges, list) or not self.judges:
+            raise BadInput("judges", self.judges,
+                           "must list at least one of " + ", ".join(JUDGE_NAMES))
+        for name in self.judges:
+            if name not in JUDGE_NAMES:
+                raise BadInput("judges", name, "must be one of " + ", ".join(JUDGE_NAMES))
+        _number("min_success_rate", self.min_success_rate, 0, 100)
+        _number("max_p99_ms", self.max_p99_ms, 0, None, open_low=True)
+        _number("alpha", self.alpha, 0, 1, open_low=True, open_high=True)
+        _number("confidence", self.confidence, 0, 1, open_low=True, open_high=True)
+        _number("error_tolerance", self.error_tolerance, 0, None)
+        _number("latency_tolerance", self.latency_tolerance, 0, 1)
+        _number("pass_score", self.pass_score, 0, 100)
+        _number("marginal_score", self.marginal_score, 0, self.pass_score)
+        if self.canary_weight is not None:
+            _number("canary_weight", self.canary_weight, 0, 100, open_low=True, open_high=True)
+        for name in ("min_requests", "min_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BadInput(name, value, "must be a whole number of at least 1")
+        names = [metric.name for metric in self.custom_metrics]
+        for metric in self.custom_metrics:
+            metric.validate()
+            if names.count(metric.name) > 1:
+                raise BadInput("custom_metrics.name", metric.name, "is used twice")
+        known = set(m.STANDARD_METRICS) | set(names)
+        for metric in self.compare_metrics:
+            if metric.name not in known:
+                raise BadInput("compare_metrics.name", metric.name,
+                               "must be a standard metric (" + ", ".join(m.STANDARD_METRICS)
+                               + ") or the name of a custom metric")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["compare_metrics"] = [asdict(metric) for metric in self.compare_metrics]
+        data["custom_metrics"] = [metric.to_dict() for metric in self.custom_metrics]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
+        if not isinstance(data, dict):
+            raise BadInput("analysis", data, "must be a mapping")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise BadInput(unknown[0], data[unknown[0]], "is not a known analysis setting")
+        values = dict(data)
+        if "compare_metrics" in values:
+            items = _list("compare_metrics", values["compare_metrics"])
+            values["compare_metrics"] = [_compare_metric(item) for item in items]
+        if "custom_metrics" in values:
+            values["custom_metrics"] = [
+                m.CustomMetric.from_dict(item) if isinstance(item, dict)
+                else _not_mapping("custom_metrics", item)
+                for item in _list("custom_metrics", values["custom_metrics"])
+            ]
+        return cls(**values).validate()
+
+
+def _list(field_name: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise BadInput(field_name, value, "must be a list")
+    return value
+
+
+def _not_mapping(field_name: str, value: Any):
+    raise BadInput(field_name, value, "each entry must be a mapping")
+
+
+def _compare_metric(item: Any) -> judges.CompareMetric:
+    if not isinstance(item, dict):
+        _not_mapping("compare_metrics", item)
+    known = set(judges.CompareMetric.__dataclass_fields__)
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise BadInput(f"compare_metrics.{unknown[0]}", item[unknown[0]], "is not a known field")
+    return judges.CompareMetric(**item)
+
+
+def _number(name: str, value: Any, low: float, high: float | None, *,
+            open_low: bool = False, open_high: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if open_low else value >= low) and (
+            high is None or (value < high if open_high else value <= high)
+        )
+    if not ok:
+        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+        span = f"{lo}{low:g}, {'inf' if high is None else format(high, 'g')}{hi}"
+        raise BadInput(name, value, f"must be a number in {span}")
+
+
+# ---------------------------------------------------------------- the analysis
+
+
+def _inconclusive(name: str, reason: str, queries: list[str], thresholds: dict | None = None,
+                  required: bool = True) -> judges.Judgement:
+    return judges.Judgement(
+        judge=name, verdict=judges.Verdict.INCONCLUSIVE, reason=reason, values={},
+        thresholds=thresholds or {}, queries=list(queries), required=required,
+        critical=name != "traffic-split",  # as sequential.traffic_split_test marks it
+    )
+
+
+def _counts(counts: m.RawCounts, version: str) -> dict[str, Any] | None:
+    return counts.versions.get(version)
+
+
+def run_analysis(
+    settings: m.PrometheusSettings,
+    selector: m.MetricsSelector,
+    config: AnalysisConfig,
+    *,
+    end: datetime | float | None = None,
+    segments: list[sequential.Segment] | None = None,
+) -> judges.Decision:
+    """Judge the canary over the window ending at `end` (default now).
+
+    `segments` are earlier, disjoint periods of this rollout (each with its configured canary
+    share); the sequential error-rate test chains their evidence with this window's.
+    Bad input raises BadInput before any query; Prometheus problems give INCONCLUSIVE.
+    """
+    config.validate()
+    selector.validate()
+    settings.validate()
+    finish = time.time() if end is None else m.to_unix(end, "at")
+    window = config.window_seconds
+    start = finish - window
+    client = m.connect(settings)
+
+    counts = m.raw_counts(client, selector, start, finish)
+    count_queries = [outcome.query for outcome in counts.outcomes]
+    problem = counts.failure
+    if problem is not None:
+        judgement = _inconclusive("prometheus", problem.message, count_queries)
+        return judges.Decision(judges.Verdict.INCONCLUSIVE, problem.message, [judgement])
+
+    stable, canary = _counts(counts, selector.stable), _counts(counts, selector.canary)
+    missing = [
+        f"{role} version {version}"
+        for role, version, data in (("canary", selector.canary, canary),
+                                    ("stable", selector.stable, stable))
+        if data is None
+    ]
+    where = f"{selector.service} in namespace {selector.namespace}"
+    missing_reason = (
+        f"Prometheus at {settings.url} has no series for the {' or the '.join(missing)} of "
+        f"{where} in the {config.window} window ending {_iso(finish)}"
+        if missing else ""
+    )
+
+    found: list[judges.Judgement] = []
+    if "success-rate" in config.judges:
+        found.append(_success_rate(canary, config, count_queries[:2], missing_reason))
+    if "latency" in config.judges:
+        found.append(_latency(client, selector, config, canary, finish, missing_reason))
+    if "mann-whitney" in config.judges:
+        few = _too_few(selector, config, stable, canary)
+        if missing_reason or few:
+            thresholds = {"confidence": config.confidence, "pass_score": config.pass_score,
+                          "min_requests": config.min_requests}
+            found.append(_inconclusive("mann-whitney", missing_reason or few, count_queries,
+                                       thresholds))
+        else:
+            found.append(_mann_whitney(client, selector, config, start, finish))
+    if "sequential" in config.judges:
+        found.extend(_sequential(selector, config, stable, canary, segments or [],
+                                 count_queries, finish, missing_reason))
+    for metric in config.custom_metrics:
+        found.append(_custom(client, selector, config, metric, finish))
+    decision = judges.decide(found)
+    if missing_reason and decision.verdict == judges.Verdict.INCONCLUSIVE:
+        decision.reason = missing_reason  # one sentence instead of the same one per judge
+    return decision
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _success_rate(canary, config, queries, missing_reason) -> judges.Judgement:
+    requests = canary["requests"] if canary else None
+    # Each series is extrapolated on its own; never let 5xx exceed all requests.
+    errors = min(canary["errors"], requests) if canary else None
+    judgement = judges.check_success_rate(
+        requests, errors,
+        min_success_rate=config.min_success_rate,
+        min_requests=config.min_requests,
+    )
+    if canary is None and missing_reason:
+        judgement.reason = missing_reason
+    judgement.queries = list(queries)
+    return judgement
+
+
+def _latency(client, selector, config, canary, finish, missing_reason) -> judges.Judgement:
+    p99 = m.instant_metric(client, selector, "latency-p99", window_seconds=config.window_seconds,
+                           at=finish)
+    judgement = judges.check_latency(
+        p99.get(selector.canary),
+        max_ms=config.max_p99_ms,
+        requests=canary["requests"] if canary else None,
+        min_requests=config.min_requests,
+    )
+    if canary is None and missing_reason:
+        judgement.reason = missing_reason
+    elif p99.outcome.status in (m.UNREACHABLE, m.HTTP_ERROR):
+        judgement.reason = p99.outcome.message
+    judgement.queries = [p99.outcome.query]
+    return judgement
+
+
+def _too_few(selector, config, stable, canary) -> str:
+    """Why per-interval samples would be too thin to compare, or ''."""
+    for role, version, data in (("canary", selector.canary, canary),
+                                ("stable", selector.stable, stable)):
+        if data is not None and data["requests"] < config.min_requests:
+            return (f"only {data['requests']:,.0f} {role} ({version}) requests, fewer than the "
+                    f"{config.min_requests:,} needed to compare the versions")
+    return ""
+
+
+def _mann_whitney(client, selector, config, start, finish) -> judges.Judgement:
+    interval = config.interval_seconds
+    first = start + interval  # each point covers the interval before it: disjoint samples
+    standard = [c.name for c in config.compare_metrics if c.name in m.STANDARD_METRICS]
+    samples: dict[str, tuple[list[float], list[float]]] = {}
+    queries: list[str] = []
+    problems: list[str] = []
+    if standard:
+        frame = m.range_frame(client, selector, first, finish, step_seconds=interval,
+                              metrics=standard)
+        for outcome in frame.attrs["outcomes"]:
+            queries.append(outcome["query"])
+            if outcome["status"] in (m.UNREACHABLE, m.HTTP_ERROR):
+                problems.append(outcome["message"])
+        for name in standard:
+            samples[name] = (m.samples_by_version(frame, name, selector.stable),
+                             m.samples_by_version(frame, name, selector.canary))
+    custom = {metric.name: metric for metric in config.custom_metrics}
+    for compare in config.compare_metrics:
+        if compare.name in custom:
+            pair = []
+            for version in (selector.stable, selector.canary):
+                values, outcome = m.custom_samples(
+                    client, custom[compare.name], selector, version=version, start=first,
+                    end=finish, step_seconds=interval)
+                queries.append(outcome.query)
+                pair.append(values)
+            samples[compare.name] = (pair[0], pair[1])
+    judgement = judges.compare_samples(
+        samples, config.compare_metrics, confidence=config.confidence,
+        pass_score=config.pass_score, marginal_score=config.marginal_score,
+        min_samples=config.min_samples,
+    )
+    if judgement.verdict == judges.Verdict.INCONCLUSIVE and problems:
+        judgement.reason = problems[0]
+    judgement.queries = queries
+    return judgement
+
+
+def _sequential(selector, config, stable, canary, earlier, count_queries, finish,
+                missing_reason) -> list[judges.Judgement]:
+    thresholds = {"alpha": config.alpha, "canary_weight": config.canary_weight}
+    known_split = config.canary_weight is not None
+    if stable is None or canary is None:
+        return [_inconclusive(name, missing_reason, count_queries, thresholds,
+                              required=known_split or name != "traffic-split")
+                for name in SEQUENTIAL_JUDGES]
+    total = stable["requests"] + canary["requests"]
+    if config.canary_weight is not None:
+        share = config.canary_weight / 100
+    elif 0 < canary["requests"] < total:
+        share = canary["requests"] / total
+    else:
+        share = None
+    if share is None:
+        reason = (f"cannot judge sequentially: the canary served {canary['requests']:.0f} of "
+                  f"{total:.0f} requests and no canary weight is configured")
+        return [_inconclusive(name, reason, count_queries, thresholds,
+                              required=known_split or name != "traffic-split")
+                for name in SEQUENTIAL_JUDGES]
+    current = sequential.Segment(
+        canary_share=share,
+        stable_requests=int(round(stable["requests"])),
+        stable_errors=int(round(stable["errors"])),
+        canary_requests=int(round(canary["requests"])),
+        canary_errors=int(round(canary["errors"])),
+        started_at=finish - config.window_seconds,
+    )
+    found = sequential.judge_sequential(
+        [*earlier, current], stable["buckets"], canary["buckets"], alpha=config.alpha,
+        error_tolerance=config.error_tolerance, latency_tolerance=config.latency_tolerance,
+        min_requests=config.min_requests,
+    )
+    for judgement in found:
+        judgement.queries = list(count_queries)
+        if judgement.judge == "traffic-split" and config.canary_weight is None:
+            # With the observed share standing in for the configured one, the split is
+            # not tested; this says so instead of passing vacuously.
+            judgement.verdict = judges.Verdict.INCONCLUSIVE
+            judgement.required = False
+            judgement.reason = (
+                f"traffic split not tested: no canary weight configured; the observed canary "
+                f"share {share:.1%} stands in for it"
+            )
+    return found
+
+
+def _custom(client, selector, config, metric: m.CustomMetric, finish) -> judges.Judgement:
+    result = m.custom_value(client, metric, selector, version=selector.canary,
+                            window_seconds=config.window_seconds, at=finish)
+    judgement = judges.check_metric_range(metric.name, result.value, min_value=metric.min_value,
+                                          max_value=metric.max_value)
+    judgement.critical = metric.critical
+    if result.value is None and result.problem:
+        judgement.reason = f"custom metric {metric.name}: {result.problem}"
+    judgement.queries = [result.outcome.query]
+    return judgement
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def parse_time(text: str, field_name: str = "--at") -> float:
+    """Unix seconds from an RFC 3339 time (with offset or Z) or a Unix timestamp."""
+    value = (text or "").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if not math.isfinite(number) or number < 0:
+            raise BadInput(field_name, text, "must be an RFC 3339 time or Unix seconds")
+        return number
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or "T" not in value.upper() and " " not in value or parsed.tzinfo is None:
+        raise BadInput(
+            field_name, text,
+            "must be an RFC 3339 time with an offset, like 2024-05-01T12:00:00Z, or Unix seconds",
+        )
+    return parsed.timestamp()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `canarykit analyze`."""
+    parser.add_argument("service", metavar="SERVICE", help="the service (destination_service_name)")
+    parser.add_argument("-n", "--namespace", required=True, help="the service's namespace")
+    parser.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
+    parser.add_argument("--stable", default="v1", help="stable version label value (default v1)")
+    parser.add_argument("--canary", default="v2", help="canary version label value (default v2)")
+    parser.add_argument("--window", help="analysis window, e.g. 10m (default 10m)")
+    parser.add_argument("--interval", help="per-interval sample length, e.g. 1m (default 1m)")
+    parser.add_argument("--at", metavar="TIME",
+                        help="end of the window: RFC 3339 or Unix seconds (default now)")
+    parser.add_argument("--output", choices=("text", "json"), default="text")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML analysis settings (thresholds, judges, custom metrics)")
+    parser.add_argument("--canary-weight", type=float, metavar="PERCENT",
+                        help="configured canary weight, for the traffic split test")
+    parser.add_argument("--min-success-rate", type=float,
+                        help="minimum canary success rate in percent, e.g. 99")
+    parser.add_argument("--max-p99-ms", type=float, help="e.g. 500")
+    parser.add_argument("--min-requests", type=int, help="fewer canary requests is inconclusive")
+    parser.add_argument("--alpha", type=float, help="error probability of the sequential tests")
+    parser.add_argument("--reporter", choices=("destination", "source"), default="destination")
+    parser.add_argument("--version-label", default="destination_version")
+    parser.add_argument("--fqdn", action="store_true",
+                        help="select by destination_service FQDN instead of name + namespace")
+    parser.add_argument("--bearer-token-env", metavar="VAR", help="env var holding a bearer token")
+    parser.add_argument("--bearer-token-file", metavar="FILE", help="file holding a bearer token")
+    parser.add_argument("--basic-auth-user", metavar="USER")
+    parser.add_argument("--basic-auth-password-env", metavar="VAR",
+                        help="env var holding the basic auth password")
+    parser.add_argument("--ca-file", metavar="FILE", help="CA bundle for https")
+    parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra HTTP header (repeatable)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+
+
+def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+    data: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                data = yaml.safe_load(handle) or {}
+        except OSError as exc:
+            raise BadInput("--config", args.config, f"cannot be read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise BadInput("--config", args.config, f"is not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise BadInput("--config", args.config, "must hold a mapping of analysis settings")
+    for flag in ("window", "interval", "canary_weight", "min_success_rate", "max_p99_ms",
+                 "min_requests", "alpha"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            data[flag] = value
+    return AnalysisConfig.from_dict(data)
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise BadInput("--header", item, "must be NAME=VALUE")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def build_inputs(args: argparse.Namespace):
+    """Settings, selector, config and end time from the flags; BadInput on anything wrong."""
+    settings = m.PrometheusSettings(
+        url=args.prometheus,
+        bearer_token_env=args.bearer_token_env,
+        bearer_token_file=args.bearer_token_file,
+        basic_auth_user=args.basic_auth_user,
+        basic_auth_password_env=args.basic_auth_password_env,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
+        headers=_headers(args.header),
+        timeout_seconds=args.timeout,
+    ).validate()
+    selector = m.MetricsSelector(
+        service=args.service, namespace=args.namespace, reporter=args.reporter,
+        version_label=args.version_label, use_fqdn=args.fqdn, stable=args.stable,
+        canary=args.canary,
+    ).validate()
+    config = _config_from_args(args)
+    end = parse_time(args.at) if args.at is not None else None
+    return settings, selector, config, end
+
+
+def exit_code(verdict: judges.Verdict) -> int:
+    return {judges.Verdict.PASS: EXIT_PASS, judges.Verdict.FAIL: EXIT_FAIL}.get(
+        verdict, EXIT_INCONCLUSIVE)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if value is None:
+        return "-"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def format_text(decision: judges.Decision) -> str:
+    """A small table per judge, then the decision line."""
+    lines = []
+    for judgement in decision.judgements:
+        roles = (("critical", judgement.critical), ("required", judgement.required))
+        flags = ", ".join(word for word, on in roles if on) or "advisory"
+        lines.append(f"{judgement.judge}: {judgement.verdict.value} ({flags})")
+        lines.append(f"  reason      {judgement.reason}")
+        if judgement.values:
+            lines.append("  values      " + ", ".join(
+                f"{key}={_show(value)}" for key, value in judgement.values.items()))
+        if judgement.thresholds:
+            lines.append("  thresholds  " + ", ".join(
+                f"{key}={_show(value)}" for key, value in judgement.thresholds.items()))
+        lines.append("")
+    lines.append(f"decision: {decision.verdict.value} \u2014 {decision.reason}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`canarykit analyze`: 0 PASS, 1 FAIL, 3 INCONCLUSIVE, 2 bad input."""
+    try:
+        settings, selector, config, end = build_inputs(args)
+        decision = run_analysis(settings, selector, config, end=end)
+    except BadInput as exc:
+        print(f"canarykit analyze: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.output == "json":
+        print(json.dumps(decision.to_dict(), indent=2, sort_keys=True))
+    else:
+        window_end = _iso(end) if end is not None else "now"
+        print(f"{selector.service}.{selector.namespace}: canary {selector.canary} vs stable "
+              f"{selector.stable}, {config.window} window ending {window_end} "
+              f"({config.interval} intervals)\n")
+        print(format_text(decision))
+    return exit_code(decision.verdict)

@@ -1,0 +1,529 @@
+"""Reading and changing Istio objects in a cluster, safely, through the official client.
+
+Every change is validated locally, then sent as a server-side dry run, then applied
+with optimistic concurrency on `resourceVersion`. On a conflict the object is read
+again: if the fields canarykit manages still hold what the change was computed from,
+the change is re-applied on top of the fresh object; otherwise it stops with
+`ConcurrentChangeError`, so an update is never lost nor blindly overwritten (a GitOps
+controller reverting weights, another runner, a person with kubectl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from canarykit.cluster import audit
+from canarykit.cluster.state import (
+    AUDIT_HEAD_ANNOTATION,
+    RolloutState,
+    canarykit_annotations,
+    new_state,
+    read_state,
+    with_annotation,
+    with_state,
+)
+from canarykit.core.errors import BadInput, CanaryKitError, ClusterError, ConcurrentChangeError
+from canarykit.mesh import istio, validate
+from canarykit.mesh.traffic import Change, restore_managed_fields
+
+PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+MAX_CONFLICT_RETRIES = 5
+IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class InvalidChange(CanaryKitError):
+    """A change whose result Istio would reject; nothing was sent to the cluster."""
+
+    def __init__(self, messages: list[validate.Message]) -> None:
+        self.messages = messages
+        super().__init__("; ".join(m.format() for m in messages))
+
+
+@dataclass
+class Cluster:
+    api: client.ApiClient
+    namespace: str
+    istio_version: str
+    actor: str
+    server: str
+    context: str | None = None
+
+
+@dataclass
+class AppliedChange:
+    change: Change
+    result: dict[str, Any]
+    dry_run: bool
+    attempts: int = 1
+    audit_record: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.change.to_dict(),
+            "dryRun": self.dry_run,
+            "attempts": self.attempts,
+            "resourceVersion": self.result.get("metadata", {}).get("resourceVersion"),
+            "auditHash": (self.audit_record or {}).get("hash"),
+        }
+
+
+# --- connecting ---------------------------------------------------------------------------
+
+
+def connect(
+    kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+) -> Cluster:
+    """Connect with a kubeconfig (or in-cluster config) and learn the Istio API version."""
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+    in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
+    context_namespace, user = None, None
+    try:
+        if in_cluster:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)
+            api = client.ApiClient(configuration)
+            context_namespace = _read_text(IN_CLUSTER_NAMESPACE_FILE)
+        else:
+            path = kubeconfig or os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
+            if not os.path.exists(path):
+                raise BadInput("--kubeconfig", path, "no such kubeconfig file")
+            contexts, current = config.list_kube_config_contexts(config_file=path)
+            chosen = current
+            if context:
+                chosen = next((c for c in contexts if c["name"] == context), None)
+                if chosen is None:
+                    names = ", ".join(c["name"] for c in contexts)
+                    raise BadInput("--context", context, f"not in the kubeconfig (has: {names})")
+            context_namespace = (chosen or {}).get("context", {}).get("namespace")
+            user = (chosen or {}).get("context", {}).get("user")
+            api = config.new_client_from_config(config_file=path, context=context)
+    except ConfigException as exc:
+        raise ClusterError(f"cannot load Kubernetes configuration: {exc}") from exc
+    namespace = namespace or context_namespace or "default"
+    istio.check_dns_label("--namespace", namespace)
+    server = api.configuration.host
+    version = detect_istio_version(api, server)
+    actor = who_am_i(api) or user or "unknown"
+    return Cluster(api, namespace, version, actor, server, context)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def detect_istio_version(api: client.ApiClient, server: str = "") -> str:
+    """The networking.istio.io version the server serves, preferring v1."""
+    try:
+        groups = client.ApisApi(api).get_api_versions()
+    except ApiException as exc:
+        raise _cluster_error(exc, "discovery of API groups") from exc
+    except Exception as exc:  # urllib3 connection errors
+        raise ClusterError(f"cannot reach the Kubernetes API at {server}: {_short(exc)}") from exc
+    for group in groups.groups or []:
+        if group.name == istio.ISTIO_GROUP:
+            served = [v.version for v in group.versions]
+            for preferred in istio.ISTIO_VERSIONS:
+                if preferred in served:
+                    return preferred
+    raise ClusterError(
+        f"the cluster at {server} does not serve {istio.ISTIO_GROUP} (is Istio installed?)"
+    )
+
+
+def who_am_i(api: client.ApiClient) -> str | None:
+    """The user or service account the server authenticates us as (never the credential)."""
+    try:
+        review = client.AuthenticationV1Api(api).create_self_subject_review(
+            client.V1SelfSubjectReview(
+                api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"
+            )
+        )
+    except Exception:  # older servers lack SelfSubjectReview: fall back to the kubeconfig name
+        return None
+    user_info = review.status.user_info if review.status else None
+    return user_info.username if user_info else None
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _cluster_error(exc: ApiException, what: str) -> ClusterError:
+    if exc.status in (401, 403):
+        return ClusterError(
+            f"{what}: the cluster refused our credentials ({exc.status} {exc.reason})"
+        )
+    return ClusterError(f"{what}: {exc.status} {_status_message(exc)}")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _custom(cluster: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(cluster.api)
+
+
+def get_object(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
+    try:
+        return _custom(cluster).get_namespaced_custom_object(
+            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind], name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise ClusterError(f"{kind} {cluster.namespace}/{name} not found") from exc
+        raise _cluster_error(exc, f"reading {kind} {cluster.namespace}/{name}") from exc
+
+
+def list_objects(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
+    try:
+        found = _custom(cluster).list_namespaced_custom_object(
+            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind]
+        )
+    except ApiException as exc:
+        raise _cluster_error(exc, f"listing {PLURALS[kind]} in {cluster.namespace}") from exc
+    return found.get("items", [])
+
+
+def find_virtual_service(cluster: Cluster, service: str) -> dict[str, Any]:
+    """The VirtualService routing `service`: the one named after it, else the one whose hosts do."""
+    return _find_for_host(cluster, "VirtualService", service)
+
+
+def find_destination_rule(cluster: Cluster, service: str) -> dict[str, Any]:
+    return _find_for_host(cluster, "DestinationRule", service)
+
+
+def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
+    istio.check_dns_label("SERVICE", service)
+    matches = []
+    for obj in list_objects(cluster, kind):
+        spec = obj.get("spec") or {}
+        hosts = spec.get("hosts", []) if kind == "VirtualService" else [spec.get("host", "")]
+        if any(istio.same_host(h, service, cluster.namespace) for h in hosts):
+            matches.append(obj)
+    if not matches:
+        raise ClusterError(f"no {kind} for host {service!r} in namespace {cluster.namespace}")
+    named = [m for m in matches if m["metadata"]["name"] == service]
+    if named:
+        return named[0]
+    if len(matches) > 1:
+        names = ", ".join(m["metadata"]["name"] for m in matches)
+        raise ClusterError(f"several {kind}s route host {service!r}: {names}; name one")
+    return matches[0]
+
+
+# --- changing -----------------------------------------------------------------------------
+
+
+def _guarded_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a concurrent writer must not have touched: managed spec fields and our annotations."""
+    return {"spec": istio.managed_fields(obj), "annotations": canarykit_annotations(obj)}
+
+
+def _rebase(fresh: dict[str, Any], change: Change, head: str | None) -> dict[str, Any]:
+    """The change's managed fields and annotations on top of the freshly read object."""
+    body = istio.with_managed_fields(fresh, istio.managed_fields(change.after))
+    wanted = canarykit_annotations(change.after)
+    for key in set(canarykit_annotations(fresh)) | set(wanted):
+        body = with_annotation(body, key, wanted.get(key))
+    if head:
+        body = with_annotation(body, AUDIT_HEAD_ANNOTATION, head)
+    return body
+
+
+def _replace(cluster: Cluster, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    kind, name = body["kind"], body["metadata"]["name"]
+    body = {**body, "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}"}
+    return _custom(cluster).replace_namespaced_custom_object(
+        istio.ISTIO_GROUP,
+        cluster.istio_version,
+        cluster.namespace,
+        PLURALS[kind],
+        name,
+        body,
+        dry_run="All" if dry_run else None,
+        field_manager="canarykit",
+    )
+
+
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    names = [
+        f"spec.{k}" for k in set(a["spec"]) | set(b["spec"]) if a["spec"].get(k) != b["spec"].get(k)
+    ]
+    names += [
+        f"metadata.annotations[{k}]"
+        for k in set(a["annotations"]) | set(b["annotations"])
+        if a["annotations"].get(k) != b["annotations"].get(k)
+    ]
+    return sorted(names)
+
+
+def apply_change(
+    cluster: Cluster,
+    change: Change,
+    *,
+    dry_run: bool = False,
+    audit_log: Path | str | None = None,
+) -> AppliedChange:
+    """Validate, dry-run and apply one object change; append an audit record when applied."""
+    ref = istio.object_ref(change.after)
+    if not change.changed:
+        return AppliedChange(change, change.before, dry_run, attempts=0)
+    errors = [m for m in validate.validate_object(change.after) if m.level == "Error"]
+    if errors:
+        raise InvalidChange(errors)
+    if dry_run:
+        return AppliedChange(change, _apply_with_retries(cluster, change, None, True)[0], True)
+    log_path = Path(audit_log) if audit_log else audit.default_audit_log()
+    with audit.locked_log(log_path) as log:
+        record = log.prepare(_audit_entry(cluster, change, ref))
+        result, attempts = _apply_with_retries(cluster, change, record["hash"], False)
+        log.write(record)
+    return AppliedChange(change, result, False, attempts, record)
+
+
+def _apply_with_retries(
+    cluster: Cluster, change: Change, head: str | None, dry_run: bool
+) -> tuple[dict[str, Any], int]:
+    ref = istio.object_ref(change.after)
+    expected = _guarded_fields(change.before)
+    body = _rebase(change.before, change, head)
+    for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
+        try:
+            preview = _replace(cluster, body, dry_run=True)
+            if dry_run:
+                return preview, attempt
+            return _replace(cluster, body, dry_run=False), attempt
+        except ApiException as exc:
+            if exc.status == 422:
+                raise ClusterError(
+                    f"the cluster rejected the change to {ref}: {_status_message(exc)}"
+                ) from exc
+            if exc.status == 404:
+                raise ClusterError(f"{ref} was deleted while canarykit was changing it") from exc
+            if exc.status != 409:
+                raise _cluster_error(exc, f"changing {ref}") from exc
+        fresh = get_object(cluster, change.after["kind"], change.after["metadata"]["name"])
+        found = _guarded_fields(fresh)
+        if found != expected:
+            fields = ", ".join(_differing(expected, found))
+            raise ConcurrentChangeError(
+                f"{ref} was changed by someone else since canarykit read it ({fields} differ; "
+                f"resourceVersion {change.before['metadata'].get('resourceVersion')} -> "
+                f"{fresh['metadata'].get('resourceVersion')}); not applying {change.operation}. "
+                "Check who changed it (e.g. a GitOps controller) and run again."
+            )
+        body = _rebase(fresh, change, head)
+    raise ClusterError(f"{ref}: gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
+
+
+def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:
+    return {
+        "actor": cluster.actor,
+        "server": cluster.server,
+        "target": ref,
+        "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}",
+        "operation": change.operation,
+        "params": change.params,
+        "before": istio.managed_fields(change.before),
+        "after": istio.managed_fields(change.after),
+        "baseResourceVersion": change.before.get("metadata", {}).get("resourceVersion"),
+    }
+
+
+# --- rollouts -----------------------------------------------------------------------------
+
+
+def begin_rollout(
+    cluster: Cluster,
+    service: str,
+    *,
+    stable: str = "v1",
+    canary: str = "v2",
+    release: str = "",
+    audit_log: Path | str | None = None,
+) -> RolloutState:
+    """Record the pre-rollout managed fields on the VirtualService, once per rollout."""
+    vs = find_virtual_service(cluster, service)
+    state = read_state(vs)
+    if state is not None:
+        if (state.stable, state.canary) != (stable, canary):
+            raise BadInput(
+                "canary",
+                canary,
+                f"a rollout of {state.canary} over {state.stable} is already in progress "
+                f"(release {state.release}); roll it back or finish it first",
+            )
+        return state
+    dr = find_destination_rule(cluster, service)
+    snapshot = {
+        "virtualService": istio.managed_fields(vs),
+        "destinationRule": istio.managed_fields(dr),
+    }
+    snapshot["destinationRuleName"] = dr["metadata"]["name"]
+    state = new_state(stable, canary, snapshot, release)
+    change = Change(
+        "begin_rollout",
+        {"stable": stable, "canary": canary, "release": state.release},
+        vs,
+        with_state(vs, state),
+    )
+    apply_change(cluster, change, audit_log=audit_log)
+    return state
+
+
+def change_virtual_service(
+    cluster: Cluster,
+    service: str,
+    operation: Callable[[dict[str, Any]], Change],
+    *,
+    dry_run: bool = False,
+    audit_log: Path | str | None = None,
+) -> AppliedChange:
+    """Apply `operation` (a traffic.* function bound to its parameters) to the service's VS."""
+    return apply_change(
+        cluster,
+        operation(find_virtual_service(cluster, service)),
+        dry_run=dry_run,
+        audit_log=audit_log,
+    )
+
+
+def change_destination_rule(
+    cluster: Cluster,
+    service: str,
+    operation: Callable[[dict[str, Any]], Change],
+    *,
+    dry_run: bool = False,
+    audit_log: Path | str | None = None,
+) -> AppliedChange:
+    return apply_change(
+        cluster,
+        operation(find_destination_rule(cluster, service)),
+        dry_run=dry_run,
+        audit_log=audit_log,
+    )
+
+
+def rollback(
+    cluster: Cluster, service: str, *, dry_run: bool = False, audit_log: Path | str | None = None
+) -> list[AppliedChange]:
+    """Restore every managed field to the pre-rollout snapshot and end the rollout.
+
+    The VirtualService goes first, so no route points at a subset the restored
+    DestinationRule might no longer define. The rollout state (with the snapshot) stays
+    on the VirtualService, marked `rolling-back`, until the DestinationRule is restored
+    too, so a rollback killed half way is finished by the next one.
+    """
+    vs = find_virtual_service(cluster, service)
+    state = read_state(vs)
+    if state is None:
+        raise ClusterError(
+            f"no rollout in progress on {istio.object_ref(vs)}: nothing to roll back"
+        )
+    snapshot, params = state.snapshot, {"release": state.release}
+    state.phase = "rolling-back"
+    restored_vs = restore_managed_fields(vs, snapshot["virtualService"])
+    vs_change = replace(
+        restored_vs, operation="rollback", params=params, after=with_state(restored_vs.after, state)
+    )
+    applied = [apply_change(cluster, vs_change, dry_run=dry_run, audit_log=audit_log)]
+    dr = get_object(cluster, "DestinationRule", snapshot.get("destinationRuleName") or service)
+    dr_change = replace(
+        restore_managed_fields(dr, snapshot["destinationRule"]), operation="rollback", params=params
+    )
+    applied.append(apply_change(cluster, dr_change, dry_run=dry_run, audit_log=audit_log))
+    vs = applied[0].result
+    end = Change("end_rollout", params, vs, with_state(vs, None))
+    applied.append(apply_change(cluster, end, dry_run=dry_run, audit_log=audit_log))
+    return applied
+
+
+def set_weight(
+    cluster: Cluster,
+    service: str,
+    canary_weight: int,
+    *,
+    stable: str = "v1",
+    canary: str = "v2",
+    route: str | None = None,
+    dry_run: bool = False,
+    audit_log: Path | str | None = None,
+) -> AppliedChange:
+    """Send `canary_weight`% of the canary route to `canary`, starting a rollout if none is."""
+    from canarykit.mesh.traffic import set_canary_weight
+
+    dr = find_destination_rule(cluster, service)
+
+    def operation(vs: dict[str, Any]) -> Change:
+        return set_canary_weight(
+            vs, canary_weight, stable=stable, canary=canary, route=route, dr=dr
+        )
+
+    operation(find_virtual_service(cluster, service))  # refuse bad input before any write
+    if not dry_run:
+        begin_rollout(cluster, service, stable=stable, canary=canary, audit_log=audit_log)
+    return change_virtual_service(cluster, service, operation, dry_run=dry_run, audit_log=audit_log)
+
+
+def status(cluster: Cluster, service: str) -> dict[str, Any]:
+    """What the service's traffic looks like now: routes, weights, subsets, rollout."""
+    vs = find_virtual_service(cluster, service)
+    dr = find_destination_rule(cluster, service)
+    state = read_state(vs)
+    routes = []
+    for index, route in enumerate(vs.get("spec", {}).get("http") or []):
+        routes.append(
+            {
+                "index": index,
+                "name": route.get("name", ""),
+                "match": route.get("match", []),
+                "destinations": [
+                    {"subset": d["destination"].get("subset", ""), "weight": d.get("weight")}
+                    for d in istio.route_destinations(route)
+                ],
+                **{
+                    k: route[k]
+                    for k in ("mirror", "mirrorPercentage", "fault", "timeout", "retries")
+                    if k in route
+                },
+            }
+        )
+    return {
+        "service": service,
+        "namespace": cluster.namespace,
+        "server": cluster.server,
+        "virtualService": vs["metadata"]["name"],
+        "virtualServiceResourceVersion": vs["metadata"].get("resourceVersion"),
+        "destinationRule": dr["metadata"]["name"],
+        "subsets": [
+            {"name": s.get("name"), "labels": s.get("labels", {})}
+            for s in dr.get("spec", {}).get("subsets") or []
+        ],
+        "trafficPolicy": dr.get("spec", {}).get("trafficPolicy"),
+        "routes": routes,
+        "rollout": None
+        if state is None
+        else {k: v for k, v in state.to_dict().items() if k != "snapshot"},
+    }

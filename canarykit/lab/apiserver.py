@@ -1,0 +1,1043 @@
+"""A local Kubernetes API server for the lab and the tests (`canarykit lab apiserver`).
+
+No real API server runs on the lab machines, so this one speaks the real REST protocol
+(discovery, CRUD, merge and JSON patch, watch, dry run, optimistic concurrency, Status errors)
+for the few kinds canarykit touches. Production code reaches it only through the official
+`kubernetes` client and a kubeconfig, exactly as it would reach a cluster. It serves plain HTTP
+by default; `--tls` serves HTTPS with a self-signed certificate, which kubectl needs because
+client-go sends bearer tokens only over TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import os
+import re
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonpatch
+import yaml
+
+from canarykit.core.files import write_atomically
+
+USER = "canarykit-admin"
+GROUPS = ["system:masters", "system:authenticated"]
+CLUSTER = "canarykit-lab"
+STATE_FILE = "state.json"
+EVENT_HISTORY = 10_000
+DEFAULT_WATCH_SECONDS = 1800
+OBJECT_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
+PUBLIC_PATHS = {"/healthz", "/readyz", "/livez", "/version"}
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One REST resource the server serves; versions[0] is the preferred (storage) version."""
+
+    group: str
+    versions: tuple[str, ...]
+    plural: str
+    singular: str
+    kind: str
+    namespaced: bool = True
+    short_names: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = OBJECT_VERBS
+    returns_deleted_object: bool = False
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def group_kind(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    @property
+    def is_custom(self) -> bool:
+        return self.group == "networking.istio.io"
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
+
+
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+RESOURCES = [
+    Resource("", ("v1",), "namespaces", "namespace", "Namespace", namespaced=False,
+             short_names=("ns",), verbs=("create", "get", "list", "watch")),
+    Resource("", ("v1",), "services", "service", "Service", short_names=("svc",),
+             returns_deleted_object=True),
+    Resource("apps", ("v1",), "deployments", "deployment", "Deployment", short_names=("deploy",)),
+    Resource("coordination.k8s.io", ("v1",), "leases", "lease", "Lease"),
+    Resource("networking.istio.io", ISTIO_VERSIONS, "virtualservices", "virtualservice",
+             "VirtualService", short_names=("vs",), returns_deleted_object=True),
+    Resource("networking.istio.io", ISTIO_VERSIONS, "destinationrules", "destinationrule",
+             "DestinationRule", short_names=("dr",), returns_deleted_object=True),
+    Resource("authentication.k8s.io", ("v1",), "selfsubjectreviews", "selfsubjectreview",
+             "SelfSubjectReview", namespaced=False, verbs=("create",)),
+]
+GROUPS_SERVED = list(dict.fromkeys(r.group for r in RESOURCES if r.group))
+
+
+def find_resource(group: str, version: str, plural: str) -> Resource | None:
+    for res in RESOURCES:
+        if res.group == group and version in res.versions and res.plural == plural:
+            return res
+    return None
+
+
+# ---------------------------------------------------------------- errors as Status objects
+
+
+class ApiError(Exception):
+    """An error answered as a Kubernetes `Status` with the given HTTP code."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    def status(self) -> dict:
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+def _details(res: Resource, name: str, **extra: Any) -> dict:
+    return {"name": name, "group": res.group, "kind": res.plural, **extra}
+
+
+def not_found(res: Resource, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{res.qualified} "{name}" not found', _details(res, name))
+
+
+def conflict(res: Resource, name: str, why: str) -> ApiError:
+    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res.qualified} "{name}": '
+                    f"{why}", _details(res, name))
+
+
+def stale(res: Resource, name: str) -> ApiError:
+    return conflict(res, name, "the object has been modified; please apply your changes to the "
+                    "latest version and try again")
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BadRequest", message)
+
+
+def invalid(res: Resource, name: str, causes: list[dict]) -> ApiError:
+    texts = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
+    joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    return ApiError(422, "Invalid", f'{res.group_kind} "{name}" is invalid: {joined}',
+                    {"name": name, "group": res.group, "kind": res.kind, "causes": causes})
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown "
+                    f"format ({content_type}) - accepted media types include: "
+                    "application/json-patch+json, application/merge-patch+json")
+
+
+def method_not_allowed(verb: str, res: Resource) -> ApiError:
+    return ApiError(405, "MethodNotAllowed",
+                    f"the server does not allow this method on the requested resource "
+                    f"({verb} {res.qualified})")
+
+
+def cause(field: str, reason: str, message: str) -> dict:
+    return {"reason": reason, "message": message, "field": field}
+
+
+# ---------------------------------------------------------------- validation
+
+
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _invalid_value(value: Any, detail: str) -> str:
+    return f"Invalid value: {json.dumps(value)}: {detail}"
+
+
+def schema_causes(res: Resource, obj: dict) -> list[dict]:
+    """The checks every API server does before admission: names, label maps, Deployment shape."""
+    causes: list[dict] = []
+    meta = obj.get("metadata") or {}
+    name = meta.get("name")
+    label_only = res.plural in ("namespaces", "services")
+    pattern, limit = (_DNS1123_LABEL, 63) if label_only else (_DNS1123_SUBDOMAIN, 253)
+    if not name:
+        causes.append(cause("metadata.name", "FieldValueRequired", "Required value: name or "
+                            "generateName is required"))
+    elif not isinstance(name, str) or len(name) > limit or not pattern.fullmatch(name):
+        causes.append(cause("metadata.name", "FieldValueInvalid", _invalid_value(
+            name, f"a lowercase RFC 1123 {'label' if label_only else 'subdomain'} must consist "
+            "of lower case alphanumeric characters, '-' or '.', and must start and end with an "
+            f"alphanumeric character (at most {limit} characters)")))
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            causes.append(cause(f"metadata.{key}", "FieldValueInvalid",
+                                _invalid_value(value, "must be a map of string to string")))
+    spec = obj.get("spec")
+    if res.plural == "deployments":
+        causes += _deployment_causes(spec if isinstance(spec, dict) else {})
+    if res.plural == "services":
+        ports = (spec or {}).get("ports") if isinstance(spec, dict) else None
+        if not ports:
+            causes.append(cause("spec.ports", "FieldValueRequired", "Required value"))
+        for i, port in enumerate(ports or []):
+            number = port.get("port") if isinstance(port, dict) else None
+            if not isinstance(number, int) or not 0 < number < 65536:
+                causes.append(cause(f"spec.ports[{i}].port", "FieldValueInvalid",
+                                    _invalid_value(number, "must be between 1 and 65535")))
+    return causes
+
+
+def _deployment_causes(spec: dict) -> list[dict]:
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    template = spec.get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    causes = []
+    if not selector:
+        causes.append(cause("spec.selector", "FieldValueRequired", "Required value"))
+    elif any(labels.get(k) != v for k, v in selector.items()):
+        causes.append(cause("spec.template.metadata.labels", "FieldValueInvalid", _invalid_value(
+            labels, "`selector` does not match template `labels`")))
+    if not (template.get("spec") or {}).get("containers"):
+        causes.append(cause("spec.template.spec.containers", "FieldValueRequired",
+                            "Required value"))
+    return causes
+
+
+def admission(res: Resource, obj: dict) -> list[str]:
+    """canarykit's validator as a validating webhook: raises 422 on errors, returns warnings.
+
+    Imported lazily so the server starts fast; a missing validator fails the request loudly
+    (a webhook that cannot run rejects, it never waves objects through).
+    """
+    if not res.is_custom:
+        return []
+    from canarykit.mesh import validate
+
+    messages = validate.validate_object(obj)
+    errors = [m for m in messages if m.level == "Error"]
+    if errors:
+        causes = [webhook_cause(m) for m in errors]
+        raise invalid(res, obj["metadata"]["name"], causes)
+    return [m.format() for m in messages if m.level == "Warning"]
+
+
+def webhook_cause(message: Any) -> dict:
+    """A validator message as a Status cause, its leading `field.path: ` as the cause's field."""
+    m = re.fullmatch(r"([A-Za-z][\w.\[\]-]*): (.+)", message.message, re.S)
+    if m is None:
+        return {"reason": message.code, "message": message.format()}
+    return {"reason": message.code, "message": f"[{message.code}] {m[2]}", "field": m[1]}
+
+
+# ---------------------------------------------------------------- selectors
+
+
+_LABEL_REQ = re.compile(
+    r"\s*(?:(?P<not>!)\s*(?P<absent>[\w./-]+)|(?P<key>[\w./-]+)\s*"
+    r"(?:(?P<op>==|!=|=)\s*(?P<value>[\w.-]*)|\s+(?P<set>in|notin)\s*\((?P<values>[^)]*)\))?)\s*")
+
+
+def parse_label_selector(text: str) -> list[tuple[str, str, set[str]]]:
+    """Equality, set-based and existence requirements as (key, op, values)."""
+    reqs = []
+    for part in re.split(r",(?![^(]*\))", text or ""):
+        if not part.strip():
+            continue
+        m = _LABEL_REQ.fullmatch(part)
+        if not m:
+            raise bad_request(f"unable to parse requirement: invalid label selector {text!r}")
+        if m["absent"]:
+            reqs.append((m["absent"], "!", set()))
+        elif m["op"]:
+            reqs.append((m["key"], "!=" if m["op"] == "!=" else "=", {m["value"]}))
+        elif m["set"]:
+            reqs.append((m["key"], m["set"], {v.strip() for v in m["values"].split(",")}))
+        else:
+            reqs.append((m["key"], "exists", set()))
+    return reqs
+
+
+def labels_match(reqs: list[tuple[str, str, set[str]]], labels: dict) -> bool:
+    for key, op, values in reqs:
+        have = labels.get(key)
+        ok = {"=": have in values, "in": have in values, "!=": have not in values,
+              "notin": have not in values, "exists": key in labels, "!": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
+    """`metadata.name=x` / `metadata.namespace!=y` requirements as (field, equal, value)."""
+    reqs = []
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        m = re.fullmatch(r"([\w.]+)\s*(==|=|!=)\s*(.*)", part)
+        if not m:
+            raise bad_request(f"invalid field selector: {part!r}")
+        if m[1] not in ("metadata.name", "metadata.namespace"):
+            raise bad_request(f'"{m[1]}" is not a known field selector: only "metadata.name", '
+                              '"metadata.namespace"')
+        reqs.append((m[1].split(".")[1], m[2] != "!=", m[3]))
+    return reqs
+
+
+def selected(obj: dict, labels: list, fields: list) -> bool:
+    meta = obj.get("metadata") or {}
+    if not labels_match(labels, meta.get("labels") or {}):
+        return False
+    return all((meta.get(key, "") == value) == equal for key, equal, value in fields)
+
+
+# ---------------------------------------------------------------- the store
+
+
+@dataclass
+class Event:
+    rv: int
+    type: str
+    res: Resource
+    obj: dict
+    old: dict | None = None
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    """Objects in memory, one global resourceVersion counter, persisted to a JSON file.
+
+    `cond` guards every read-modify-write, so of two writers sending the same resourceVersion
+    exactly one wins; watchers wait on it for new events.
+    """
+
+    def __init__(self, data_dir: Path, token: str | None = None) -> None:
+        self.path = Path(data_dir) / STATE_FILE
+        self.cond = threading.Condition(threading.RLock())
+        self.objects: dict[tuple[str, str, str, str], dict] = {}
+        self.rv = 0
+        self.token = token
+        self.stopping = False
+        if self.path.exists():
+            state = json.loads(self.path.read_text())
+            self.rv = int(state["resourceVersion"])
+            self.token = token or state.get("token")
+            for group, plural, obj in state["objects"]:
+                meta = obj["metadata"]
+                self.objects[(group, plural, meta.get("namespace", ""), meta["name"])] = obj
+        self.token = self.token or secrets.token_urlsafe(32)
+        self.events: deque[Event] = deque()
+        self.history_floor = self.rv
+        namespaces = find_resource("", "v1", "namespaces")
+        if ("", "namespaces", "", "default") not in self.objects:
+            self.put(namespaces, {"apiVersion": "v1", "kind": "Namespace",
+                                  "metadata": {"name": "default"}}, "ADDED", None)
+        else:
+            self.save()
+
+    def save(self) -> None:
+        objects = [[g, p, obj] for (g, p, _, _), obj in sorted(self.objects.items())]
+        state = {"resourceVersion": self.rv, "token": self.token, "objects": objects}
+        write_atomically(self.path, json.dumps(state, indent=1, sort_keys=True))
+
+    def get(self, res: Resource, namespace: str, name: str) -> dict | None:
+        return self.objects.get((res.group, res.plural, namespace, name))
+
+    def list(self, res: Resource, namespace: str | None) -> list[dict]:
+        return [obj for (g, p, ns, _), obj in sorted(self.objects.items())
+                if (g, p) == (res.group, res.plural) and namespace in (None, ns)]
+
+    def put(self, res: Resource, obj: dict, event: str, old: dict | None) -> dict:
+        """Store a change under a new resourceVersion, record the event, persist, wake watchers."""
+        with self.cond:
+            self.rv += 1
+            obj = copy.deepcopy(obj)
+            obj["apiVersion"] = res.api_version(res.versions[0])
+            meta = obj["metadata"]
+            meta["resourceVersion"] = str(self.rv)
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", now_rfc3339())
+            meta.setdefault("generation", 1)
+            key = (res.group, res.plural, meta.get("namespace", ""), meta["name"])
+            if event == "DELETED":
+                del self.objects[key]
+            else:
+                self.objects[key] = obj
+            self.events.append(Event(self.rv, event, res, obj, old))
+            while len(self.events) > EVENT_HISTORY:
+                self.history_floor = self.events.popleft().rv
+            self.save()
+            self.cond.notify_all()
+            return copy.deepcopy(obj)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+
+def render(obj: dict, res: Resource, version: str) -> dict:
+    """The stored object as seen through `version` of its API (Istio versions share a schema)."""
+    out = copy.deepcopy(obj)
+    out["apiVersion"] = res.api_version(version)
+    out["kind"] = res.kind
+    return out
+
+
+def spec_changed(old: dict, new: dict) -> bool:
+    ignored = ("metadata", "status", "apiVersion", "kind")
+    return ({k: v for k, v in old.items() if k not in ignored}
+            != {k: v for k, v in new.items() if k not in ignored})
+
+
+def apply_defaults(res: Resource, obj: dict) -> None:
+    """The few defaults a real API server fills in that clients commonly read back."""
+    spec = obj.get("spec")
+    if res.plural == "deployments" and isinstance(spec, dict):
+        spec.setdefault("replicas", 1)
+    if res.plural == "services" and isinstance(spec, dict):
+        spec.setdefault("type", "ClusterIP")
+        for port in spec.get("ports") or []:
+            if isinstance(port, dict):
+                port.setdefault("protocol", "TCP")
+                port.setdefault("targetPort", port.get("port"))
+    if res.plural == "namespaces":
+        obj["status"] = {"phase": "Active"}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+# ---------------------------------------------------------------- the operations
+
+
+@dataclass
+class Target:
+    """What a request URL names: a resource at a version, maybe a namespace and a name."""
+
+    res: Resource
+    version: str
+    namespace: str | None
+    name: str | None
+
+
+class Api:
+    """The REST verbs over a Store; each returns (status code, body, warnings)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _check_body(self, t: Target, body: Any, name: str | None) -> dict:
+        if not isinstance(body, dict):
+            raise bad_request("the body of the request must be a JSON object")
+        want_version = t.res.api_version(t.version)
+        if t.res.is_custom and ("kind" not in body or "apiVersion" not in body):
+            raise bad_request(f"Object 'Kind' or 'apiVersion' is missing in {json.dumps(body)}")
+        if body.setdefault("apiVersion", want_version) != want_version:
+            raise bad_request(f"the API version in the data ({body['apiVersion']}) does not "
+                              f"match the expected API version ({want_version})")
+        if body.setdefault("kind", t.res.kind) != t.res.kind:
+            raise bad_request(f"the kind in the data ({body['kind']}) does not match the "
+                              f"expected kind ({t.res.kind})")
+        meta = body.get("metadata")
+        if meta is None:
+            meta = body["metadata"] = {}
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be a JSON object")
+        if t.res.namespaced:
+            if meta.setdefault("namespace", t.namespace) != t.namespace:
+                raise bad_request("the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+        else:
+            meta.pop("namespace", None)
+        if name is not None and meta.get("name") != name:
+            raise bad_request(f"the name of the object ({meta.get('name')}) does not match the "
+                              f"name on the URL ({name})")
+        return body
+
+    def _validate(self, t: Target, obj: dict) -> list[str]:
+        causes = schema_causes(t.res, obj)
+        if causes:
+            raise invalid(t.res, str(obj["metadata"].get("name", "")), causes)
+        return admission(t.res, obj)
+
+    def _current(self, t: Target) -> dict:
+        obj = self.store.get(t.res, t.namespace or "", t.name)
+        if obj is None:
+            raise not_found(t.res, t.name)
+        return obj
+
+    def get(self, t: Target) -> tuple[int, dict, list[str]]:
+        return 200, render(self._current(t), t.res, t.version), []
+
+    def list(self, t: Target, query: dict) -> tuple[int, dict, list[str]]:
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""))
+        with self.store.cond:
+            items = [render(o, t.res, t.version) for o in self.store.list(t.res, t.namespace)
+                     if selected(o, labels, fields)]
+            rv = str(self.store.rv)
+        return 200, {"apiVersion": t.res.api_version(t.version), "kind": f"{t.res.kind}List",
+                     "metadata": {"resourceVersion": rv}, "items": items}, []
+
+    def create(self, t: Target, body: Any, dry_run: bool) -> tuple[int, dict, list[str]]:
+        if t.res.plural == "selfsubjectreviews":
+            return 201, self_subject_review(t), []
+        obj = self._check_body(t, body, None)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise bad_request("resourceVersion should not be set on objects to be created")
+        for system_field in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
+            meta.pop(system_field, None)
+        if not meta.get("name") and meta.get("generateName"):
+            alphabet = "bcdfghjklmnpqrstvwxz2456789"
+            meta["name"] = meta["generateName"] + "".join(secrets.choice(alphabet)
+                                                          for _ in range(5))
+        apply_defaults(t.res, obj)
+        with self.store.cond:
+            if t.res.namespaced and not self.store.get(NAMESPACES, "", t.namespace):
+                raise not_found(NAMESPACES, t.namespace)
+            warnings = self._validate(t, obj)
+            if self.store.get(t.res, t.namespace or "", meta["name"]) is not None:
+                raise ApiError(409, "AlreadyExists", f'{t.res.qualified} "{meta["name"]}" '
+                               "already exists", _details(t.res, meta["name"]))
+            if dry_run:
+                meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+                return 201, obj, warnings
+            stored = self.store.put(t.res, obj, "ADDED", None)
+        return 201, render(stored, t.res, t.version), warnings
+
+    def replace(self, t: Target, body: Any, dry_run: bool) -> tuple[int, dict, list[str]]:
+        obj = self._check_body(t, body, t.name)
+        with self.store.cond:
+            return self._update(t, obj, self._current(t), dry_run)
+
+    def patch(self, t: Target, body: bytes, content_type: str,
+              dry_run: bool) -> tuple[int, dict, list[str]]:
+        kind = content_type.split(";")[0].strip().lower()
+        merge_kinds = ["application/merge-patch+json"]
+        if not t.res.is_custom:
+            merge_kinds.append("application/strategic-merge-patch+json")
+        if kind not in merge_kinds and kind != "application/json-patch+json":
+            raise unsupported_media_type(kind)
+        patch = parse_json(body)
+        with self.store.cond:
+            current = render(self._current(t), t.res, t.version)
+            if kind == "application/json-patch+json":
+                if not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch):
+                    raise bad_request("a JSON patch must be a list of operation objects")
+                try:
+                    patched = jsonpatch.JsonPatch(patch).apply(current)
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException,
+                        KeyError, TypeError, ValueError) as err:
+                    raise ApiError(422, "Invalid", "the server rejected our request due to an "
+                                   "error in our request", {"causes": [{
+                                       "reason": "UnexpectedServerResponse",
+                                       "message": str(err)}]}) from err
+            else:
+                patched = merge_patch(current, patch)
+            obj = self._check_body(t, patched, t.name)
+            return self._update(t, obj, self._current(t), dry_run)
+
+    def _update(self, t: Target, obj: dict, old: dict,
+                dry_run: bool) -> tuple[int, dict, list[str]]:
+        meta, old_meta = obj["metadata"], old["metadata"]
+        if meta.get("resourceVersion") not in (None, "", old_meta["resourceVersion"]):
+            raise stale(t.res, t.name)
+        if meta.get("uid") not in (None, "", old_meta["uid"]):
+            raise conflict(t.res, t.name, f"Precondition failed: UID in precondition: "
+                           f"{meta['uid']}, UID in object meta: {old_meta['uid']}")
+        for kept in ("uid", "creationTimestamp", "resourceVersion"):
+            meta[kept] = old_meta[kept]
+        meta["generation"] = old_meta.get("generation", 1) + int(spec_changed(old, obj))
+        apply_defaults(t.res, obj)
+        warnings = self._validate(t, obj)
+        if render(old, t.res, t.version) == obj or dry_run:
+            return 200, obj, warnings
+        stored = self.store.put(t.res, obj, "MODIFIED", old)
+        return 200, render(stored, t.res, t.version), warnings
+
+    def delete(self, t: Target, body: Any, dry_run: bool) -> tuple[int, dict, list[str]]:
+        options = body if isinstance(body, dict) else {}
+        dry_run = dry_run or check_dry_run(options.get("dryRun"))
+        preconditions = options.get("preconditions") or {}
+        with self.store.cond:
+            old = self._current(t)
+            for key in ("resourceVersion", "uid"):
+                want = preconditions.get(key)
+                if want and want != old["metadata"][key]:
+                    raise conflict(t.res, t.name, f"Precondition failed: {key} in precondition: "
+                                   f"{want}, {key} in object meta: {old['metadata'][key]}")
+            gone = old if dry_run else self.store.put(t.res, old, "DELETED", None)
+        if t.res.returns_deleted_object:
+            return 200, render(gone, t.res, t.version), []
+        return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                     "details": {**_details(t.res, t.name), "uid": old["metadata"]["uid"]}}, []
+
+
+NAMESPACES = RESOURCES[0]
+
+
+def self_subject_review(t: Target) -> dict:
+    return {"apiVersion": t.res.api_version(t.version), "kind": "SelfSubjectReview",
+            "metadata": {"creationTimestamp": now_rfc3339()},
+            "status": {"userInfo": {"username": USER, "groups": list(GROUPS)}}}
+
+
+def check_dry_run(value: Any) -> bool:
+    """dryRun=All (query or DeleteOptions list) means dry run; any other value is refused."""
+    values = value if isinstance(value, list) else [value] if value else []
+    for v in values:
+        if v != "All":
+            raise bad_request(f'dryRun: Unsupported value: "{v}": supported values: "All"')
+    return bool(values)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bad_request(f"the body of the request could not be decoded as JSON: {err}") from err
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def discovery(path: str, server_address: str) -> dict | None:
+    """The discovery documents kubectl and the clients read; None when `path` is not one."""
+    if path == "/version":
+        return {"major": "1", "minor": "31", "gitVersion": "v1.31.0-canarykit",
+                "gitCommit": "canarykit", "gitTreeState": "clean",
+                "buildDate": "2024-01-01T00:00:00Z", "goVersion": "python",
+                "compiler": "canarykit", "platform": sys.platform}
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]}
+    if path == "/apis":
+        return {"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [api_group(g) for g in GROUPS_SERVED]}
+    parts = path.strip("/").split("/")
+    if parts == ["api", "v1"]:
+        return resource_list("", "v1")
+    if len(parts) == 2 and parts[0] == "apis" and parts[1] in GROUPS_SERVED:
+        return {"kind": "APIGroup", "apiVersion": "v1", **api_group(parts[1])}
+    if len(parts) == 3 and parts[0] == "apis" and find_group_version(parts[1], parts[2]):
+        return resource_list(parts[1], parts[2])
+    return None
+
+
+def find_group_version(group: str, version: str) -> bool:
+    return any(r.group == group and version in r.versions for r in RESOURCES)
+
+
+def api_group(group: str) -> dict:
+    versions = next(r.versions for r in RESOURCES if r.group == group)
+    entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+    return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+
+def resource_list(group: str, version: str) -> dict:
+    resources = [{"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+                  "kind": r.kind, "verbs": list(r.verbs), "shortNames": list(r.short_names)}
+                 for r in RESOURCES if r.group == group and version in r.versions]
+    group_version = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": resources}
+
+
+def parse_target(path: str) -> Target | None:
+    """Map a resource URL to a Target; None when the path names no resource we serve."""
+    parts = path.strip("/").split("/")
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, version, rest = "", parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    if len(rest) > 2:
+        return None
+    res = find_resource(group, version, rest[0])
+    if res is None or (namespace is not None and not res.namespaced):
+        return None
+    name = rest[1] if len(rest) == 2 else None
+    if res.namespaced and name is not None and namespace is None:
+        return None
+    return Target(res, version, namespace, name)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One request: authenticate, route, answer JSON or a chunked watch stream."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server: ApiServer
+
+    def setup(self) -> None:
+        """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.handle_request("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.handle_request("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.handle_request("PUT")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self.handle_request("PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.handle_request("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Access log without headers (the token travels in a header, never logged)."""
+        sys.stderr.write(f"apiserver {self.address_string()} {format % args}\n")
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        path = urlsplit(self.path).path
+        self.log_message("%s %s %s", self.command, path, getattr(code, "value", code))
+
+    def handle_request(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        body = self.read_body()
+        try:
+            if path not in PUBLIC_PATHS and not self.authenticated():
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            code, payload, warnings = self.route(method, path, query, body)
+        except ApiError as err:
+            code, payload, warnings = err.code, err.status(), []
+        except Exception as err:  # a bug or a failing webhook: answer 500, keep serving
+            traceback.print_exc(file=sys.stderr)
+            code, payload, warnings = 500, ApiError(
+                500, "InternalError", f"Internal error occurred: {type(err).__name__}: {err}"
+            ).status(), []
+        if payload is not None:
+            self.send_json(code, payload, warnings)
+
+    def authenticated(self) -> bool:
+        header = self.headers.get("Authorization", "")
+        token = header[7:].strip() if header.startswith("Bearer ") else ""
+        return secrets.compare_digest(token.encode(), self.server.store.token.encode())
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def route(self, method: str, path: str, query: dict,
+              body: bytes) -> tuple[int, dict | None, list[str]]:
+        if path in ("/healthz", "/readyz", "/livez"):
+            self.send_text(200, "ok")
+            return 200, None, []
+        doc = discovery(path, f"{self.server.server_address[0]}:{self.server.server_address[1]}")
+        if doc is not None and method == "GET":
+            return 200, doc, []
+        t = parse_target(path)
+        if t is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource",
+                           {})
+        dry_run = check_dry_run(query.get("dryRun"))
+        api = self.server.api
+        verb = {("GET", False): "list", ("GET", True): "get", ("POST", False): "create",
+                ("PUT", True): "update", ("PATCH", True): "patch",
+                ("DELETE", True): "delete"}.get((method, t.name is not None), "")
+        if verb == "list" and query.get("watch") in ("true", "1"):
+            verb = "watch"
+        if verb not in t.res.verbs or (
+                t.res.namespaced and t.namespace is None and verb not in ("list", "watch")):
+            raise method_not_allowed(method, t.res)
+        if verb == "watch":
+            self.watch(t, query)
+            return 200, None, []
+        if verb == "list":
+            return api.list(t, query)
+        if verb == "get":
+            return api.get(t)
+        if verb == "patch":
+            return api.patch(t, body, self.headers.get("Content-Type", ""), dry_run)
+        parsed = parse_json(body)
+        if verb == "create":
+            return api.create(t, parsed, dry_run)
+        if verb == "update":
+            return api.replace(t, parsed, dry_run)
+        return api.delete(t, parsed, dry_run)
+
+    def send_json(self, code: int, payload: dict, warnings: list[str]) -> None:
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Content-Length", str(len(data)))
+        for text in warnings:
+            quoted = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+            self.send_header("Warning", f'299 - "{quoted.encode("ascii", "replace").decode()}"')
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_text(self, code: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def watch(self, t: Target, query: dict) -> None:
+        """Stream events as newline-delimited JSON until timeoutSeconds or shutdown."""
+        store = self.server.store
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""))
+        try:
+            timeout = float(query.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+            start_rv = query.get("resourceVersion") or "0"
+            since = int(start_rv)
+        except ValueError as err:
+            raise bad_request(f"invalid watch parameter: {err}") from err
+        deadline = time.monotonic() + timeout
+        with store.cond:
+            if start_rv == "0":
+                initial = [{"type": "ADDED", "object": render(o, t.res, t.version)}
+                           for o in store.list(t.res, t.namespace) if selected(o, labels, fields)]
+                since = store.rv
+            elif since < store.history_floor:
+                initial = [{"type": "ERROR", "object": ApiError(
+                    410, "Expired", f"too old resource version: {since} ({store.history_floor})"
+                ).status()}]
+                deadline = 0
+            else:
+                initial = []
+        self.send_response(200)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for event in initial:
+                self.write_chunk(json.dumps(event).encode() + b"\n")
+            while True:
+                with store.cond:
+                    pending = [e for e in store.events if e.rv > since]
+                    while not pending and not store.stopping and time.monotonic() < deadline:
+                        store.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                        pending = [e for e in store.events if e.rv > since]
+                for event in pending:
+                    since = event.rv
+                    line = watch_line(event, t, labels, fields)
+                    if line is not None:
+                        self.write_chunk(line)
+                if not pending:
+                    break
+            self.write_chunk(b"")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception:  # headers are out: log it and drop the connection
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+
+
+def watch_line(event: Event, t: Target, labels: list, fields: list) -> bytes | None:
+    """The event as this watcher sees it: its resource, namespace, selectors and version."""
+    if event.res is not t.res:
+        return None
+    if t.namespace is not None and event.obj["metadata"].get("namespace") != t.namespace:
+        return None
+    now_in = selected(event.obj, labels, fields)
+    was_in = event.old is not None and selected(event.old, labels, fields)
+    kind = event.type
+    if kind == "MODIFIED" and now_in != was_in:
+        kind = "ADDED" if now_in else "DELETED"
+    elif not now_in:
+        return None
+    payload = {"type": kind, "object": render(event.obj, t.res, t.version)}
+    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The HTTP(S) server plus its store; `stop()` ends watches and closes the socket."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: Store,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(address, Handler)
+        self.store = store
+        self.api = Api(store)
+        self.certificate: str | None = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True,
+                                              do_handshake_on_connect=False)
+            self.certificate = tls[0].read_text()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.certificate else "http"
+        return f"{scheme}://{self.server_address[0]}:{self.server_address[1]}"
+
+    @property
+    def token(self) -> str:
+        return self.store.token
+
+    def stop(self) -> None:
+        self.store.stop()
+        self.shutdown()
+        self.server_close()
+
+
+def ensure_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `host`, made once with the openssl tool and kept in DIR.
+
+    kubectl (client-go) sends bearer tokens only over TLS, so kubectl needs --tls.
+    """
+    cert, key = data_dir / "tls.crt", data_dir / "tls.key"
+    if cert.exists() and key.exists():
+        return cert, key
+    data_dir.mkdir(parents=True, exist_ok=True)
+    names = ["IP:127.0.0.1", "DNS:localhost"]
+    if host not in ("127.0.0.1", "localhost"):
+        names.append(f"IP:{host}" if re.fullmatch(r"[\d.]+|[\da-fA-F:]+", host) else f"DNS:{host}")
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650",
+               "-subj", "/CN=canarykit-lab", "-addext", "subjectAltName=" + ",".join(names),
+               "-keyout", str(key), "-out", str(cert)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True)
+    except FileNotFoundError as err:
+        raise RuntimeError("--tls needs the openssl command to make a certificate") from err
+    except subprocess.CalledProcessError as err:
+        raise RuntimeError(f"openssl could not make a certificate: {err.stderr.strip()}") from err
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def start_server(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1",
+                 token: str | None = None, tls: bool = False) -> tuple[ApiServer, threading.Thread]:
+    """Start serving in a background thread (for the lab to embed); stop with server.stop()."""
+    store = Store(Path(data_dir), token)
+    certificate = ensure_certificate(Path(data_dir), host) if tls else None
+    server = ApiServer((host, port), store, certificate)
+    thread = threading.Thread(target=server.serve_forever, name="apiserver", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def kubeconfig_text(url: str, token: str, certificate: str | None = None,
+                    namespace: str = "default") -> str:
+    cluster: dict[str, str] = {"server": url}
+    if certificate:
+        cluster["certificate-authority-data"] = base64.b64encode(certificate.encode()).decode()
+    config = {
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": CLUSTER, "cluster": cluster}],
+        "users": [{"name": USER, "user": {"token": token}}],
+        "contexts": [{"name": CLUSTER, "context": {"cluster": CLUSTER, "user": USER,
+                                                   "namespace": namespace}}],
+        "current-context": CLUSTER,
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def write_kubeconfig(path: str | Path, server: ApiServer) -> None:
+    """Atomically, so whoever waits for the file reads all of it or nothing."""
+    write_atomically(Path(path), kubeconfig_text(server.url, server.token, server.certificate))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--data", required=True, help="directory holding the objects and token")
+    parser.add_argument("--kubeconfig", required=True,
+                        help="kubeconfig file to write once the server listens")
+    parser.add_argument("--token", default=None,
+                        help="bearer token (default: the one stored in --data, else a new one)")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve HTTPS with a self-signed certificate kept in --data "
+                        "(kubectl sends tokens only over TLS)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve in the foreground until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
+    server, thread = start_server(args.data, args.port, args.host, args.token,
+                                  getattr(args, "tls", False))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    write_kubeconfig(args.kubeconfig, server)
+    sys.stderr.write(f"apiserver listening on {server.url}, kubeconfig {args.kubeconfig}\n")
+    sys.stderr.flush()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    thread.join(timeout=10)
+    sys.stderr.write("apiserver stopped\n")
+    return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m canarykit.lab.apiserver", description=__doc__)
+    add_arguments(cli)
+    raise SystemExit(run(cli.parse_args()))

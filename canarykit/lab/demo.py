@@ -1,0 +1,128 @@
+"""The main job: two complete canary releases of `reviews` against the local lab.
+
+1. A healthy v2 goes through `canarykit rollout run` (preflight, internal users, 10 %,
+   25 %, 50 %, promote) and ends promoted.
+2. The lab is reset and v2 is rolled out again, this time in scheduled mode
+   (`canarykit rollout step`, one phase per call, as cron would run it). Once v2 holds
+   25 % of the traffic it turns bad (5xx and latency); the analysis FAILs and the
+   driver rolls back by itself.
+
+Each release leaves a folder of executed notebooks, its audit chain and an HTML report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from canarykit.cluster import client as cluster
+from canarykit.lab import processes as lab
+from canarykit.rollout import driver as rollout
+
+PLAN = {
+    "service": "reviews",
+    "namespace": "default",
+    "stable": "v1",
+    "canary": "v2",
+    "pause": "0s",
+    "preflight": {"baseline_window": "20s", "min_baseline_success_rate": 99},
+    "inconclusive": {"hold_steps": 2, "then": "rollback"},
+    "analysis": {
+        "window": "20s",
+        "interval": "5s",
+        "check_every": "5s",
+        "max_duration": "60s",
+        "min_success_rate": 99,
+        "max_p99_ms": 500,
+        "min_requests": 50,
+        "judges": ["success-rate", "latency", "sequential"],
+    },
+    "steps": [
+        {"internal-canary": {}},
+        {"weight": 10},
+        {"weight": 25},
+        {"weight": 50},
+        {"promote": {}},
+    ],
+}
+BAD_V2 = {"error_rate": 0.25, "latency_median_ms": 400.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reports", type=Path, default=Path("reports"), help="where releases land")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="lab load, requests/s (default 100)"
+    )
+
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def _write_plan(path: Path, reports: Path) -> Path:
+    path.write_text(yaml.safe_dump({**PLAN, "reports": str(reports.resolve())}, sort_keys=False))
+    return path
+
+
+def _releases(reports: Path) -> set[Path]:
+    return {p for p in (reports / "reviews").glob("*") if (p / "release.json").exists()}
+
+
+def _canary_weight(kubeconfig: str) -> int | None:
+    routes = cluster.status(cluster.connect(kubeconfig), "reviews")["routes"]
+    for destination in routes[-1]["destinations"]:
+        if destination["subset"] == "v2":
+            return destination["weight"]
+    return None
+
+
+def _healthy_release(plan: Path) -> int:
+    _say("release 1: a healthy v2, the whole plan in one process (canarykit rollout run)")
+    return rollout.main(["run", str(plan)])
+
+
+def _bad_release(plan: Path, state: lab.LabState, reports: Path) -> int:
+    _say("release 2: v2 again, one phase per call (canarykit rollout step), as a scheduler would")
+    earlier, turned_bad = _releases(reports), False
+    for call in range(60):
+        rollout.main(["step", str(plan), *(["--new-release"] if call == 0 else [])])
+        folder = max(_releases(reports) - earlier, key=lambda p: p.stat().st_mtime, default=None)
+        status = json.loads((folder / "release.json").read_text())["status"] if folder else ""
+        if status and status != "in-progress":
+            return 0 if status == "rolled-back" else 1
+        if not turned_bad and _canary_weight(state.kubeconfig) == 25:
+            lab.set_behaviour(state, "v2", **BAD_V2)
+            turned_bad = True
+            _say("v2 now answers 25 % of requests with 503 and a 400 ms median latency")
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    reports = args.reports.resolve()
+    before = _releases(reports)
+    with tempfile.TemporaryDirectory(prefix="canarykit-demo-") as tmp:
+        data_dir = Path(tmp) / "lab"
+        os.environ["CANARYKIT_LAB_DIR"] = str(data_dir)
+        state = lab.up(lab.LabConfig(data_dir=str(data_dir), rate=args.rate))
+        _say(f"lab up: Envoy {state.envoy_url}, Prometheus {state.prometheus_url}")
+        try:
+            plan = _write_plan(Path(tmp) / "plan.yaml", reports)
+            first = _healthy_release(plan)
+            lab.reset(state)
+            second = _bad_release(plan, state, reports)
+        finally:
+            stopped = lab.down(data_dir)
+            _say(f"lab down: {len(stopped)} processes stopped")
+    new = sorted(_releases(reports) - before, key=lambda p: p.stat().st_mtime)
+    for folder in new:
+        print(f"report: {folder}")
+        print(f"report: {folder / 'report.html'}")
+    _say(f"finished in {time.monotonic() - started:.0f} s (exit codes {first}, {second})")
+    return 0 if (first, second, len(new)) == (0, 0, 2) else 1

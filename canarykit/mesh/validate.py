@@ -1,0 +1,811 @@
+"""The offline analyzer: check VirtualService and DestinationRule objects the way Istio's
+validating webhook and `istioctl analyze` would, before anything reaches a cluster.
+
+`validate_object` makes the single-object checks (what the webhook rejects, plus warnings);
+`analyze` adds the checks that need several objects (a route naming a subset that no
+DestinationRule defines). Messages carry Istio's codes where the check is Istio's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import re2
+import yaml
+
+from canarykit.core.durations import parse_duration
+from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.mesh.istio import (
+    API_VERSIONS,
+    HASH_KEYS,
+    KINDS,
+    RETRY_ON_POLICIES,
+    host_fqdn,
+    is_dns1123_label,
+)
+
+ERROR, WARNING, INFO = "Error", "Warning", "Info"
+SCHEMA_ERROR = "IST0106"  # SchemaValidationError
+REFERENCE_NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
+UNREACHABLE_RULE = "IST0130"  # VirtualServiceUnreachableRule
+INEFFECTIVE_MATCH = "IST0131"  # VirtualServiceIneffectiveMatch
+CONFLICTING_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
+WEIGHT_SUM = "CK0001"  # canarykit's own: weights of a split do not sum to 100
+
+GRPC_STATUSES = frozenset({
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+})
+SIMPLE_LB = ("UNSPECIFIED", "LEAST_CONN", "RANDOM", "PASSTHROUGH", "ROUND_ROBIN", "LEAST_REQUEST")
+MAX_REGEX_LENGTH = 1024
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # report through messages, not RE2's own stderr logging
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Message:
+    """One finding about one object, printed like `istioctl analyze` prints it."""
+
+    level: str
+    code: str
+    kind: str
+    namespace: str
+    name: str
+    message: str
+
+    def format(self) -> str:
+        where = f"{self.kind} {self.namespace}/{self.name}" if self.kind else self.name
+        return f"{self.level} [{self.code}] ({where}) {self.message}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """A finding before it is tied to the object it is about."""
+
+    level: str
+    code: str
+    text: str
+
+
+def _bad(path: str, problem: str, value: Any = _ABSENT) -> _Finding:
+    """An IST0106 schema error naming the field, and the value when there is one."""
+    text = f"{path}: {problem}" if value is _ABSENT else f"{path}: {problem} (got {value!r})"
+    return _Finding(ERROR, SCHEMA_ERROR, text)
+
+
+# --- typed access: report a wrong type once, then carry on with an empty value ---------------
+
+
+def _as_dict(value: Any, path: str, out: list[_Finding]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        out.append(_bad(path, "must be a mapping", value))
+        return {}
+    return value
+
+
+def _as_list(value: Any, path: str, out: list[_Finding]) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        out.append(_bad(path, "must be a list", value))
+        return []
+    return value
+
+
+def _as_str(value: Any, path: str, out: list[_Finding]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        out.append(_bad(path, "must be a string", value))
+        return None
+    return value
+
+
+def _check_int(
+    value: Any, path: str, out: list[_Finding], low: int | None = None, high: int | None = None
+) -> int | None:
+    """Check an optional integer field against an inclusive range; return it when usable."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        out.append(_bad(path, "must be an integer", value))
+        return None
+    if low is not None and high is not None and not low <= value <= high:
+        out.append(_bad(path, f"must be between {low} and {high}", value))
+    elif low is not None and value < low:
+        out.append(_bad(path, f"must be >= {low}", value))
+    elif high is not None and value > high:
+        out.append(_bad(path, f"must be <= {high}", value))
+    return value
+
+
+def _check_percentage(value: Any, path: str, out: list[_Finding]) -> None:
+    """An Istio `Percent` object: `{value: 0..100}`."""
+    if value is None:
+        return
+    pct = _as_dict(value, path, out)
+    number = pct.get("value")
+    if number is None:
+        return
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        out.append(_bad(f"{path}.value", "must be a number", number))
+    elif not 0 <= number <= 100:
+        out.append(_bad(f"{path}.value", "must be between 0 and 100", number))
+
+
+def _check_duration(value: Any, path: str, out: list[_Finding], minimum: float = 0.001) -> None:
+    """A Go duration of at least `minimum` seconds, to millisecond precision (Istio's rule)."""
+    if value is None:
+        return
+    try:
+        seconds = parse_duration(value, path)
+    except BadInput:
+        out.append(_bad(path, "must be a duration such as 100ms, 1.5s or 1h30m", value))
+        return
+    if seconds < minimum:
+        need = "at least 1ms" if minimum == 0.001 else "not be negative"
+        out.append(_bad(path, f"must be {need}", value))
+    elif abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
+        out.append(_bad(path, "must be a whole number of milliseconds", value))
+
+
+def _check_regex(value: Any, path: str, out: list[_Finding]) -> None:
+    """Istio and Envoy use RE2, which refuses lookaround and backreferences."""
+    pattern = _as_str(value, path, out)
+    if pattern is None:
+        return
+    if pattern == "":
+        out.append(_bad(path, "must not be empty"))
+        return
+    if len(pattern) > MAX_REGEX_LENGTH:
+        out.append(_bad(path, f"must be at most {MAX_REGEX_LENGTH} characters", len(pattern)))
+        return
+    try:
+        re2.compile(pattern, options=_RE2_OPTIONS)
+    except re2.error as err:
+        reason = err.args[0] if err.args else err
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        out.append(_bad(path, f"is not a valid RE2 regular expression: {reason}", pattern))
+
+
+def _check_subset_name(value: Any, path: str, out: list[_Finding]) -> str | None:
+    name = _as_str(value, path, out)
+    if name is not None and not is_dns1123_label(name):
+        out.append(_bad(path, "must be a DNS-1123 label (a-z, 0-9 and '-', at most 63)", name))
+        return None
+    return name
+
+
+# --- VirtualService ------------------------------------------------------------------------
+
+
+def _check_virtual_service(spec: dict, out: list[_Finding]) -> None:
+    hosts = _as_list(spec.get("hosts"), "spec.hosts", out)
+    gateways = _as_list(spec.get("gateways"), "spec.gateways", out)
+    bound_to_mesh = not gateways or "mesh" in gateways
+    if not hosts:
+        out.append(_bad("spec.hosts", "must list at least one host"))
+    for i, host in enumerate(hosts):
+        host = _as_str(host, f"spec.hosts[{i}]", out)
+        if host == "":
+            out.append(_bad(f"spec.hosts[{i}]", "must not be empty"))
+        elif host == "*" and bound_to_mesh:
+            out.append(_bad(f"spec.hosts[{i}]", "wildcard host * is not allowed for a "
+                            "VirtualService bound to the mesh (no gateways, or gateway mesh)",
+                            host))
+    http = _as_list(spec.get("http"), "spec.http", out)
+    tcp = _as_list(spec.get("tcp"), "spec.tcp", out)
+    tls = _as_list(spec.get("tls"), "spec.tls", out)
+    if not (http or tcp or tls):
+        out.append(_bad("spec", "must have http, tcp or tls routes"))
+    for i, rule in enumerate(http):
+        _check_http_rule(rule, f"spec.http[{i}]", out)
+    for protocol, rules in (("tcp", tcp), ("tls", tls)):
+        for i, rule in enumerate(rules):
+            path = f"spec.{protocol}[{i}]"
+            rule = _as_dict(rule, path, out)
+            _check_route_destinations(rule.get("route"), f"{path}.route", out)
+    for rules in (http, tcp, tls):
+        out.extend(_unreachable_rules(rules))
+
+
+def _check_http_rule(rule: Any, path: str, out: list[_Finding]) -> None:
+    if rule is None or rule == {}:
+        out.append(_bad(path, "must not be empty"))
+    rule = _as_dict(rule, path, out)
+    if not rule:
+        return
+    routes = _as_list(rule.get("route"), f"{path}.route", out)
+    other_actions = [key for key in ("redirect", "directResponse", "delegate") if key in rule]
+    if not routes and not other_actions:
+        out.append(_bad(path, "must have a route, redirect, directResponse or delegate"))
+    if routes and other_actions:
+        out.append(_bad(path, f"route cannot be combined with {other_actions[0]}"))
+    _check_matches(rule.get("match"), f"{path}.match", out)
+    _check_route_destinations(routes, f"{path}.route", out)
+    _check_mirrors(rule, path, out)
+    _check_fault(rule.get("fault"), f"{path}.fault", out)
+    _check_retries(rule.get("retries"), f"{path}.retries", out)
+    # Istio's webhook and CRD both refuse a timeout under 1ms, `0s` included.
+    _check_duration(rule.get("timeout"), f"{path}.timeout", out)
+    cors = _as_dict(rule.get("corsPolicy"), f"{path}.corsPolicy", out)
+    for k, origin in enumerate(_as_list(cors.get("allowOrigins"), f"{path}.corsPolicy.allowOrigins",
+                                        out)):
+        _check_string_match(origin, f"{path}.corsPolicy.allowOrigins[{k}]", out)
+    rewrite = _as_dict(rule.get("rewrite"), f"{path}.rewrite", out)
+    if "uriRegexRewrite" in rewrite:
+        regex_rewrite = _as_dict(rewrite["uriRegexRewrite"], f"{path}.rewrite.uriRegexRewrite", out)
+        _check_regex(regex_rewrite.get("match"), f"{path}.rewrite.uriRegexRewrite.match", out)
+
+
+def _check_matches(matches: Any, path: str, out: list[_Finding]) -> None:
+    for k, match in enumerate(_as_list(matches, path, out)):
+        match_path = f"{path}[{k}]"
+        match = _as_dict(match, match_path, out)
+        for field in ("uri", "scheme", "method", "authority"):
+            if field in match:
+                _check_string_match(match[field], f"{match_path}.{field}", out,
+                                    allow_empty_prefix=field == "uri")
+        for field in ("headers", "queryParams", "withoutHeaders"):
+            for name, string_match in _as_dict(match.get(field), f"{match_path}.{field}",
+                                               out).items():
+                if field == "withoutHeaders" and isinstance(string_match, dict) \
+                        and string_match.get("regex") == "*":
+                    continue  # `*` here means "header present", not a regex
+                _check_string_match(string_match, f"{match_path}.{field}.{name}", out)
+        _check_int(match.get("port"), f"{match_path}.port", out, 1, 65535)
+
+
+def _check_string_match(value: Any, path: str, out: list[_Finding],
+                        allow_empty_prefix: bool = False) -> None:
+    """An Istio StringMatch: at most one of exact, prefix or regex."""
+    string_match = _as_dict(value, path, out)
+    kinds = [kind for kind in ("exact", "prefix", "regex") if kind in string_match]
+    if len(kinds) > 1:
+        out.append(_bad(path, "must set only one of exact, prefix or regex", sorted(string_match)))
+    for kind in kinds:
+        text = _as_str(string_match[kind], f"{path}.{kind}", out)
+        if kind == "prefix" and text == "" and not allow_empty_prefix:
+            out.append(_bad(f"{path}.prefix", "must not be empty"))
+        if kind == "regex":
+            _check_regex(string_match[kind], f"{path}.regex", out)
+
+
+def _check_destination(value: Any, path: str, out: list[_Finding]) -> None:
+    if value is None:
+        out.append(_bad(path, "is required"))
+        return
+    destination = _as_dict(value, path, out)
+    host = _as_str(destination.get("host"), f"{path}.host", out)
+    if isinstance(value, dict) and destination.get("host") in (None, ""):
+        out.append(_bad(f"{path}.host", "is required"))
+    elif host == "*":
+        out.append(_bad(f"{path}.host", "must name a service, not *", host))
+    if "subset" in destination:
+        _check_subset_name(destination["subset"], f"{path}.subset", out)
+    port = _as_dict(destination.get("port"), f"{path}.port", out)
+    _check_int(port.get("number"), f"{path}.port.number", out, 1, 65535)
+
+
+def _check_route_destinations(value: Any, path: str, out: list[_Finding]) -> None:
+    """Destinations of one route and their weights (Istio >= 1.15 needs no sum of 100)."""
+    routes = _as_list(value, path, out)
+    total = 0
+    for j, route in enumerate(routes):
+        route_path = f"{path}[{j}]"
+        route = _as_dict(route, route_path, out)
+        _check_destination(route.get("destination"), f"{route_path}.destination", out)
+        weight = _check_int(route.get("weight"), f"{route_path}.weight", out, 0)
+        total += weight if weight is not None and weight > 0 else 0
+    if len(routes) > 1 and total == 0:
+        out.append(_bad(path, "total weight of several destinations must not be 0", total))
+    elif len(routes) > 1 and total != 100:
+        out.append(_Finding(WARNING, WEIGHT_SUM,
+                            f"{path}: destination weights sum to {total}, not 100; Istio >= 1.15 "
+                            "accepts this and splits in proportion, but it is usually a mistake"))
+
+
+def _check_mirrors(rule: dict, path: str, out: list[_Finding]) -> None:
+    mirrors = _as_list(rule.get("mirrors"), f"{path}.mirrors", out)
+    if "mirror" in rule and mirrors:
+        out.append(_bad(path, "mirror and mirrors cannot both be set"))
+    if "mirror" in rule:
+        _check_destination(rule["mirror"], f"{path}.mirror", out)
+    _check_percentage(rule.get("mirrorPercentage"), f"{path}.mirrorPercentage", out)
+    _check_int(rule.get("mirrorPercent"), f"{path}.mirrorPercent", out, 0, 100)
+    for k, mirror in enumerate(mirrors):
+        mirror = _as_dict(mirror, f"{path}.mirrors[{k}]", out)
+        _check_destination(mirror.get("destination"), f"{path}.mirrors[{k}].destination", out)
+        _check_percentage(mirror.get("percentage"), f"{path}.mirrors[{k}].percentage", out)
+
+
+def _check_fault(value: Any, path: str, out: list[_Finding]) -> None:
+    if value is None:
+        return
+    fault = _as_dict(value, path, out)
+    if fault.get("abort") is None and fault.get("delay") is None:
+        out.append(_bad(path, "must have an abort and/or a delay"))
+    if fault.get("abort") is not None:
+        abort = _as_dict(fault["abort"], f"{path}.abort", out)
+        _check_percentage(abort.get("percentage"), f"{path}.abort.percentage", out)
+        kinds = [kind for kind in ("httpStatus", "grpcStatus", "http2Error") if kind in abort]
+        if not kinds:
+            out.append(_bad(f"{path}.abort", "must set httpStatus, grpcStatus or http2Error"))
+        elif len(kinds) > 1:
+            out.append(_bad(f"{path}.abort", "must set only one of httpStatus, grpcStatus or "
+                            "http2Error", kinds))
+        _check_int(abort.get("httpStatus"), f"{path}.abort.httpStatus", out, 200, 599)
+        grpc_status = _as_str(abort.get("grpcStatus"), f"{path}.abort.grpcStatus", out)
+        if grpc_status is not None and grpc_status not in GRPC_STATUSES:
+            out.append(_bad(f"{path}.abort.grpcStatus", "must be a gRPC status name such as "
+                            "UNAVAILABLE", grpc_status))
+    if fault.get("delay") is not None:
+        delay = _as_dict(fault["delay"], f"{path}.delay", out)
+        _check_percentage(delay.get("percentage"), f"{path}.delay.percentage", out)
+        _check_int(delay.get("percent"), f"{path}.delay.percent", out, 0, 100)
+        _check_duration(delay.get("fixedDelay"), f"{path}.delay.fixedDelay", out)
+        if "exponentialDelay" in delay:
+            out.append(_bad(f"{path}.delay.exponentialDelay", "is not supported by Istio yet"))
+
+
+def _check_retries(value: Any, path: str, out: list[_Finding]) -> None:
+    if value is None:
+        return
+    retries = _as_dict(value, path, out)
+    attempts = _check_int(retries.get("attempts", 0), f"{path}.attempts", out, 0)
+    policy = [key for key in ("perTryTimeout", "retryOn", "retryRemoteLocalities")
+              if key in retries]
+    if attempts == 0 and policy:
+        out.append(_bad(f"{path}.attempts", f"must be > 0 when {', '.join(policy)} is set "
+                        "(0 or absent disables retries)", attempts))
+    _check_duration(retries.get("perTryTimeout"), f"{path}.perTryTimeout", out)
+    _check_duration(retries.get("backoff"), f"{path}.backoff", out)
+    retry_on = _as_str(retries.get("retryOn"), f"{path}.retryOn", out)
+    for condition in (retry_on.split(",") if retry_on is not None else []):
+        if condition not in RETRY_ON_POLICIES and not _is_http_status(condition):
+            out.append(_bad(f"{path}.retryOn", f"{condition!r} is not an Envoy retry condition "
+                            "or HTTP status code", retry_on))
+
+
+def _is_http_status(text: str) -> bool:
+    return text.isdigit() and 100 <= int(text) <= 599
+
+
+# --- IST0130 / IST0131: rules and matches that can never be used ---------------------------
+
+
+def _unreachable_rules(rules: list) -> list[_Finding]:
+    """Istio's check: rules after a catch-all, and matches repeating an earlier match."""
+    out: list[_Finding] = []
+    seen: dict[str, int] = {}  # canonical match -> index of the first rule holding it
+    catch_all: tuple[int, bool] | None = None  # (index of the catch-all rule, by a match-all?)
+    for n, rule in enumerate(rules):
+        if not isinstance(rule, dict) or not isinstance(rule.get("match") or [], list):
+            continue
+        matches = rule.get("match") or []
+        label = _rule_label(rules, n)
+        if catch_all is not None:
+            if catch_all[1]:
+                reason = f"rule {_rule_label(rules, catch_all[0])} already matches every request"
+            elif matches:
+                reason = "route without matches defined before"
+            else:
+                reason = "only the last rule can have no matches"
+            out.append(_Finding(WARNING, UNREACHABLE_RULE,
+                                f"VirtualService rule {label} not used ({reason})."))
+            continue
+        if not matches:
+            catch_all = (n, False)
+            continue
+        duplicates = 0
+        for k, match in enumerate(matches):
+            key = _match_key(match)
+            if key in seen:
+                duplicates += 1
+                match_label = _match_label(match, k)
+                out.append(_Finding(INFO, INEFFECTIVE_MATCH,
+                                    f"VirtualService rule {label} match {match_label} is not used "
+                                    f"(duplicate/overlapping match in rule "
+                                    f"{_rule_label(rules, seen[key])})."))
+            else:
+                seen[key] = n
+        if duplicates == len(matches):
+            out.append(_Finding(WARNING, UNREACHABLE_RULE,
+                                f"VirtualService rule {label} not used "
+                                "(all matches used by prior rules)."))
+        elif any(_matches_everything(match) for match in matches):
+            catch_all = (n, True)
+    return out
+
+
+def _rule_label(rules: list, n: int) -> str:
+    name = rules[n].get("name") if isinstance(rules[n], dict) else None
+    return json.dumps(name) if isinstance(name, str) and name else f"#{n}"
+
+
+def _match_label(match: Any, k: int) -> str:
+    name = match.get("name") if isinstance(match, dict) else None
+    return json.dumps(name) if isinstance(name, str) and name else f"#{k}"
+
+
+def _match_key(match: Any) -> str:
+    """A match as canonical JSON without its name: equal keys select the same requests."""
+    if isinstance(match, dict):
+        match = {key: value for key, value in match.items() if key != "name"}
+    return json.dumps(match, sort_keys=True, default=str)
+
+
+def _matches_everything(match: Any) -> bool:
+    if not isinstance(match, dict):
+        return False
+    conditions = {key: value for key, value in match.items()
+                  if key not in ("name", "ignoreUriCase")}
+    return conditions in ({}, {"uri": {"prefix": "/"}}, {"uri": {"regex": ".*"}})
+
+
+# --- DestinationRule -----------------------------------------------------------------------
+
+
+def _check_destination_rule(spec: dict, out: list[_Finding]) -> None:
+    _as_str(spec.get("host"), "spec.host", out)
+    if spec.get("host") in (None, ""):
+        out.append(_bad("spec.host", "is required"))
+    if "trafficPolicy" in spec:
+        _check_traffic_policy(spec["trafficPolicy"], "spec.trafficPolicy", out)
+    first_index: dict[str, int] = {}
+    for i, subset in enumerate(_as_list(spec.get("subsets"), "spec.subsets", out)):
+        path = f"spec.subsets[{i}]"
+        subset = _as_dict(subset, path, out)
+        if subset.get("name") is None:
+            out.append(_bad(f"{path}.name", "is required"))
+        name = _check_subset_name(subset.get("name"), f"{path}.name", out)
+        if name is not None and name in first_index:
+            out.append(_bad(f"{path}.name", f"duplicates spec.subsets[{first_index[name]}].name",
+                            name))
+        elif name is not None:
+            first_index[name] = i
+        for key, value in _as_dict(subset.get("labels"), f"{path}.labels", out).items():
+            _as_str(value, f"{path}.labels.{key}", out)
+        if "trafficPolicy" in subset:
+            _check_traffic_policy(subset["trafficPolicy"], f"{path}.trafficPolicy", out)
+
+
+def _check_traffic_policy(value: Any, path: str, out: list[_Finding]) -> None:
+    policy = _as_dict(value, path, out)
+    if value == {}:
+        out.append(_bad(path, "must set at least one field"))
+    _check_policy_parts(policy, path, out)
+    retry_budget = _as_dict(policy.get("retryBudget"), f"{path}.retryBudget", out)
+    _check_int(retry_budget.get("minRetryConcurrency"), f"{path}.retryBudget.minRetryConcurrency",
+               out, 0)
+    _check_percentage(retry_budget.get("percent"), f"{path}.retryBudget.percent", out)
+    for k, port_policy in enumerate(_as_list(policy.get("portLevelSettings"),
+                                             f"{path}.portLevelSettings", out)):
+        port_path = f"{path}.portLevelSettings[{k}]"
+        port_policy = _as_dict(port_policy, port_path, out)
+        port = _as_dict(port_policy.get("port"), f"{port_path}.port", out)
+        _check_int(port.get("number"), f"{port_path}.port.number", out, 1, 65535)
+        _check_policy_parts(port_policy, port_path, out)
+
+
+def _check_policy_parts(policy: dict, path: str, out: list[_Finding]) -> None:
+    """The parts a traffic policy shares with its port-level settings."""
+    if "loadBalancer" in policy:
+        _check_load_balancer(policy["loadBalancer"], f"{path}.loadBalancer", out)
+    if "outlierDetection" in policy:
+        _check_outlier_detection(policy["outlierDetection"], f"{path}.outlierDetection", out)
+    if "connectionPool" in policy:
+        _check_connection_pool(policy["connectionPool"], f"{path}.connectionPool", out)
+
+
+def _check_load_balancer(value: Any, path: str, out: list[_Finding]) -> None:
+    balancer = _as_dict(value, path, out)
+    if "simple" in balancer and "consistentHash" in balancer:
+        out.append(_bad(path, "must set only one of simple or consistentHash"))
+    simple = _as_str(balancer.get("simple"), f"{path}.simple", out)
+    if simple is not None and simple not in SIMPLE_LB:
+        out.append(_bad(f"{path}.simple", f"must be one of {', '.join(SIMPLE_LB)}", simple))
+    consistent_hash = _as_dict(balancer.get("consistentHash"), f"{path}.consistentHash", out)
+    keys = [key for key in HASH_KEYS if key in consistent_hash]
+    if len(keys) > 1:
+        out.append(_bad(f"{path}.consistentHash", f"must set only one of {', '.join(HASH_KEYS)}",
+                        keys))
+    if "httpCookie" in consistent_hash:
+        cookie_path = f"{path}.consistentHash.httpCookie"
+        cookie = _as_dict(consistent_hash["httpCookie"], cookie_path, out)
+        if not cookie.get("name"):
+            out.append(_bad(f"{cookie_path}.name", "is required"))
+        # A ttl of 0s is allowed: it asks for a session cookie.
+        _check_duration(cookie.get("ttl"), f"{cookie_path}.ttl", out, minimum=0.0)
+    _check_duration(balancer.get("warmupDurationSecs"), f"{path}.warmupDurationSecs", out)
+    warmup = _as_dict(balancer.get("warmup"), f"{path}.warmup", out)
+    _check_duration(warmup.get("duration"), f"{path}.warmup.duration", out)
+
+
+def _check_outlier_detection(value: Any, path: str, out: list[_Finding]) -> None:
+    detection = _as_dict(value, path, out)
+    for field in ("consecutive5xxErrors", "consecutiveGatewayErrors",
+                  "consecutiveLocalOriginFailures", "consecutiveErrors"):
+        _check_int(detection.get(field), f"{path}.{field}", out, 0)
+    for field in ("interval", "baseEjectionTime"):
+        _check_duration(detection.get(field), f"{path}.{field}", out)
+    for field in ("maxEjectionPercent", "minHealthPercent"):
+        _check_int(detection.get(field), f"{path}.{field}", out, 0, 100)
+
+
+def _check_connection_pool(value: Any, path: str, out: list[_Finding]) -> None:
+    pool = _as_dict(value, path, out)
+    tcp = _as_dict(pool.get("tcp"), f"{path}.tcp", out)
+    _check_int(tcp.get("maxConnections"), f"{path}.tcp.maxConnections", out, 0)
+    for field in ("connectTimeout", "maxConnectionDuration"):
+        _check_duration(tcp.get(field), f"{path}.tcp.{field}", out)
+    # Istio lets a tcp idleTimeout of 0s switch the timeout off.
+    _check_duration(tcp.get("idleTimeout"), f"{path}.tcp.idleTimeout", out, minimum=0.0)
+    keepalive = _as_dict(tcp.get("tcpKeepalive"), f"{path}.tcp.tcpKeepalive", out)
+    for field in ("time", "interval"):
+        _check_duration(keepalive.get(field), f"{path}.tcp.tcpKeepalive.{field}", out)
+    _check_int(keepalive.get("probes"), f"{path}.tcp.tcpKeepalive.probes", out, 0)
+    http = _as_dict(pool.get("http"), f"{path}.http", out)
+    for field in ("http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection",
+                  "maxRetries", "maxConcurrentStreams"):
+        _check_int(http.get(field), f"{path}.http.{field}", out, 0)
+    _check_duration(http.get("idleTimeout"), f"{path}.http.idleTimeout", out)
+    keepalive = _as_dict(http.get("http2KeepAlive"), f"{path}.http.http2KeepAlive", out)
+    for field in ("interval", "timeout"):
+        _check_duration(keepalive.get(field), f"{path}.http.http2KeepAlive.{field}", out)
+
+
+# --- objects -------------------------------------------------------------------------------
+
+
+def _identity(obj: dict) -> tuple[str, str, str]:
+    """(kind, namespace, name); the namespace defaults to `default` like kubectl's."""
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else ""
+    namespace = metadata.get("namespace")
+    name = metadata.get("name")
+    return (kind,
+            namespace if isinstance(namespace, str) and namespace else "default",
+            name if isinstance(name, str) else "")
+
+
+def is_kubernetes_object(doc: Any) -> bool:
+    """A mapping with a non-empty string `apiVersion` and `kind`."""
+    return (isinstance(doc, dict) and isinstance(doc.get("apiVersion"), str)
+            and isinstance(doc.get("kind"), str) and bool(doc["apiVersion"]) and bool(doc["kind"]))
+
+
+def _is_istio_object(obj: Any, kind: str) -> bool:
+    return (is_kubernetes_object(obj) and obj["kind"] == kind
+            and obj["apiVersion"] in API_VERSIONS)
+
+
+def validate_object(obj: dict) -> list[Message]:
+    """Single-object checks: what Istio's validating webhook rejects, plus its warnings.
+
+    Objects of other kinds get no messages. Error-level messages mean Istio would refuse it.
+    """
+    if not is_kubernetes_object(obj):
+        kind, namespace, name = _identity(obj) if isinstance(obj, dict) else ("", "default", "")
+        return [Message(ERROR, SCHEMA_ERROR, kind, namespace, name,
+                        "not a Kubernetes object: apiVersion and kind are required")]
+    kind, namespace, name = _identity(obj)
+    if kind not in KINDS:
+        return []
+    out: list[_Finding] = []
+    if obj["apiVersion"] not in API_VERSIONS:
+        out.append(_bad("apiVersion", f"must be one of {', '.join(API_VERSIONS)} for "
+                        f"{kind}", obj["apiVersion"]))
+    else:
+        metadata = _as_dict(obj.get("metadata"), "metadata", out)
+        if not metadata.get("name"):
+            out.append(_bad("metadata.name", "is required"))
+        if obj.get("spec") is None:
+            out.append(_bad("spec", "is required"))
+        spec = _as_dict(obj.get("spec"), "spec", out)
+        check = _check_virtual_service if kind == "VirtualService" else _check_destination_rule
+        check(spec, out)
+    return [Message(f.level, f.code, kind, namespace, name, f.text) for f in out]
+
+
+# --- cross-object: IST0101 -----------------------------------------------------------------
+
+
+def _subsets_by_host(objects: Iterable[Any]) -> dict[str, set[str]]:
+    """Fully qualified DestinationRule host -> the subset names defined for it."""
+    subsets: dict[str, set[str]] = {}
+    for obj in objects:
+        if not _is_istio_object(obj, "DestinationRule") or not isinstance(obj.get("spec"), dict):
+            continue
+        host = obj["spec"].get("host")
+        if not isinstance(host, str) or not host:
+            continue
+        names = subsets.setdefault(host_fqdn(host, _identity(obj)[1]), set())
+        for subset in obj["spec"].get("subsets") or []:
+            if isinstance(subset, dict) and isinstance(subset.get("name"), str):
+                names.add(subset["name"])
+    return subsets
+
+
+def _defined_subsets(fqdn: str, subsets: dict[str, set[str]]) -> set[str]:
+    """Subsets of the DestinationRule that applies: the exact host, else the closest wildcard."""
+    if fqdn in subsets:
+        return subsets[fqdn]
+    wildcards = [host for host in subsets
+                 if host == "*" or (host.startswith("*.") and fqdn.endswith(host[1:]))]
+    return subsets[max(wildcards, key=len)] if wildcards else set()
+
+
+def _destinations(spec: dict) -> list[tuple[str, dict]]:
+    """(reference type, destination) for every route destination and mirror of a VS."""
+    found: list[tuple[str, dict]] = []
+    for protocol in ("http", "tcp", "tls"):
+        rules = spec.get(protocol)
+        for rule in rules if isinstance(rules, list) else []:
+            if not isinstance(rule, dict):
+                continue
+            routes = rule.get("route") if isinstance(rule.get("route"), list) else []
+            found += [("host+subset", route.get("destination")) for route in routes
+                      if isinstance(route, dict)]
+            found.append(("mirror+subset", rule.get("mirror")))
+            mirrors = rule.get("mirrors") if isinstance(rule.get("mirrors"), list) else []
+            found += [("mirror+subset", mirror.get("destination")) for mirror in mirrors
+                      if isinstance(mirror, dict)]
+    return [(ref, dest) for ref, dest in found if isinstance(dest, dict)]
+
+
+def _missing_subsets(vs: dict, subsets: dict[str, set[str]]) -> list[Message]:
+    kind, namespace, name = _identity(vs)
+    spec = vs.get("spec") if isinstance(vs.get("spec"), dict) else {}
+    messages: list[Message] = []
+    for ref, dest in _destinations(spec):
+        host, subset = dest.get("host"), dest.get("subset")
+        if not isinstance(host, str) or not host or not isinstance(subset, str) or not subset:
+            continue  # no subset needs no DestinationRule; a bad host is a schema error
+        if subset in _defined_subsets(host_fqdn(host, namespace), subsets):
+            continue
+        message = Message(ERROR, REFERENCE_NOT_FOUND, kind, namespace, name,
+                          f"Referenced {ref} in destinationrule not found: "
+                          f"{json.dumps(f'{host}+{subset}')}")
+        if message not in messages:
+            messages.append(message)
+    return messages
+
+
+# --- cross-object: IST0109 -----------------------------------------------------------------
+
+
+def _mesh_hosts(vs: dict) -> set[str]:
+    """Fully qualified hosts a VirtualService routes for sidecars (the `mesh` gateway)."""
+    spec = vs.get("spec") if isinstance(vs.get("spec"), dict) else {}
+    gateways = spec.get("gateways")
+    if isinstance(gateways, list) and gateways and "mesh" not in gateways:
+        return set()
+    hosts = spec.get("hosts") if isinstance(spec.get("hosts"), list) else []
+    namespace = _identity(vs)[1]
+    return {host_fqdn(host, namespace) for host in hosts if isinstance(host, str) and host}
+
+
+def _conflicting_hosts(objects: list[Any]) -> list[Message]:
+    """Two VirtualServices for one host on the mesh gateway: sidecars apply only one of them."""
+    owners: dict[str, set[tuple[str, str, str]]] = {}
+    for obj in objects:  # one resource given twice (alternative files) is still one resource
+        if _is_istio_object(obj, "VirtualService"):
+            for host in _mesh_hosts(obj):
+                owners.setdefault(host, set()).add(_identity(obj))
+    messages: list[Message] = []
+    for host, services in sorted(owners.items()):
+        if len(services) < 2:
+            continue
+        names = ", ".join(f"{namespace}/{name}" for _, namespace, name in sorted(services))
+        for kind, namespace, name in sorted(services):
+            messages.append(Message(
+                ERROR, CONFLICTING_HOSTS, kind, namespace, name,
+                f"The VirtualServices {names} associated with mesh gateway define the same "
+                f"host {json.dumps(host)} which can lead to undefined behavior. This can be "
+                "fixed by merging the conflicting VirtualServices into a single resource."))
+    return messages
+
+
+def analyze(objects: list[dict]) -> list[Message]:
+    """`validate_object` for each object, plus checks across objects (IST0101, IST0109)."""
+    subsets = _subsets_by_host(objects)
+    messages: list[Message] = []
+    for obj in objects:
+        messages += validate_object(obj)
+        if _is_istio_object(obj, "VirtualService"):
+            messages += _missing_subsets(obj, subsets)
+    return messages + _conflicting_hosts(objects)
+
+
+def has_errors(messages: Iterable[Message]) -> bool:
+    """True when Istio would refuse the configuration (any Error-level message)."""
+    return any(message.level == ERROR for message in messages)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+class UnreadableInput(CanaryKitError):
+    """A file that cannot be read as YAML Kubernetes documents."""
+
+
+def load_files(paths: Iterable[str]) -> list[tuple[str, dict]]:
+    """(label naming file and document, document) for every non-empty document.
+
+    `kind: List` documents are opened into their items. Raises UnreadableInput naming the file.
+    """
+    documents: list[tuple[str, dict]] = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise UnreadableInput(f"{path}: cannot read file: {reason}") from err
+        try:
+            loaded = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as err:
+            raise UnreadableInput(f"{path}: YAML syntax error{_yaml_where(err)}") from err
+        for number, doc in enumerate(loaded, start=1):
+            if doc is None:
+                continue
+            label = f"{path} document {number}"
+            is_list = isinstance(doc, dict) and doc.get("kind") == "List"
+            items = doc.get("items") if is_list else None
+            for item in items if isinstance(items, list) else [doc]:
+                if not isinstance(item, dict):
+                    raise UnreadableInput(f"{label}: is not a mapping (got a "
+                                          f"{type(item).__name__})")
+                documents.append((label, item))
+    return documents
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or ""
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}" if problem else where
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `canarykit validate`."""
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="YAML files (several documents each) with VirtualServices and "
+                             "DestinationRules; other kinds are ignored")
+    parser.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                        help="text: one istioctl-style line per message; json: a list of objects")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 without Error-level messages, 1 with any, 2 when a file cannot be read."""
+    try:
+        documents = load_files(args.files)
+    except UnreadableInput as err:
+        print(f"canarykit validate: {err}", file=sys.stderr)
+        return 2
+    messages = [Message(ERROR, SCHEMA_ERROR, "", "", label,
+                        "not a Kubernetes object: apiVersion and kind are required")
+                for label, doc in documents if not is_kubernetes_object(doc)]
+    messages += analyze([doc for _, doc in documents if is_kubernetes_object(doc)])
+    if args.output == "json":
+        print(json.dumps([message.to_dict() for message in messages], indent=2))
+    elif messages:
+        print("\n".join(message.format() for message in messages))
+    else:
+        print("No validation issues found.")
+    return 1 if has_errors(messages) else 0

@@ -1,0 +1,1068 @@
+"""What the runbooks do: one function per rollout phase, called from a thin notebook.
+
+Each phase function takes the connected `Target` and the runbook's `result` (from
+`runbook.new_result`), refuses bad parameters before it changes anything, appends every change
+it applies to `result["changes"]`, sets `result["weights"]` (the configured split afterwards),
+`result["decision"]` where it judges, and `result["outcome"] = "ok"` when it gets to the end.
+When a phase fails it records the result with `outcome: "error"` (and whatever it had already
+applied) and raises, so papermill stops with one clear error in the executed notebook.
+
+Evidence is chained across weight changes: `analyze` rebuilds the rollout's weight periods from
+the audit log (the `begin_rollout` record of this rollout and every later change to the
+VirtualService) and hands the counts of each earlier period to the sequential error-rate test.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kubernetes import client as k8s
+
+from canarykit.analysis import metrics as m
+from canarykit.analysis.judges import Decision, Judgement, Verdict, decide
+from canarykit.analysis.sequential import Segment
+from canarykit.analysis.step import AnalysisConfig, run_analysis
+from canarykit.cluster import audit
+from canarykit.cluster import client as cluster
+from canarykit.cluster.state import AUDIT_HEAD_ANNOTATION, read_state, with_state
+from canarykit.core.durations import format_duration
+from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.mesh import istio, traffic, validate
+from canarykit.rollout import runbook
+
+LAB_DIR_ENV = "CANARYKIT_LAB_DIR"
+DEFAULT_LAB_DIR = ".canarykit-lab"
+INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
+# Seconds after a weight change before its traffic counts: Envoy takes the new routes and
+# Prometheus scrapes at least once (the lab scrapes every second).
+SETTLE_SECONDS = 2.0
+# The shortest window worth asking Prometheus about (a few scrapes).
+MIN_SPAN_SECONDS = 5.0
+BASELINE_MIN_REQUESTS = 10
+
+COMMON_PARAMETERS = (
+    "service", "namespace", "stable", "canary", "kubeconfig", "context", "prometheus_url",
+    "prometheus_bearer_token_env", "audit_log", "release",
+)
+ANALYSIS_PARAMETERS = (
+    "window", "interval", "min_success_rate", "max_p99_ms", "min_requests", "alpha", "judges",
+)
+RUNBOOK_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "preflight": (*COMMON_PARAMETERS, "min_baseline_success_rate", "baseline_window"),
+    "internal-canary": (*COMMON_PARAMETERS, "header", "header_value", "cookie_name",
+                        "cookie_value"),
+    "shadow": (*COMMON_PARAMETERS, "percentage", *ANALYSIS_PARAMETERS, "keep_mirror"),
+    "shift-traffic": (*COMMON_PARAMETERS, "canary_weight"),
+    "analyze": (*COMMON_PARAMETERS, *ANALYSIS_PARAMETERS, "until_verdict", "max_duration",
+                "check_every", "canary_weight"),
+    "promote": COMMON_PARAMETERS,
+    "rollback": (*COMMON_PARAMETERS, "reason"),
+    "blue-green": (*COMMON_PARAMETERS, "to_subset"),
+    "post-rollout-analysis": ("service", "reports", "release_folder"),
+}
+# Variables the runbooks themselves define after their parameters (not parameters).
+_RUNBOOK_VARIABLES = {"result", "target", "decision", "frames", "figure", "parameters"}
+
+
+class PhaseFailed(CanaryKitError):
+    """A phase could not do its job (for example preflight found the baseline unhealthy)."""
+
+
+# ---------------------------------------------------------------- parameters and target
+
+
+def given_parameters(runbook_name: str, namespace: dict[str, Any],
+                     before: set[str]) -> dict[str, Any]:
+    """The parameters a run was given: names bound since `before` (the parameters cell and the
+    cell papermill injects). Credential-looking and unknown names are refused, so a typo or a
+    secret passed as a parameter stops the run before anything is changed."""
+    if runbook_name not in RUNBOOK_PARAMETERS:
+        raise BadInput("runbook", runbook_name,
+                       "is not a runbook (known: " + ", ".join(RUNBOOK_PARAMETERS) + ")")
+    given = {
+        name: value for name, value in namespace.items()
+        if name not in before and not name.startswith("_") and name not in _RUNBOOK_VARIABLES
+        and not callable(value) and type(value).__name__ != "module"
+    }
+    runbook.check_parameters(given)
+    known = RUNBOOK_PARAMETERS[runbook_name]
+    for name in sorted(set(given) - set(known)):
+        raise BadInput(name, given[name], f"is not a parameter of the {runbook_name} runbook "
+                       f"(parameters: {', '.join(known)})")
+    return {name: given[name] for name in known if name in given}
+
+
+def lab_defaults(data_dir: str | Path | None = None) -> dict[str, str]:
+    """Kubeconfig and Prometheus URL of the running lab (env CANARYKIT_LAB_DIR, else
+    ./.canarykit-lab), or {} when there is none, so runbook defaults work against the lab."""
+    from canarykit.lab import processes as lab
+
+    folder = Path(data_dir or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
+    state = lab.read_state(folder) if (folder / lab.STATE_FILE).is_file() else None
+    if state is None:
+        return {}
+    found = {"kubeconfig": state.kubeconfig, "prometheus_url": state.prometheus_url,
+             "data_dir": str(state.data_dir)}
+    return {key: value for key, value in found.items() if value}
+
+
+@dataclass
+class Target:
+    """The service being rolled out and how to reach its cluster and its metrics."""
+
+    service: str
+    namespace: str
+    stable: str
+    canary: str
+    cluster: cluster.Cluster
+    prometheus: m.PrometheusSettings | None
+    selector: m.MetricsSelector
+    audit_log: Path
+    release: str = ""
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadInput(field, value, "must be a string")
+    return value
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput(field, value, "must be True or False")
+    return value
+
+
+def _renamed(err: BadInput, names: dict[str, str]) -> BadInput:
+    """The same refusal under the notebook parameter's name."""
+    return BadInput(names.get(err.field, err.field), err.value, err.problem)
+
+
+def connect_target(
+    *,
+    service: str,
+    namespace: str,
+    stable: str,
+    canary: str,
+    kubeconfig: str = "",
+    context: str = "",
+    prometheus_url: str = "",
+    prometheus_bearer_token_env: str = "",
+    audit_log: str = "",
+    release: str = "",
+) -> Target:
+    """Check the common parameters and connect; "" means the running lab's (or the default)."""
+    istio.check_dns_label("service", service)
+    istio.check_dns_label("namespace", namespace)
+    istio.check_dns_label("stable", stable)
+    istio.check_dns_label("canary", canary)
+    if stable == canary:
+        raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
+    for name, value in (("kubeconfig", kubeconfig), ("context", context),
+                        ("prometheus_url", prometheus_url), ("audit_log", audit_log),
+                        ("prometheus_bearer_token_env", prometheus_bearer_token_env),
+                        ("release", release)):
+        _text(name, value)
+    lab = lab_defaults() if not (kubeconfig and prometheus_url) else {}
+    kubeconfig = kubeconfig or lab.get("kubeconfig", "")
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
+    prometheus = None
+    url = prometheus_url or lab.get("prometheus_url", "")
+    if url:
+        settings = m.PrometheusSettings(url=url,
+                                        bearer_token_env=prometheus_bearer_token_env or None)
+        try:
+            settings.validate()
+        except BadInput as err:
+            names = {"prometheus.url": "prometheus_url",
+                     "prometheus.bearer_token_env": "prometheus_bearer_token_env"}
+            raise _renamed(err, names) from None
+        if prometheus_bearer_token_env and not os.environ.get(prometheus_bearer_token_env):
+            raise BadInput("prometheus_bearer_token_env", prometheus_bearer_token_env,
+                           "names an environment variable that is not set or empty")
+        prometheus = settings
+    selector = m.MetricsSelector(service=service, namespace=namespace, stable=stable,
+                                 canary=canary).validate()
+    try:
+        connected = cluster.connect(kubeconfig or None, context or None, namespace)
+    except BadInput as err:
+        raise _renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
+                             "--namespace": "namespace"}) from None
+    return Target(service, namespace, stable, canary, connected, prometheus, selector,
+                  Path(audit_log) if audit_log else audit.default_audit_log(), release)
+
+
+def _prometheus(target: Target) -> m.Client:
+    if target.prometheus is None:
+        raise BadInput("prometheus_url", "", "no Prometheus: give its URL (no lab is running "
+                       f"in ${LAB_DIR_ENV} or ./{DEFAULT_LAB_DIR})")
+    return m.connect(target.prometheus)
+
+
+# ---------------------------------------------------------------- recording
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
+def _phase(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark the result ok at the end; on failure record what was done, then raise."""
+
+    @functools.wraps(function)
+    def run(target: Target, result: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            value = function(target, result, *args, **kwargs)
+        except Exception as exc:
+            result["outcome"] = "error"
+            result["error"] = _error_text(exc)
+            runbook.record(result)
+            raise
+        result["outcome"] = "ok"
+        result["error"] = None
+        return value
+
+    return run
+
+
+def _objects(target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (cluster.find_virtual_service(target.cluster, target.service),
+            cluster.find_destination_rule(target.cluster, target.service))
+
+
+def configured_weights(vs: dict[str, Any], stable: str, canary: str) -> dict[str, int] | None:
+    """The split of the canary route ({stable: 75, canary: 25}), or None without one."""
+    try:
+        index = istio.find_canary_route(vs, stable, canary)
+    except BadInput:
+        return None
+    weights = istio.subset_weights(istio.http_routes(vs)[index])
+    return {stable: int(weights.get(stable, 0)), canary: int(weights.get(canary, 0))}
+
+
+def _canary_match_routes(vs: dict[str, Any], canary: str) -> list[str]:
+    """Routes with a match that send only to the canary (internal users): they make the
+    canary's share of traffic differ from its configured weight."""
+    found = []
+    for index, route in enumerate(istio.http_routes(vs)):
+        subsets = istio.route_subsets(route)
+        if route.get("match") and subsets and all(s == canary for s in subsets):
+            found.append(istio.route_label(vs, index))
+    return found
+
+
+def _mirrors(vs: dict[str, Any]) -> bool:
+    return any("mirror" in r or "mirrors" in r for r in istio.http_routes(vs))
+
+
+def _record_change(result: dict[str, Any], applied: cluster.AppliedChange) -> None:
+    if applied.change.changed:
+        result["changes"].append(applied.to_dict())
+    else:
+        result["notes"].append(f"{applied.change.operation} on {applied.change.target}: "
+                               "nothing to change")
+
+
+def _set_weights(target: Target, result: dict[str, Any]) -> dict[str, Any]:
+    vs = cluster.find_virtual_service(target.cluster, target.service)
+    result["weights"] = configured_weights(vs, target.stable, target.canary)
+    return vs
+
+
+def _ensure_rollout(target: Target, result: dict[str, Any]) -> None:
+    """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running."""
+    vs = cluster.find_virtual_service(target.cluster, target.service)
+    running = read_state(vs)
+    state = cluster.begin_rollout(target.cluster, target.service, stable=target.stable,
+                                  canary=target.canary, release=target.release,
+                                  audit_log=target.audit_log)
+    result["release"] = state.release
+    if running is not None:
+        if target.release and target.release != state.release:
+            result["notes"].append(f"release {state.release} is in progress; continuing it "
+                                   f"(release parameter {target.release} not used)")
+        return
+    after = cluster.find_virtual_service(target.cluster, target.service)
+    change = traffic.Change("begin_rollout", {"stable": target.stable, "canary": target.canary,
+                                              "release": state.release},
+                            istio.copy_object(vs), with_state(vs, state))
+    head = (after["metadata"].get("annotations") or {}).get(AUDIT_HEAD_ANNOTATION)
+    result["changes"].append(
+        cluster.AppliedChange(change, after, False, 1, {"hash": head}).to_dict())
+
+
+def _apply(target: Target, result: dict[str, Any],
+           operation: Callable[[dict[str, Any]], traffic.Change]) -> cluster.AppliedChange:
+    applied = cluster.change_virtual_service(target.cluster, target.service, operation,
+                                             audit_log=target.audit_log)
+    _record_change(result, applied)
+    return applied
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def _judgement(judge: str, verdict: Verdict, reason: str, values: dict | None = None,
+               thresholds: dict | None = None, queries: list[str] | None = None) -> Judgement:
+    return Judgement(judge, verdict, reason, values or {}, thresholds or {}, queries or [])
+
+
+def _check_objects(target: Target) -> tuple[Judgement, dict | None, dict | None]:
+    try:
+        vs, dr = _objects(target)
+    except CanaryKitError as exc:
+        return _judgement("istio-objects", Verdict.FAIL, str(exc)), None, None
+    problems = [msg.format() for msg in validate.analyze([vs, dr]) if msg.level == "Error"]
+    try:
+        traffic.set_canary_weight(vs, 0, stable=target.stable, canary=target.canary, dr=dr)
+    except BadInput as exc:
+        problems.append(f"cannot split traffic: {exc}")
+    values = {"virtualService": istio.object_ref(vs), "destinationRule": istio.object_ref(dr),
+              "subsets": istio.destination_rule_subsets(dr)}
+    if problems:
+        return _judgement("istio-objects", Verdict.FAIL, "; ".join(problems), values), vs, dr
+    return _judgement("istio-objects", Verdict.PASS,
+                      f"{values['virtualService']} and {values['destinationRule']} validate and "
+                      f"route {target.stable}/{target.canary} on one route", values), vs, dr
+
+
+def _check_rollout(target: Target, vs: dict | None) -> Judgement:
+    if vs is None:
+        return _judgement("rollout", Verdict.INCONCLUSIVE, "not checked: no VirtualService")
+    state = read_state(vs)
+    if state is None:
+        return _judgement("rollout", Verdict.PASS, "no rollout in progress")
+    values = {"release": state.release, "stable": state.stable, "canary": state.canary}
+    if (state.stable, state.canary) != (target.stable, target.canary):
+        return _judgement("rollout", Verdict.FAIL,
+                          f"a rollout of {state.canary} over {state.stable} (release "
+                          f"{state.release}) is in progress; roll it back or finish it first",
+                          values)
+    return _judgement("rollout", Verdict.PASS,
+                      f"rollout {state.release} of {state.canary} is in progress; continuing",
+                      values)
+
+
+def _ready_replicas(deployment: Any) -> tuple[int, str]:
+    """Ready replicas, and a note when the API server reports no status (no controller)."""
+    status = deployment.status
+    if status is None or status.observed_generation is None:
+        return int(deployment.spec.replicas or 0), "no status reported; spec.replicas taken"
+    return int(status.ready_replicas or 0), ""
+
+
+def _check_subsets(target: Target, dr: dict | None) -> Judgement:
+    if dr is None:
+        return _judgement("subsets", Verdict.INCONCLUSIVE, "not checked: no DestinationRule")
+    api = target.cluster.api
+    try:
+        selector = dict(k8s.CoreV1Api(api).read_namespaced_service(
+            target.service, target.namespace).spec.selector or {})
+    except k8s.ApiException:
+        selector = {}
+    try:
+        deployments = k8s.AppsV1Api(api).list_namespaced_deployment(target.namespace).items
+    except k8s.ApiException as exc:
+        return _judgement("subsets", Verdict.FAIL, f"cannot list Deployments in "
+                          f"{target.namespace}: {exc.status} {exc.reason}")
+    subsets = {s.get("name"): s.get("labels") or {}
+               for s in (dr.get("spec") or {}).get("subsets") or [] if isinstance(s, dict)}
+    values: dict[str, Any] = {}
+    problems = []
+    for subset in (target.stable, target.canary):
+        if subset not in subsets:
+            problems.append(f"subset {subset} is not defined in {istio.object_ref(dr)}")
+            continue
+        wanted = {**selector, **subsets[subset]}
+        matching = [d for d in deployments
+                    if all(((d.spec.template.metadata.labels or {}).get(k) == v)
+                           for k, v in wanted.items())]
+        ready, notes = 0, set()
+        for deployment in matching:
+            count, note = _ready_replicas(deployment)
+            ready += count
+            if note:
+                notes.add(note)
+        values[subset] = {"labels": wanted, "deployments": [d.metadata.name for d in matching],
+                          "ready_replicas": ready, "notes": sorted(notes)}
+        if not matching:
+            problems.append(f"no Deployment in {target.namespace} has the labels of subset "
+                            f"{subset} ({wanted})")
+        elif ready <= 0:
+            problems.append(f"subset {subset}: Deployments "
+                            f"{', '.join(values[subset]['deployments'])} have no ready replica")
+    if problems:
+        return _judgement("subsets", Verdict.FAIL, "; ".join(problems), values)
+    return _judgement("subsets", Verdict.PASS, "; ".join(
+        f"{s}: {', '.join(values[s]['deployments'])} ({values[s]['ready_replicas']} ready)"
+        for s in (target.stable, target.canary)), values)
+
+
+def _check_baseline(target: Target, client: m.Client, minimum: float, window: str,
+                    seconds: float) -> Judgement:
+    now = time.time()
+    counts = m.raw_counts(client, target.selector, now - seconds, now)
+    queries = [o.query for o in counts.outcomes[:2]]
+    thresholds = {"min_success_rate": minimum, "min_requests": BASELINE_MIN_REQUESTS,
+                  "window": window}
+    stable = counts.versions.get(target.stable)
+    if counts.failure is not None:
+        return _judgement("baseline-success-rate", Verdict.INCONCLUSIVE, counts.failure.message,
+                          {}, thresholds, queries)
+    if stable is None or stable["requests"] < BASELINE_MIN_REQUESTS:
+        seen = 0 if stable is None else stable["requests"]
+        return _judgement(
+            "baseline-success-rate", Verdict.INCONCLUSIVE,
+            f"no baseline: {seen:.0f} requests to the stable version {target.stable} of "
+            f"{target.service} in the last {window} (at least {BASELINE_MIN_REQUESTS} needed)",
+            {"requests": seen}, thresholds, queries)
+    errors = min(stable["errors"], stable["requests"])
+    rate = 100.0 * (stable["requests"] - errors) / stable["requests"]
+    values = {"requests": stable["requests"], "errors": errors, "success_rate": rate}
+    verdict = Verdict.PASS if rate >= minimum else Verdict.FAIL
+    sign = ">=" if verdict == Verdict.PASS else "<"
+    return _judgement("baseline-success-rate", verdict,
+                      f"stable {target.stable} success rate {rate:.2f}% {sign} {minimum:g}% over "
+                      f"{stable['requests']:.0f} requests in the last {window}",
+                      values, thresholds, queries)
+
+
+@_phase
+def preflight(target: Target, result: dict[str, Any], *, min_baseline_success_rate: float = 99.0,
+              baseline_window: str = "1m") -> Decision:
+    """Everything a rollout relies on, checked before it starts; raises unless all PASS."""
+    _percentage("min_baseline_success_rate", min_baseline_success_rate)
+    seconds = m.parse_window(baseline_window, "baseline_window")
+    settings = target.prometheus
+    client = _prometheus(target)
+    objects, vs, dr = _check_objects(target)
+    found = [objects, _check_rollout(target, vs), _check_subsets(target, dr)]
+    probe = m.query_at(client, "vector(1)", time.time())
+    reachable = probe.status not in (m.UNREACHABLE, m.HTTP_ERROR)
+    found.append(_judgement(
+        "prometheus", Verdict.PASS if reachable else Verdict.FAIL,
+        f"Prometheus at {settings.url} answers" if reachable
+        else f"prometheus_url {settings.url!r}: {probe.message}", queries=[probe.query]))
+    if reachable:
+        found.append(_check_baseline(target, client, min_baseline_success_rate, baseline_window,
+                                     seconds))
+        now = time.time()
+        result["metrics"] = _metric_rows(client, target, now - seconds, now,
+                                         min(seconds, 10.0))
+    decision = decide(found)
+    result["decision"] = decision.to_dict()
+    if vs is not None:
+        result["weights"] = configured_weights(vs, target.stable, target.canary)
+    if not reachable:
+        raise BadInput("prometheus_url", settings.url, f"Prometheus does not answer: "
+                       f"{probe.message}")
+    if decision.verdict != Verdict.PASS:
+        raise PhaseFailed(f"preflight {decision.verdict.value}: {decision.reason}")
+    return decision
+
+
+def _percentage(field: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or not 0 <= value <= 100):
+        raise BadInput(field, value, "must be a percentage from 0 to 100")
+    return float(value)
+
+
+# ---------------------------------------------------------------- changing traffic
+
+
+@_phase
+def internal_canary(target: Target, result: dict[str, Any], *, header: str = "x-canary-user",
+                    header_value: str = "true", cookie_name: str = "beta",
+                    cookie_value: str = "true") -> None:
+    """Route internal users (a header, a cookie) to the canary only, ahead of the split."""
+    for name, value in (("header", header), ("header_value", header_value),
+                        ("cookie_name", cookie_name), ("cookie_value", cookie_value)):
+        _text(name, value)
+    if not header and not cookie_name:
+        raise BadInput("header", header, "give a header or a cookie_name (or both)")
+    operations = []
+    if header:
+        operations.append(functools.partial(
+            traffic.add_match_route, name=INTERNAL_ROUTES[0], canary=target.canary,
+            header=header, value=header_value, stable=target.stable))
+    if cookie_name:
+        try:
+            pattern = traffic.cookie_regex(cookie_name, cookie_value or None)
+        except BadInput as err:
+            raise _renamed(err, {"cookie": "cookie_name", "value": "cookie_value"}) from None
+        operations.append(functools.partial(
+            traffic.add_match_route, name=INTERNAL_ROUTES[1], canary=target.canary,
+            cookie_regex=pattern, stable=target.stable))
+    vs, dr = _objects(target)
+    trial = vs
+    for operation in operations:  # every route is checked before anything is written
+        try:
+            trial = operation(trial, dr=dr).after
+        except BadInput as err:
+            raise _renamed(err, {"value": "header_value"}) from None
+    _refuse_invalid(trial)
+    _ensure_rollout(target, result)
+    for operation in operations:
+        _apply(target, result, functools.partial(operation, dr=dr))
+    _set_weights(target, result)
+
+
+def _refuse_invalid(vs: dict[str, Any]) -> None:
+    errors = [msg for msg in validate.validate_object(vs) if msg.level == "Error"]
+    if errors:
+        raise cluster.InvalidChange(errors)
+
+
+@_phase
+def shift_traffic(target: Target, result: dict[str, Any], *, canary_weight: int) -> None:
+    """Send `canary_weight`% of the canary route to the canary (starting the rollout)."""
+    vs, dr = _objects(target)
+    traffic.set_canary_weight(vs, canary_weight, stable=target.stable, canary=target.canary,
+                              dr=dr)  # refuses bad input before anything is written
+    _ensure_rollout(target, result)
+    applied = cluster.set_weight(target.cluster, target.service, canary_weight,
+                                 stable=target.stable, canary=target.canary,
+                                 audit_log=target.audit_log)
+    _record_change(result, applied)
+    _set_weights(target, result)
+
+
+@_phase
+def blue_green_switch(target: Target, result: dict[str, Any], *, to_subset: str) -> None:
+    """Send all of the canary route's traffic to one subset (blue-green)."""
+    vs, dr = _objects(target)
+    known = istio.destination_rule_subsets(dr)
+    if to_subset not in known:
+        raise BadInput("to_subset", to_subset, f"is not a subset of {istio.object_ref(dr)} "
+                       f"(subsets: {', '.join(map(str, known))})")
+    if to_subset not in (target.stable, target.canary):
+        raise BadInput("to_subset", to_subset, f"must be the stable ({target.stable}) or the "
+                       f"canary ({target.canary}) subset")
+    operation = functools.partial(traffic.switch_all_traffic, subset=to_subset,
+                                  stable=target.stable, canary=target.canary, dr=dr)
+    operation(vs)
+    _ensure_rollout(target, result)
+    _apply(target, result, operation)
+    _set_weights(target, result)
+
+
+def _promote_change(vs: dict[str, Any], dr: dict[str, Any], stable: str,
+                    canary: str, release: str) -> traffic.Change:
+    after = vs
+    removed = []
+    for name in INTERNAL_ROUTES:
+        change = traffic.remove_match_route(after, name)
+        if change.changed:
+            removed.append(name)
+        after = change.after
+    after = traffic.clear_mirror(after, stable=stable, canary=canary).after
+    after = traffic.clear_fault(after, stable=stable, canary=canary).after
+    after = traffic.switch_all_traffic(after, canary, stable=stable, canary=canary, dr=dr).after
+    after = with_state(after, None)
+    params = {"stable": stable, "canary": canary, "release": release, "removed_routes": removed}
+    return traffic.Change("promote", params, istio.copy_object(vs), after)
+
+
+@_phase
+def promote(target: Target, result: dict[str, Any]) -> None:
+    """All traffic to the canary, temporary routes gone, the rollout ended: one atomic write,
+    so a promote that dies half-way never leaves a half-promoted VirtualService."""
+    vs, dr = _objects(target)
+    state = read_state(vs)
+    if state is not None and (state.stable, state.canary) != (target.stable, target.canary):
+        raise BadInput("canary", target.canary, f"the rollout in progress is of {state.canary} "
+                       f"over {state.stable} (release {state.release})")
+    release = state.release if state else target.release
+    if state is None:
+        result["notes"].append("no rollout in progress; switching all traffic to "
+                               f"{target.canary} anyway")
+    _apply(target, result, lambda fresh: _promote_change(fresh, dr, target.stable,
+                                                          target.canary, release))
+    result["release"] = release
+    _set_weights(target, result)
+    result["notes"].append(f"{target.canary} is now the stable version of {target.service}")
+
+
+@_phase
+def rollback(target: Target, result: dict[str, Any], *, reason: str = "") -> None:
+    """Restore the pre-rollout VirtualService and DestinationRule and end the rollout."""
+    _text("reason", reason)
+    if reason:
+        result["notes"].append(f"reason: {reason}")
+    vs = cluster.find_virtual_service(target.cluster, target.service)
+    state = read_state(vs)
+    if state is None:
+        weights = configured_weights(vs, target.stable, target.canary) or {}
+        clean = (weights.get(target.canary) == 0 and not _mirrors(vs)
+                 and not _canary_match_routes(vs, target.canary))
+        if not clean:
+            raise PhaseFailed(
+                f"no rollout in progress on {istio.object_ref(vs)} (no snapshot to restore) "
+                f"and traffic is not all on {target.stable} (weights {weights}); use the "
+                "blue-green or shift-traffic runbook to move it")
+        result["notes"].append(f"nothing to roll back: no rollout in progress and all traffic "
+                               f"is on {target.stable}")
+    else:
+        result["release"] = state.release
+        for applied in cluster.rollback(target.cluster, target.service,
+                                        audit_log=target.audit_log):
+            _record_change(result, applied)
+    _set_weights(target, result)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def _analysis_config(*, window: str, interval: str, min_success_rate: float,
+                     max_p99_ms: float, min_requests: int, alpha: float, judges: Any,
+                     canary_weight: float | None = None) -> AnalysisConfig:
+    if isinstance(judges, str):
+        names = [name.strip() for name in judges.split(",") if name.strip()]
+    elif isinstance(judges, list | tuple):
+        names = list(judges)
+    else:
+        raise BadInput("judges", judges, "must be a comma-separated list of judge names")
+    m.parse_window(window, "window")
+    m.parse_window(interval, "interval")
+    return AnalysisConfig(window=window, interval=interval, judges=names,
+                          min_success_rate=min_success_rate, max_p99_ms=max_p99_ms,
+                          min_requests=min_requests, alpha=alpha,
+                          canary_weight=canary_weight).validate()
+
+
+def _metric_rows(client: m.Client, target: Target, start: float, end: float,
+                 step: float) -> list[dict[str, Any]]:
+    """Tidy rows of the standard metrics over [start, end], one point per step."""
+    first = min(start + step, end)
+    frame = m.range_frame(client, target.selector, first, end, step_seconds=step)
+    return [{"timestamp": row.timestamp.timestamp(), "version": row.version,
+             "metric": row.metric, "value": float(row.value)}
+            for row in frame.itertuples() if math.isfinite(row.value)]
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, namespace: str,
+                   stable: str, canary: str, release: str) -> list[dict[str, Any]]:
+    """The rollout's periods of constant canary weight, oldest first, from its audit records.
+
+    Starts at the `begin_rollout` record of `release` on `virtual_service` (e.g.
+    "VirtualService default/reviews"); each later record of that object whose canary weight
+    differs starts a new period. `share_known` is False while routes send matched users to the
+    canary or traffic is mirrored (the canary's share then differs from its weight).
+    """
+    mine = [r for r in records if r.get("target") == virtual_service]
+    begins = [i for i, r in enumerate(mine) if r.get("operation") == "begin_rollout"
+              and (r.get("params") or {}).get("release") == release]
+    if not begins:
+        return []
+    periods: list[dict[str, Any]] = []
+    for record in mine[begins[-1]:]:
+        if record is not mine[begins[-1]] and record.get("operation") == "begin_rollout":
+            break
+        vs = {"kind": "VirtualService", "metadata": {"namespace": namespace},
+              "spec": record.get("after") or {}}
+        try:
+            weights = configured_weights(vs, stable, canary)
+            known = not _canary_match_routes(vs, canary) and not _mirrors(vs)
+        except BadInput:
+            continue
+        if weights is None:
+            continue
+        at = _parse_time(record["time"])
+        weight = weights[canary]
+        if periods and periods[-1]["weight"] == weight and periods[-1]["share_known"] == known:
+            continue
+        if periods:
+            periods[-1]["end"] = at
+        periods.append({"start": at, "end": None, "weight": weight, "share_known": known})
+        if record.get("operation") in ("rollback", "promote"):
+            break
+    return periods
+
+
+def period_segments(client: m.Client, selector: m.MetricsSelector,
+                    periods: list[dict[str, Any]]) -> tuple[list[Segment], list[str]]:
+    """A sequential-test Segment of the counts of each finished period (and notes on the
+    periods left out): the evidence gathered at earlier weights."""
+    segments, notes = [], []
+    for period in periods:
+        if period["end"] is None:
+            continue
+        if period["share_known"] and not 0 < period["weight"] < 100:
+            continue  # all traffic on one version: nothing to compare
+        start, end = period["start"] + SETTLE_SECONDS, period["end"]
+        label = f"weight {period['weight']} from {_iso(period['start'])}"
+        if end - start < MIN_SPAN_SECONDS:
+            notes.append(f"{label}: too short to measure")
+            continue
+        counts = m.raw_counts(client, selector, start, end)
+        stable = counts.versions.get(selector.stable)
+        canary = counts.versions.get(selector.canary)
+        if counts.failure is not None or stable is None or canary is None:
+            notes.append(f"{label}: no counts for both versions")
+            continue
+        total = stable["requests"] + canary["requests"]
+        share = (period["weight"] / 100 if period["share_known"]
+                 else canary["requests"] / total if total else 0.0)
+        if not 0 < share < 1:
+            continue
+        segments.append(Segment(
+            canary_share=share,
+            stable_requests=int(round(stable["requests"])),
+            stable_errors=int(round(min(stable["errors"], stable["requests"]))),
+            canary_requests=int(round(canary["requests"])),
+            canary_errors=int(round(min(canary["errors"], canary["requests"]))),
+            started_at=start))
+    return segments, notes
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _check_record(decision: Decision, start: float, end: float, covered: bool) -> dict:
+    sequential = next((j for j in decision.judgements if j.judge == "error-rate-sequential"),
+                      None)
+    evidence = sequential.evidence if sequential else {}
+    return {"time": _iso(end), "seconds": round(end - start, 3), "verdict": decision.verdict.value,
+            "reason": decision.reason, "window_covered": covered,
+            "p_value": evidence.get("p_value"), "bayes_factor": evidence.get("bayes_factor")}
+
+
+def _judge(target: Target, client: m.Client, config: AnalysisConfig, *, start: float,
+           window: float, until_verdict: bool, deadline: float, check_every: float,
+           segments: list[Segment], checks: list[dict]) -> tuple[Decision, float]:
+    """Judge [start, now] until FAIL, or PASS over at least `window`, or the deadline.
+
+    FAIL may come early (the sequential judges are anytime-valid); PASS only once the window at
+    this weight is covered; the window grows from a fixed start, so re-checking watches one
+    stream of evidence instead of a sliding one.
+    """
+    interval = config.interval_seconds
+    last: Decision | None = None
+    while True:
+        now = time.time()
+        if not until_verdict and now < start + window:
+            time.sleep(start + window - now)
+            now = time.time()
+        span = now - start
+        if span >= MIN_SPAN_SECONDS:
+            current = replace(config, window=m.promql_duration(span),
+                              interval=m.promql_duration(min(interval, span)))
+            last = run_analysis(target.prometheus, target.selector, current, end=now,
+                                segments=segments)
+            covered = span >= window - 0.5
+            checks.append(_check_record(last, start, now, covered))
+            if last.verdict == Verdict.FAIL or (last.verdict == Verdict.PASS and covered):
+                return last, now
+        if not until_verdict or now >= deadline:
+            break
+        time.sleep(max(0.0, min(check_every, deadline - now)))
+    if last is None:
+        return Decision(Verdict.INCONCLUSIVE, f"no data yet: only {span:.1f}s since the window "
+                        "started", []), now
+    if last.verdict == Verdict.PASS:  # the judges passed, but not over the whole window
+        last = Decision(Verdict.INCONCLUSIVE, f"the judges passed over {span:.0f}s, less than "
+                        f"the {format_duration(window)} window", last.judgements)
+    elif until_verdict:
+        last = Decision(last.verdict, f"still undecided at the end of max_duration: "
+                        f"{last.reason}", last.judgements)
+    return last, now
+
+
+def _fit_config(config: AnalysisConfig, result: dict[str, Any], weight: int | None,
+                share_known: bool) -> AnalysisConfig:
+    """The analysis the current routing allows: the configured weight is the canary's share
+    only without routes for matched users and mirrors; with all traffic on the canary there is
+    no stable traffic to compare with, so only the threshold judges can decide."""
+    if not share_known:
+        if config.canary_weight is not None:
+            result["notes"].append(f"canary_weight {config.canary_weight:g} not taken as the "
+                                   "canary's share of traffic")
+        result["notes"].append("routes for matched users or a mirror send the canary more "
+                               "than its weight: the observed share stands in for it")
+        return replace(config, canary_weight=None)
+    if weight == 100:
+        alone = [name for name in config.judges if name in ("success-rate", "latency")]
+        if alone and alone != config.judges:
+            result["notes"].append("all traffic is on the canary: nothing to compare it with, "
+                                   "so only " + ", ".join(alone) + " judge it")
+            return replace(config, judges=alone, canary_weight=None)
+        return replace(config, canary_weight=None)
+    if config.canary_weight is None and weight is not None and 0 < weight < 100:
+        return replace(config, canary_weight=float(weight))
+    return config
+
+
+@_phase
+def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", interval: str = "10s",
+            until_verdict: bool = False, max_duration: str = "5m", check_every: str = "5s",
+            canary_weight: float = -1, min_success_rate: float = 99.0, max_p99_ms: float = 500.0,
+            min_requests: int = 50, alpha: float = 0.05,
+            judges: str = "success-rate,latency,sequential") -> Decision:
+    """Judge the canary at its current weight, chaining evidence from earlier weights.
+
+    The window never reaches back before the last weight change (plus SETTLE_SECONDS): a run
+    right after a shift waits until `window` at the new weight is covered (with
+    `until_verdict` it checks every `check_every` meanwhile and may FAIL early).
+    """
+    _flag("until_verdict", until_verdict)
+    wanted = None if canary_weight == -1 else canary_weight
+    config = _analysis_config(window=window, interval=interval, min_success_rate=min_success_rate,
+                              max_p99_ms=max_p99_ms, min_requests=min_requests, alpha=alpha,
+                              judges=judges, canary_weight=wanted)
+    window_s = config.window_seconds
+    limit = m.parse_window(max_duration, "max_duration")
+    every = m.parse_window(check_every, "check_every")
+    if until_verdict and limit < window_s:
+        raise BadInput("max_duration", max_duration, f"must be at least the window {window}")
+    client = _prometheus(target)
+    began = time.time()
+    vs = _set_weights(target, result)
+    weight = (result["weights"] or {}).get(target.canary)
+    share_known = not _canary_match_routes(vs, target.canary) and not _mirrors(vs)
+    config = _fit_config(config, result, weight, share_known)
+    state = read_state(vs)
+    periods: list[dict[str, Any]] = []
+    if state is not None and target.audit_log.is_file():
+        periods = weight_periods(audit.read_records(target.audit_log),
+                                 virtual_service=istio.object_ref(vs),
+                                 namespace=target.namespace, stable=target.stable,
+                                 canary=target.canary, release=state.release)
+    start = began - window_s
+    segments: list[Segment] = []
+    if periods and periods[-1]["weight"] == weight:
+        start = max(start, periods[-1]["start"] + SETTLE_SECONDS)
+        segments, skipped = period_segments(client, target.selector, periods)
+        result["notes"].extend(skipped)
+        result["notes"].append(f"evidence chained over {len(segments)} earlier weight "
+                               f"period(s) of release {state.release}")
+    else:
+        why = ("no rollout in progress" if state is None else
+               f"no audit records of release {state.release} in {target.audit_log}"
+               if not periods else "the audit log disagrees with the VirtualService's weight")
+        result["notes"].append(f"evidence restarted at the current weight: {why}")
+    checks: list[dict] = []
+    decision, end = _judge(target, client, config, start=start, window=window_s,
+                           until_verdict=until_verdict,
+                           deadline=max(began + limit, start + window_s),
+                           check_every=every, segments=segments, checks=checks)
+    result["decision"] = decision.to_dict()
+    result["evidence"] = {
+        "window": {"start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3)},
+        "weight_periods": [{**p, "start": _iso(p["start"]),
+                            "end": _iso(p["end"]) if p["end"] else None} for p in periods],
+        "segments": [asdict(segment) for segment in segments],
+        "checks": checks,
+    }
+    result["metrics"] = _metric_rows(client, target, start, end, config.interval_seconds)
+    return decision
+
+
+@_phase
+def shadow(target: Target, result: dict[str, Any], *, percentage: float = 10.0,
+           window: str = "1m", interval: str = "10s", min_success_rate: float = 99.0,
+           max_p99_ms: float = 500.0, min_requests: int = 50, alpha: float = 0.05,
+           judges: str = "success-rate,latency,sequential", keep_mirror: bool = False) -> Decision:
+    """Mirror `percentage` of requests to the canary and judge it on that copy: users only ever
+    get the stable answer, so a bad canary costs them nothing."""
+    if (isinstance(percentage, bool) or not isinstance(percentage, int | float)
+            or not 0 < percentage <= 100):
+        raise BadInput("percentage", percentage, "must be a percentage above 0, at most 100")
+    _flag("keep_mirror", keep_mirror)
+    config = _analysis_config(window=window, interval=interval, min_success_rate=min_success_rate,
+                              max_p99_ms=max_p99_ms, min_requests=min_requests, alpha=alpha,
+                              judges=judges)
+    client = _prometheus(target)
+    vs, dr = _objects(target)
+    operation = functools.partial(traffic.set_mirror, subset=target.canary,
+                                  percentage=percentage, stable=target.stable, dr=dr)
+    operation(vs)
+    _ensure_rollout(target, result)
+    _apply(target, result, operation)
+    start = time.time() + SETTLE_SECONDS
+    checks: list[dict] = []
+    decision, end = _judge(target, client, config, start=start, window=config.window_seconds,
+                           until_verdict=False, deadline=start, check_every=1.0, segments=[],
+                           checks=checks)
+    result["decision"] = decision.to_dict()
+    result["evidence"] = {"window": {"start": _iso(start), "end": _iso(end)}, "checks": checks}
+    result["metrics"] = _metric_rows(client, target, start, end, config.interval_seconds)
+    if not keep_mirror:
+        _apply(target, result, functools.partial(traffic.clear_mirror, stable=target.stable,
+                                                 canary=target.canary))
+    _set_weights(target, result)
+    return decision
+
+
+def judgement_table(decision: Decision) -> pd.DataFrame:
+    """The decision's judgements as a table, for reading in the notebook."""
+    return pd.DataFrame(
+        [{"judge": j.judge, "verdict": j.verdict.value, "critical": j.critical,
+          "required": j.required, "reason": j.reason} for j in decision.judgements],
+        columns=["judge", "verdict", "critical", "required", "reason"])
+
+
+# ---------------------------------------------------------------- past releases
+
+
+def find_release(release_folder: str = "", *, reports: str = "reports",
+                 service: str = "reviews") -> Path:
+    """`release_folder`, or the newest release folder under reports/SERVICE/."""
+    if release_folder:
+        folder = Path(release_folder)
+        if not folder.is_dir():
+            raise BadInput("release_folder", release_folder, "is not a folder")
+        return folder
+    istio.check_dns_label("service", service)
+    root = Path(reports) / service
+    found = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    if not found:
+        raise BadInput("release_folder", release_folder,
+                       f"no release folder under {root}; give one")
+    return max(found, key=lambda p: (p / "release.json").stat().st_mtime
+               if (p / "release.json").exists() else p.stat().st_mtime)
+
+
+def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """A past release as pandas frames: phases, metrics, decisions (one row per judgement),
+    changes and weights (the configured split after each phase)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput("release_folder", str(folder), "is not a folder")
+    release_file = folder / "release.json"
+    release = json.loads(release_file.read_text(encoding="utf-8")) if release_file.is_file() \
+        else {}
+    entries = [dict(e) for e in release.get("phases") or [] if isinstance(e, dict)]
+    listed = {e.get("notebook") for e in entries}
+    for path in sorted(folder.glob("[0-9][0-9]-*.ipynb")):
+        if path.name not in listed:
+            number, _, name = path.stem.partition("-")
+            entries.append({"index": int(number), "name": name, "notebook": path.name})
+    entries.sort(key=lambda e: e.get("index") or 0)
+    phases, metric_rows, decisions, changes, weights = [], [], [], [], []
+    for entry in entries:
+        path = folder / str(entry.get("notebook"))
+        result, error = (runbook.read_notebook(path) if path.is_file()
+                         else (None, "notebook missing"))
+        result = result or {}
+        tag = {"phase": entry.get("name"), "notebook": entry.get("notebook")}
+        finished = result.get("finished") or entry.get("finished")
+        decision = result.get("decision") or {}
+        phases.append({**entry, "recorded": bool(result),
+                       "error": result.get("error") or error,
+                       "decision": decision.get("verdict"),
+                       "decision_reason": decision.get("reason"),
+                       "weights": result.get("weights"), "notes": result.get("notes") or []})
+        for row in result.get("metrics") or []:
+            metric_rows.append({**row, **tag})
+        for judgement in decision.get("judgements") or []:
+            evidence = judgement.get("evidence") or {}
+            decisions.append({**tag, "finished": finished, "decision": decision.get("verdict"),
+                              "decision_reason": decision.get("reason"),
+                              "judge": judgement.get("judge"), "verdict": judgement.get("verdict"),
+                              "reason": judgement.get("reason"),
+                              "critical": judgement.get("critical"),
+                              "required": judgement.get("required"),
+                              "p_value": evidence.get("p_value"),
+                              "bayes_factor": evidence.get("bayes_factor"),
+                              "values": judgement.get("values"),
+                              "thresholds": judgement.get("thresholds")})
+        for change in result.get("changes") or []:
+            changes.append({**tag, "finished": finished,
+                            **{k: change.get(k) for k in ("operation", "target", "changed",
+                                                          "params", "resourceVersion",
+                                                          "auditHash", "diff")}})
+        for version, weight in (result.get("weights") or {}).items():
+            weights.append({**tag, "timestamp": finished, "version": version, "weight": weight})
+    metrics_frame = pd.DataFrame(metric_rows, columns=[*m.FRAME_COLUMNS, "phase", "notebook"])
+    metrics_frame["timestamp"] = pd.to_datetime(metrics_frame["timestamp"], unit="s", utc=True)
+    metrics_frame = metrics_frame.drop_duplicates(["timestamp", "version", "metric"], keep="last")
+    weights_frame = pd.DataFrame(
+        weights, columns=["phase", "notebook", "timestamp", "version", "weight"])
+    weights_frame["timestamp"] = pd.to_datetime(weights_frame["timestamp"], utc=True)
+    return {
+        "phases": pd.DataFrame(phases),
+        "metrics": metrics_frame.sort_values(["metric", "version", "timestamp"],
+                                             ignore_index=True),
+        "decisions": pd.DataFrame(decisions, columns=[
+            "phase", "notebook", "finished", "decision", "decision_reason", "judge", "verdict",
+            "reason", "critical", "required", "p_value", "bayes_factor", "values",
+            "thresholds"]),
+        "changes": pd.DataFrame(changes, columns=[
+            "phase", "notebook", "finished", "operation", "target", "changed", "params",
+            "resourceVersion", "auditHash", "diff"]),
+        "weights": weights_frame,
+    }
+
+
+def release_figures(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Plotly figures of a loaded release: configured weight vs observed share, 5xx rate and
+    latency quantiles per version over time."""
+    import plotly.graph_objects as go
+
+    metrics_frame, weights = frames["metrics"], frames["weights"]
+    figures = {}
+    share = go.Figure()
+    for version, rows in weights.groupby("version"):
+        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["weight"] / 100, mode="lines",
+                                   line_shape="hv", name=f"{version} configured"))
+    for version, rows in metrics_frame[metrics_frame["metric"] == "traffic-share"].groupby(
+            "version"):
+        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], mode="markers",
+                                   name=f"{version} observed"))
+    share.update_layout(title="Configured weight vs observed traffic share",
+                        yaxis_tickformat=".0%")
+    figures["traffic"] = share
+    errors = go.Figure()
+    for version, rows in metrics_frame[metrics_frame["metric"] == "error-rate"].groupby("version"):
+        errors.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], name=version))
+    errors.update_layout(title="5xx responses per second", yaxis_title="5xx/s")
+    figures["errors"] = errors
+    latency = go.Figure()
+    for (metric, version), rows in metrics_frame[
+            metrics_frame["metric"].str.startswith("latency-")].groupby(["metric", "version"]):
+        latency.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"],
+                                     name=f"{version} {metric.removeprefix('latency-')}"))
+    latency.update_layout(title="Latency per version", yaxis_title="ms")
+    figures["latency"] = latency
+    return figures
+
+
+def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
+                          reports: str = "reports",
+                          service: str = "reviews") -> dict[str, pd.DataFrame]:
+    """Load a past release for exploration and note what it holds in the result."""
+    try:
+        folder = find_release(release_folder, reports=reports, service=service)
+        frames = load_release(folder)
+        phases_frame = frames["phases"]
+        result["notes"].append(f"release folder {folder}")
+        result["notes"].append(
+            f"{len(phases_frame)} phases, {len(frames['decisions'])} judgements, "
+            f"{len(frames['changes'])} changes, {len(frames['metrics'])} metric rows")
+        verdicts = [v for v in phases_frame.get("decision", []) if isinstance(v, str)]
+        if verdicts:
+            result["notes"].append("decisions: " + ", ".join(verdicts))
+    except Exception as exc:
+        result["outcome"], result["error"] = "error", _error_text(exc)
+        runbook.record(result)
+        raise
+    result["outcome"] = "ok"
+    return frames

@@ -1,0 +1,439 @@
+"""The rollout plan: a YAML file saying what to roll out and how, expanded into phases.
+
+A plan names the service, its stable and canary subsets, where Prometheus is (names of
+environment variables or files, never a secret), the steps (internal canary, shadow, weights,
+blue-green, promote), the analysis run after each step, the INCONCLUSIVE policy and the
+report folder. `load_plan` refuses a bad plan with one BadInput naming the field path (e.g.
+`steps[2].weight`); `expand` turns the steps into the ordered phases the driver executes, each
+a runbook notebook with its papermill parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from canarykit.analysis import step as analysis
+from canarykit.core.durations import parse_duration
+from canarykit.core.errors import BadInput
+from canarykit.mesh import istio
+from canarykit.rollout import runbook
+
+STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "promote")
+# The shadow runbook judges once over its window: it takes these analysis settings only.
+SHADOW_ANALYSIS = ("window", "interval", "min_success_rate", "max_p99_ms", "min_requests", "alpha",
+                   "judges")
+INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
+DEFAULT_JUDGES = ["success-rate", "latency", "sequential"]
+# What each step kind may set (beside `analysis` and `pause`), with the type it must have.
+STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "internal-canary": {"header": str, "header_value": str, "cookie_name": str,
+                        "cookie_value": str},
+    "shadow": {"percentage": (int, float), "window": str, "keep_mirror": bool},
+    "blue-green": {"to_subset": str},
+    "promote": {},
+}
+
+
+@dataclass
+class AnalysisSettings:
+    """How the canary is judged after a step (the analyze runbook's parameters)."""
+
+    window: str = "1m"
+    interval: str = "10s"
+    check_every: str = "5s"
+    max_duration: str = "3m"
+    until_verdict: bool = True
+    min_success_rate: float = 99.0
+    max_p99_ms: float = 500.0
+    min_requests: int = 50
+    alpha: float = 0.05
+    judges: list[str] = field(default_factory=lambda: list(DEFAULT_JUDGES))
+
+    def parameters(self) -> dict[str, Any]:
+        """As runbook parameters: judges as one comma-separated string."""
+        return {**asdict(self), "judges": ",".join(self.judges)}
+
+
+@dataclass
+class PrometheusRef:
+    url: str = ""  # "" = the running lab's Prometheus
+    bearer_token_env: str = ""  # NAME of the environment variable holding the token
+
+
+@dataclass
+class PreflightSettings:
+    baseline_window: str = "1m"
+    min_baseline_success_rate: float = 99.0
+
+
+@dataclass
+class InconclusivePolicy:
+    """On INCONCLUSIVE, analyse again up to `hold_steps` times, then `then` (roll back)."""
+
+    hold_steps: int = 2
+    then: str = "rollback"
+
+
+@dataclass
+class Step:
+    """One plan step: its kind, the kind's settings, the analysis after it, the pause after."""
+
+    kind: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    analysis: AnalysisSettings | None = None  # None: no analysis after this step
+    pause: str = "0s"
+
+    def to_dict(self) -> dict[str, Any]:
+        value: Any = self.settings.get("weight") if self.kind == "weight" else self.settings
+        out: dict[str, Any] = {self.kind: value}
+        if self.kind != "promote":
+            out["analysis"] = asdict(self.analysis) if self.analysis else False
+        out["pause"] = self.pause
+        return out
+
+
+@dataclass
+class Plan:
+    service: str
+    namespace: str = "default"
+    stable: str = "v1"
+    canary: str = "v2"
+    kubeconfig: str = ""  # a path; "" = the lab's, else ~/.kube/config
+    context: str = ""
+    release: str = ""  # "" = CANARY-TIMESTAMP, chosen when the release starts
+    reports: str = "reports"
+    pause: str = "0s"  # default wait after preflight and after each step
+    prometheus: PrometheusRef = field(default_factory=PrometheusRef)
+    preflight: PreflightSettings = field(default_factory=PreflightSettings)
+    inconclusive: InconclusivePolicy = field(default_factory=InconclusivePolicy)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    steps: list[Step] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["steps"] = [step.to_dict() for step in self.steps]
+        return out
+
+    def digest(self) -> str:
+        """Identifies the plan's content, so a scheduled runner notices a changed plan."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PhaseSpec:
+    """One phase to execute: a runbook notebook and its parameters (beside the common ones)."""
+
+    name: str  # slug, used in the notebook's file name: NN-NAME.ipynb
+    runbook: str  # file stem under runbooks/
+    parameters: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None  # index into plan.steps (None: preflight, the final promote)
+    judged: bool = False  # records a verdict the driver acts on
+    pause: float = 0.0  # seconds to wait after it before the next phase
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; BadInput names the field path of the first problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput("PLAN", str(path), f"cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BadInput("PLAN", str(path), f"is not valid YAML ({exc})") from None
+    return parse_plan(data)
+
+
+def parse_plan(data: Any) -> Plan:
+    """A Plan from parsed YAML, refusing credentials first so no error message echoes one."""
+    if not isinstance(data, dict):
+        raise BadInput("plan", type(data).__name__, "must be a mapping of plan settings")
+    refuse_secrets(data)
+    values = dict(data)
+    _known("", values, Plan.__dataclass_fields__)
+    if "service" not in values:
+        raise BadInput("service", None, "is required: the service to roll out")
+    plan = Plan(service=_text("service", values["service"]))
+    for name in ("namespace", "stable", "canary", "kubeconfig", "context", "release",
+                 "reports", "pause"):
+        if name in values:
+            setattr(plan, name, _text(name, values[name]))
+    for name in ("service", "namespace", "stable", "canary"):
+        istio.check_dns_label(name, getattr(plan, name))
+    if plan.stable == plan.canary:
+        raise BadInput("canary", plan.canary, "must differ from the stable subset")
+    if plan.release and not istio.is_dns1123_label(plan.release.lower()):
+        raise BadInput("release", plan.release, "must be a folder name of letters, digits and "
+                       "'-' (a DNS-1123 label, upper case allowed)")
+    if not plan.reports:
+        raise BadInput("reports", plan.reports, "must be a folder path")
+    _duration("pause", plan.pause)
+    plan.prometheus = PrometheusRef(**_section("prometheus", values, PrometheusRef))
+    if plan.prometheus.url and not plan.prometheus.url.startswith(("http://", "https://")):
+        raise BadInput("prometheus.url", plan.prometheus.url, "must be an http(s) URL")
+    plan.preflight = _preflight(values)
+    plan.inconclusive = _inconclusive(values)
+    plan.analysis = parse_analysis("analysis", values.get("analysis", {}), AnalysisSettings())
+    plan.steps = _steps(values.get("steps"), plan)
+    return plan
+
+
+def refuse_secrets(data: Any) -> None:
+    """Refuse any value or key that looks like a credential (it would land in notebooks)."""
+    runbook.check_parameters(dict(_flatten("", data)))
+
+
+def _flatten(prefix: str, value: Any):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flatten(f"{prefix}.{key}" if prefix else str(key), item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flatten(f"{prefix}[{index}]", item)
+    else:
+        yield prefix, value
+
+
+def _known(path: str, values: dict[str, Any], known: Any) -> None:
+    for key in values:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise BadInput(where, values[key],
+                           f"is not a plan setting (known: {', '.join(sorted(known))})")
+
+
+def _text(path: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadInput(path, value, "must be a string")
+    return value
+
+
+def _duration(path: str, value: Any) -> float:
+    seconds = parse_duration(_text(path, value), path)
+    if seconds < 0:
+        raise BadInput(path, value, "must not be negative")
+    return seconds
+
+
+def _number(path: str, value: Any, low: float, high: float | None, *,
+            whole: bool = False, open_low: bool = False) -> float:
+    kinds = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise BadInput(path, value, "must be a whole number" if whole else "must be a number")
+    too_low = value <= low if open_low else value < low
+    if too_low or (high is not None and value > high):
+        bound = f"above {low:g}" if open_low else f"at least {low:g}"
+        raise BadInput(path, value, f"must be {bound}" + (f" and at most {high:g}"
+                                                          if high is not None else ""))
+    return value
+
+
+def _section(path: str, values: dict[str, Any], cls: Any) -> dict[str, Any]:
+    raw = values.get(path) or {}
+    if not isinstance(raw, dict):
+        raise BadInput(path, raw, "must be a mapping")
+    _known(path, raw, cls.__dataclass_fields__)
+    for key, value in raw.items():
+        if cls.__dataclass_fields__[key].type == "str":
+            _text(f"{path}.{key}", value)
+    return dict(raw)
+
+
+def _preflight(values: dict[str, Any]) -> PreflightSettings:
+    raw = _section("preflight", values, PreflightSettings)
+    settings = PreflightSettings(**raw)
+    _duration("preflight.baseline_window", settings.baseline_window)
+    _number("preflight.min_baseline_success_rate", settings.min_baseline_success_rate, 0, 100)
+    return settings
+
+
+def _inconclusive(values: dict[str, Any]) -> InconclusivePolicy:
+    policy = InconclusivePolicy(**_section("inconclusive", values, InconclusivePolicy))
+    _number("inconclusive.hold_steps", policy.hold_steps, 0, 100, whole=True)
+    if policy.then not in INCONCLUSIVE_ACTIONS:
+        raise BadInput("inconclusive.then", policy.then,
+                       "must be rollback (a rollout never promotes on missing data)")
+    return policy
+
+
+def parse_analysis(path: str, raw: Any, base: AnalysisSettings) -> AnalysisSettings:
+    """`base` with the settings in `raw` applied, checked as the analysis module checks them."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadInput(path, raw, "must be a mapping of analysis settings (or false for none)")
+    _known(path, raw, AnalysisSettings.__dataclass_fields__)
+    settings = AnalysisSettings(**{**asdict(base), **copy.deepcopy(raw)})
+    for name in ("window", "interval", "check_every", "max_duration"):
+        if _duration(f"{path}.{name}", getattr(settings, name)) <= 0:
+            raise BadInput(f"{path}.{name}", getattr(settings, name), "must be above 0")
+    if not isinstance(settings.until_verdict, bool):
+        raise BadInput(f"{path}.until_verdict", settings.until_verdict, "must be true or false")
+    if not isinstance(settings.judges, list):
+        raise BadInput(f"{path}.judges", settings.judges, "must be a list of judge names")
+    try:
+        analysis.AnalysisConfig(
+            window=settings.window, interval=settings.interval, judges=list(settings.judges),
+            min_success_rate=settings.min_success_rate, max_p99_ms=settings.max_p99_ms,
+            min_requests=settings.min_requests, alpha=settings.alpha,
+        ).validate()
+    except BadInput as exc:
+        raise BadInput(f"{path}.{exc.field}", exc.value, exc.problem) from None
+    except TypeError as exc:  # a string where a number belongs
+        raise BadInput(path, raw, f"has a value of the wrong type ({exc})") from None
+    return settings
+
+
+def _steps(raw: Any, plan: Plan) -> list[Step]:
+    if not isinstance(raw, list) or not raw:
+        raise BadInput("steps", raw, "must be a list of at least one step")
+    steps = []
+    for index, item in enumerate(raw):
+        path = f"steps[{index}]"
+        if steps and steps[-1].kind == "promote":
+            raise BadInput(path, item, "comes after promote, which ends the rollout")
+        steps.append(_step(path, item, plan))
+    return steps
+
+
+def _step(path: str, item: Any, plan: Plan) -> Step:
+    if not isinstance(item, dict):
+        raise BadInput(path, item, f"must be a mapping naming one of {', '.join(STEP_KINDS)}")
+    kinds = [k for k in item if k in STEP_KINDS]
+    if len(kinds) != 1:
+        raise BadInput(path, sorted(item, key=str),
+                       f"must name exactly one of {', '.join(STEP_KINDS)}")
+    kind = kinds[0]
+    extra = sorted(set(item) - {kind, "analysis", "pause"}, key=str)
+    if extra:
+        raise BadInput(f"{path}.{extra[0]}", item[extra[0]],
+                       "is not a step setting (known: analysis, pause and the step kind)")
+    step = Step(kind=kind, pause=plan.pause)
+    if "pause" in item:
+        step.pause = _text(f"{path}.pause", item["pause"])
+        _duration(f"{path}.pause", step.pause)
+    if kind == "weight":
+        weight = _number(f"{path}.weight", item[kind], 0, 100, whole=True, open_low=True)
+        step.settings = {"weight": int(weight)}
+    else:
+        step.settings = _step_settings(f"{path}.{kind}", kind, item[kind], plan)
+    if kind == "promote":
+        if "analysis" in item:
+            raise BadInput(f"{path}.analysis", item["analysis"], "does not apply to promote")
+        return step
+    raw_analysis = item.get("analysis", {})
+    if raw_analysis is False:
+        if kind == "shadow":
+            raise BadInput(f"{path}.analysis", False, "a shadow step always judges the canary")
+        return step
+    step.analysis = parse_analysis(f"{path}.analysis", raw_analysis, plan.analysis)
+    return step
+
+
+def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BadInput(path, raw, "must be a mapping of settings (or {})")
+    allowed = STEP_SETTINGS[kind]
+    settings = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise BadInput(f"{path}.{key}", value, f"is not a {kind} setting (known: {known})")
+        want = allowed[key]
+        if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise BadInput(f"{path}.{key}", value, f"must be a {names}")
+        settings[key] = value
+    if kind == "shadow":
+        settings.setdefault("percentage", 10.0)
+        _number(f"{path}.percentage", settings["percentage"], 0, 100, open_low=True)
+        settings["percentage"] = float(settings["percentage"])
+        if "window" in settings and _duration(f"{path}.window", settings["window"]) <= 0:
+            raise BadInput(f"{path}.window", settings["window"], "must be above 0")
+    if kind == "blue-green":
+        settings.setdefault("to_subset", plan.canary)
+        istio.check_dns_label(f"{path}.to_subset", settings["to_subset"])
+        if settings["to_subset"] not in (plan.stable, plan.canary):
+            raise BadInput(f"{path}.to_subset", settings["to_subset"],
+                           f"must be the stable ({plan.stable}) or canary ({plan.canary}) subset")
+    if kind == "internal-canary":
+        for key, value in settings.items():
+            if not value:
+                raise BadInput(f"{path}.{key}", value, "must not be empty")
+    return settings
+
+
+# ---------------------------------------------------------------- phases
+
+
+def _slug(number: float) -> str:
+    return f"{number:g}".replace(".", "-")
+
+
+def expand(plan: Plan) -> list[PhaseSpec]:
+    """The phases in order: preflight, each step's runbook (and its analysis), promote."""
+    phases = [PhaseSpec(
+        "preflight", "preflight",
+        {"min_baseline_success_rate": float(plan.preflight.min_baseline_success_rate),
+         "baseline_window": plan.preflight.baseline_window},
+        judged=True, pause=_duration("pause", plan.pause),
+    )]
+    for index, step in enumerate(plan.steps):
+        phases += _step_phases(index, step, plan)
+    if plan.steps[-1].kind != "promote":
+        phases.append(PhaseSpec("promote", "promote"))
+    return phases
+
+
+def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
+    found: list[PhaseSpec]
+    weight: float = -1  # -1: the analyze runbook reads the configured weight
+    if step.kind == "internal-canary":
+        found = [PhaseSpec("internal-canary", "internal-canary", dict(step.settings), index)]
+        label = "internal"
+    elif step.kind == "shadow":
+        percentage = step.settings["percentage"]
+        judging = _analysis_parameters(step.analysis or plan.analysis)
+        parameters = {k: v for k, v in judging.items() if k in SHADOW_ANALYSIS}
+        parameters.update(step.settings)
+        found = [PhaseSpec(f"shadow-{_slug(percentage)}", "shadow", parameters, index,
+                           judged=True)]
+        label = ""
+    elif step.kind == "weight":
+        weight = step.settings["weight"]
+        found = [PhaseSpec(f"shift-{weight}", "shift-traffic", {"canary_weight": weight}, index)]
+        label = str(weight)
+        weight = weight if weight < 100 else -1  # the analysis wants a share below 100
+    elif step.kind == "blue-green":
+        subset = step.settings["to_subset"]
+        found = [PhaseSpec(f"blue-green-{subset}", "blue-green", dict(step.settings), index)]
+        label = subset
+    else:
+        return [PhaseSpec("promote", "promote", {}, index, pause=_duration("pause", step.pause))]
+    if step.analysis is not None and label:
+        parameters = {**_analysis_parameters(step.analysis), "canary_weight": float(weight)}
+        found.append(PhaseSpec(f"analyze-{label}", "analyze", parameters, index, judged=True))
+    found[-1].pause = _duration("pause", step.pause)
+    return found
+
+
+def _analysis_parameters(settings: AnalysisSettings) -> dict[str, Any]:
+    out = settings.parameters()
+    out["min_success_rate"] = float(out["min_success_rate"])
+    out["max_p99_ms"] = float(out["max_p99_ms"])
+    out["alpha"] = float(out["alpha"])
+    return out

@@ -1,0 +1,108 @@
+"""What a runbook records, and how the driver and the report read it back.
+
+A runbook ends with `record(result)`: the result dict is displayed as an output with its
+own MIME type, so it is saved inside the executed notebook (the audit record) and can be
+read back from the .ipynb with nbformat alone, with no recording library.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from canarykit.core.errors import BadInput
+
+RESULT_MIME = "application/vnd.canarykit.result+json"
+
+# Parameter names and values that look like credentials are refused, never recorded.
+_SECRET_NAME = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential|bearer)", re.I)
+_SECRET_VALUE = re.compile(
+    r"(^Bearer\s|^Basic\s|-----BEGIN|^eyJ[A-Za-z0-9_-]{10,}\.|"
+    r"^(ghp|gho|glpat|xox[abp]|sk|AKIA)[-_A-Za-z0-9]{8,}|client-key-data|token:|://[^/@\s:]+:[^/@\s]+@)"
+)
+_ALLOWED_SECRET_NAMES = re.compile(r".*_(env|file)$")  # names of a variable or a file holding one
+
+
+def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Refuse parameters that look like credentials: they would be saved in the notebook."""
+    for name, value in parameters.items():
+        if _SECRET_NAME.search(name) and not _ALLOWED_SECRET_NAMES.match(name) and value:
+            raise BadInput(
+                name,
+                "<hidden>",
+                "looks like a credential; pass the name of an environment variable or file "
+                f"instead (e.g. {name}_env)",
+            )
+        if isinstance(value, str) and _SECRET_VALUE.search(value.strip()):
+            raise BadInput(
+                name, "<hidden>", "looks like a credential and would be saved in the notebook"
+            )
+        if isinstance(value, dict):
+            check_parameters({f"{name}.{k}": v for k, v in value.items()})
+    return parameters
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def new_result(runbook: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The skeleton every runbook fills in; `outcome` stays "error" until the end is reached."""
+    return {
+        "runbook": runbook,
+        "started": now(),
+        "finished": None,
+        "parameters": check_parameters(dict(parameters)),
+        "outcome": "error",
+        "error": None,
+        "decision": None,
+        "changes": [],
+        "weights": None,
+        "metrics": [],
+        "notes": [],
+    }
+
+
+def record(result: dict[str, Any]) -> dict[str, Any]:
+    """Display `result` in the notebook under RESULT_MIME (call once, in the last cell)."""
+    from IPython.display import display
+
+    result = {**result, "finished": result.get("finished") or now()}
+    text = json.dumps(result, default=str)
+    summary = f"{result['runbook']}: {result['outcome']}"
+    if result.get("decision"):
+        summary += f", decision {result['decision']['verdict']}: {result['decision']['reason']}"
+    display({RESULT_MIME: json.loads(text), "text/plain": summary}, raw=True)
+    return result
+
+
+def read_notebook(notebook: Path | str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the last result recorded, the error a failed run left) of an executed notebook.
+
+    The result is None if the run never got that far; papermill keeps the traceback of a
+    failed run in the notebook, and the error is its first one.
+    """
+    nb = nbformat.read(str(notebook), as_version=4)
+    found, error = None, None
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if RESULT_MIME in output.get("data", {}):
+                found = output["data"][RESULT_MIME]
+            if error is None and output.get("output_type") == "error":
+                error = f"{output.get('ename')}: {output.get('evalue')}"
+    return (dict(found) if found is not None else None), error
+
+
+def read_result(notebook: Path | str) -> dict[str, Any] | None:
+    """The last result recorded in an executed notebook, or None if it never got that far."""
+    return read_notebook(notebook)[0]
+
+
+def notebook_error(notebook: Path | str) -> str | None:
+    """The error a failed run left in the notebook (papermill keeps the traceback there)."""
+    return read_notebook(notebook)[1]

@@ -1,0 +1,203 @@
+"""Rollout plans: validation naming the field path, secret refusal, expansion into phases."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from canarykit.core.errors import BadInput
+from canarykit.rollout import plan
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plans"
+BASE = {
+    "service": "reviews",
+    "analysis": {"window": "30s", "interval": "5s", "max_duration": "2m"},
+    "steps": [{"internal-canary": {}}, {"shadow": {"percentage": 10}}, {"weight": 5},
+              {"weight": 25, "analysis": {"max_duration": "1m"}}, {"promote": {}}],
+}
+
+
+def with_changes(**changes) -> dict:
+    data = copy.deepcopy(BASE)
+    data.update(changes)
+    return data
+
+
+def refused(data) -> BadInput:
+    with pytest.raises(BadInput) as caught:
+        plan.parse_plan(data)
+    return caught.value
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(("data", "field", "value"), [
+    (with_changes(steps=[{"weight": 5}, {"weight": 130}]), "steps[1].weight", 130),
+    (with_changes(steps=[{"weight": 0}]), "steps[0].weight", 0),
+    (with_changes(steps=[{"weight": "25"}]), "steps[0].weight", "25"),
+    (with_changes(steps=[{"weight": 5}, {"canary": 5}]), "steps[1]", ["canary"]),
+    (with_changes(steps=[{"weight": 5, "shadow": {}}]), "steps[0]", ["shadow", "weight"]),
+    (with_changes(steps=[{"weight": 5, "wait": "1m"}]), "steps[0].wait", "1m"),
+    (with_changes(steps=[{"weight": 5, "pause": "later"}]), "steps[0].pause", "later"),
+    (with_changes(steps=[{"promote": {}}, {"weight": 5}]), "steps[1]", {"weight": 5}),
+    (with_changes(steps=[]), "steps", []),
+    (with_changes(steps=[{"shadow": {"percentage": 0}}]), "steps[0].shadow.percentage", 0),
+    (with_changes(steps=[{"internal-canary": {"colour": "red"}}]),
+     "steps[0].internal-canary.colour", "red"),
+    (with_changes(steps=[{"internal-canary": {"header": ""}}]),
+     "steps[0].internal-canary.header", ""),
+    (with_changes(steps=[{"blue-green": {"to_subset": "v3"}}]), "steps[0].blue-green.to_subset",
+     "v3"),
+    (with_changes(steps=[{"weight": 5, "analysis": {"judges": ["magic"]}}]),
+     "steps[0].analysis.judges", "magic"),
+    (with_changes(steps=[{"weight": 5, "analysis": {"window": "soon"}}]),
+     "steps[0].analysis.window", "soon"),
+    (with_changes(steps=[{"promote": {}, "analysis": {}}]), "steps[0].analysis", {}),
+    (with_changes(analysis={"min_requests": 0}), "analysis.min_requests", 0),
+    (with_changes(analysis={"interval": "2m", "window": "1m"}), "analysis.interval", "2m"),
+    (with_changes(analysis={"min_success_rate": 120}), "analysis.min_success_rate", 120),
+    (with_changes(analysis={"check_every": "0s"}), "analysis.check_every", "0s"),
+    (with_changes(analysis={"colour": "red"}), "analysis.colour", "red"),
+    (with_changes(inconclusive={"hold_steps": 2, "then": "promote"}), "inconclusive.then",
+     "promote"),
+    (with_changes(inconclusive={"hold_steps": -1}), "inconclusive.hold_steps", -1),
+    (with_changes(preflight={"baseline_window": "a while"}), "preflight.baseline_window",
+     "a while"),
+    (with_changes(prometheus={"url": "ftp://prometheus"}), "prometheus.url", "ftp://prometheus"),
+    (with_changes(servise="reviews"), "servise", "reviews"),
+    (with_changes(service="Reviews_1"), "service", "Reviews_1"),
+    (with_changes(canary="v1"), "canary", "v1"),
+    (with_changes(namespace=7), "namespace", 7),
+    (with_changes(release="../../etc"), "release", "../../etc"),
+])
+def test_a_bad_plan_is_refused_naming_the_field_path_and_the_value(data, field, value):
+    error = refused(data)
+    assert error.field == field
+    assert error.value == value
+    assert field in str(error)
+
+
+def test_a_plan_without_a_service_is_refused():
+    data = with_changes()
+    del data["service"]
+    assert refused(data).field == "service"
+
+
+def test_a_plan_that_is_not_a_mapping_is_refused():
+    assert refused(["weight: 5"]).field == "plan"
+
+
+def test_an_unreadable_or_invalid_plan_file_is_refused_naming_the_file(tmp_path):
+    with pytest.raises(BadInput) as missing:
+        plan.load_plan(tmp_path / "absent.yaml")
+    assert missing.value.field == "PLAN"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("service: [reviews\n")
+    with pytest.raises(BadInput) as invalid:
+        plan.load_plan(broken)
+    assert invalid.value.field == "PLAN" and "not valid YAML" in str(invalid.value)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    (with_changes(prometheus={"url": "", "bearer_token": "s3cr3t-value"}),
+     "prometheus.bearer_token"),
+    (with_changes(prometheus={"url": "http://admin:hunter2@127.0.0.1:9090"}), "prometheus.url"),
+    (with_changes(kubeconfig="apiVersion: v1\nusers:\n- user:\n    token: abcdef123"),
+     "kubeconfig"),
+    (with_changes(password="hunter2"), "password"),
+    (with_changes(steps=[{"internal-canary": {"header_value": "Bearer abcdefghijklmnop"}}]),
+     "steps[0].internal-canary.header_value"),
+])
+def test_anything_that_looks_like_a_credential_is_refused_without_echoing_it(data, field):
+    error = refused(data)
+    assert error.field == field
+    assert error.value == "<hidden>"
+    for secret in ("s3cr3t-value", "hunter2", "abcdef123", "abcdefghijklmnop"):
+        assert secret not in str(error)
+
+
+def test_names_of_environment_variables_holding_credentials_are_accepted():
+    loaded = plan.parse_plan(with_changes(prometheus={"url": "http://127.0.0.1:9090",
+                                                      "bearer_token_env": "PROM_TOKEN"}))
+    assert loaded.prometheus.bearer_token_env == "PROM_TOKEN"
+
+
+# ---------------------------------------------------------------- expansion
+
+
+def test_steps_expand_into_phases_in_order_with_an_analysis_after_each_step():
+    phases = plan.expand(plan.parse_plan(with_changes()))
+    assert [(p.name, p.runbook) for p in phases] == [
+        ("preflight", "preflight"),
+        ("internal-canary", "internal-canary"),
+        ("analyze-internal", "analyze"),
+        ("shadow-10", "shadow"),
+        ("shift-5", "shift-traffic"),
+        ("analyze-5", "analyze"),
+        ("shift-25", "shift-traffic"),
+        ("analyze-25", "analyze"),
+        ("promote", "promote"),
+    ]
+    judged = [p.name for p in phases if p.judged]
+    assert judged == ["preflight", "analyze-internal", "shadow-10", "analyze-5", "analyze-25"]
+
+
+def test_each_phase_carries_its_runbook_parameters_with_step_overrides_applied():
+    phases = {p.name: p for p in plan.expand(plan.parse_plan(with_changes()))}
+    assert phases["shift-25"].parameters == {"canary_weight": 25}
+    assert phases["analyze-25"].parameters["canary_weight"] == 25.0
+    assert phases["analyze-25"].parameters["max_duration"] == "1m"  # the step's override
+    assert phases["analyze-5"].parameters["max_duration"] == "2m"  # the plan's analysis
+    assert phases["analyze-5"].parameters["judges"] == "success-rate,latency,sequential"
+    assert phases["analyze-5"].parameters["until_verdict"] is True
+    assert phases["analyze-internal"].parameters["canary_weight"] == -1  # read from the VS
+    shadow = phases["shadow-10"].parameters
+    assert shadow["percentage"] == 10.0 and shadow["window"] == "30s"
+    assert "max_duration" not in shadow  # the shadow runbook judges once over its window
+    assert phases["preflight"].parameters == {"min_baseline_success_rate": 99.0,
+                                              "baseline_window": "1m"}
+
+
+def test_a_plan_without_promote_ends_with_promote_and_a_step_can_skip_its_analysis():
+    loaded = plan.parse_plan(with_changes(steps=[{"weight": 10, "analysis": False},
+                                                 {"weight": 100}]))
+    phases = plan.expand(loaded)
+    assert [p.name for p in phases] == ["preflight", "shift-10", "shift-100", "analyze-100",
+                                        "promote"]
+    assert phases[3].parameters["canary_weight"] == -1  # 100% leaves no share to configure
+
+
+def test_pauses_apply_after_the_last_phase_of_their_step():
+    loaded = plan.parse_plan(with_changes(pause="30s", steps=[{"weight": 10, "pause": "2m"},
+                                                              {"weight": 50}]))
+    pauses = {p.name: p.pause for p in plan.expand(loaded)}
+    assert pauses == {"preflight": 30.0, "shift-10": 0.0, "analyze-10": 120.0, "shift-50": 0.0,
+                      "analyze-50": 30.0, "promote": 0.0}
+
+
+def test_a_blue_green_plan_switches_then_judges_then_promotes():
+    loaded = plan.load_plan(EXAMPLES / "reviews-blue-green.yaml")
+    phases = plan.expand(loaded)
+    assert [p.name for p in phases] == ["preflight", "blue-green-v2", "analyze-v2", "promote"]
+    assert phases[1].parameters == {"to_subset": "v2"}
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_plans_load_and_round_trip_through_yaml(path):
+    loaded = plan.load_plan(path)
+    again = plan.parse_plan(yaml.safe_load(yaml.safe_dump(loaded.to_dict())))
+    assert again == loaded
+    assert again.digest() == loaded.digest()
+
+
+def test_the_digest_changes_when_the_plan_changes():
+    first = plan.parse_plan(with_changes())
+    second = plan.parse_plan(with_changes(canary="v3"))
+    assert first.digest() != second.digest()

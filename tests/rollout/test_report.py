@@ -1,0 +1,281 @@
+"""The release report: built from a synthetic release folder, opened in headless Chromium."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from canarykit.rollout import report, runbook
+from tests.release_fixture import CANARY, HOSTILE, RELEASE, SERVICE, STABLE, write_release
+
+MAX_BYTES = 2_500_000
+SCREENSHOT_COPY = Path(__file__).resolve().parents[2] / "reports/test-output/report-screenshot.png"
+ESCAPED_HOSTILE = "&lt;script&gt;alert(1)&lt;/script&gt;"
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    return write_release(tmp_path / SERVICE / RELEASE)
+
+
+def charts_in(page: str) -> int:
+    return len(re.findall(r'class="chart ck-chart"', page))
+
+
+def section(page: str, section_id: str) -> str:
+    match = re.search(rf'<section id="{section_id}">(.*?)</section>', page, re.S)
+    assert match, f"no section {section_id}"
+    return match.group(1)
+
+
+def edit_result(notebook: Path, change) -> None:
+    """Rewrite the result recorded in an executed notebook."""
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if runbook.RESULT_MIME in output.get("data", {}):
+                change(output["data"][runbook.RESULT_MIME])
+    nbformat.write(nb, str(notebook))
+
+
+# ---------------------------------------------------------------- the page
+
+
+def test_report_is_written_into_the_release_folder(release):
+    path = report.build_report(release)
+    assert path == release / "report.html"
+    page = path.read_text(encoding="utf-8")
+    for section_id in ("summary", "timeline", "charts", "judges", "changes", "audit"):
+        assert f'<section id="{section_id}">' in page
+    assert "ROLLED BACK" in section(page, "summary")
+    assert f"{STABLE} → {CANARY}" in page
+    assert "9m 00s" in section(page, "summary")  # duration from started/finished
+
+
+def test_timeline_links_every_executed_notebook_relatively(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    timeline = section(page, "timeline")
+    notebooks = sorted(p.name for p in release.glob("*.ipynb"))
+    assert len(notebooks) == 8
+    for name in notebooks:
+        assert f'<a href="{name}">' in timeline
+    assert timeline.count('<tr class="phase"') == 8
+    assert "canarykit-admin" in timeline and "ci-runner-1:4242" in timeline
+
+
+def test_a_phase_that_died_is_shown_with_its_error(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    errors = re.findall(r'<tr class="phase-error">(.*?)</tr>', section(page, "timeline"), re.S)
+    assert len(errors) == 1
+    assert "ConcurrentChangeError: VirtualService shop/reviews changed by someone else" in errors[0]
+
+
+def test_a_phase_whose_notebook_is_missing_says_so(release):
+    (release / "06-shift-25.ipynb").unlink()
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert "notebook 06-shift-25.ipynb is missing" in section(page, "timeline")
+
+
+def test_notebooks_the_driver_did_not_list_yet_are_still_reported(release):
+    summary = json.loads((release / "release.json").read_text())
+    summary["phases"] = summary["phases"][:-1]  # the driver died before rewriting release.json
+    (release / "release.json").write_text(json.dumps(summary))
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert '<a href="08-rollback.ipynb">' in section(page, "timeline")
+
+
+def test_judge_table_shows_verdicts_reasons_queries_values_and_thresholds(release):
+    judges = section(report.build_report(release).read_text(encoding="utf-8"), "judges")
+    assert "5. analyze-5" in judges and "7. analyze-25" in judges
+    assert judges.count('<span class="badge bad">FAIL</span>') == 4  # decision + 3 judges
+    assert "canary success rate 80.3% &lt; minimum 99%" in judges
+    assert "<code>1 - (sum by (destination_version) (rate(istio_requests_total{reporter=" in judges
+    assert "response_code=~&quot;5..&quot;" in judges
+    assert "max_p99_ms: 500" in judges and "canary_p99_ms: 512.4" in judges
+    assert "p_value: 4.7e-05" in judges
+
+
+def test_every_change_is_shown_with_its_diff(release):
+    changes = section(report.build_report(release).read_text(encoding="utf-8"), "changes")
+    assert changes.count('<pre class="diff">') == 4
+    assert "add-header-route on VirtualService shop/reviews" in changes
+    assert '<span class="add">+  - name: canarykit-internal</span>' in changes
+    assert '<span class="del">-      weight: 25</span>' in changes
+
+
+def test_intact_audit_chain_is_reported_with_its_record_count(release):
+    audit_part = section(report.build_report(release).read_text(encoding="utf-8"), "audit")
+    assert "INTACT" in audit_part and "BROKEN" not in audit_part
+    assert "4 records" in audit_part
+
+
+def test_an_edited_audit_record_shows_the_chain_broken(release):
+    log = release / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["actor"] = "mallory"
+    lines[1] = json.dumps(record, sort_keys=True)
+    log.write_text("\n".join(lines) + "\n")
+    audit_part = section(report.build_report(release).read_text(encoding="utf-8"), "audit")
+    assert "BROKEN" in audit_part and "line 2: record was edited" in audit_part
+
+
+def test_audit_records_cut_off_the_end_show_the_chain_broken(release):
+    log = release / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n")  # still a valid chain, one record short
+    audit_part = section(report.build_report(release).read_text(encoding="utf-8"), "audit")
+    assert "BROKEN" in audit_part and "records were removed from the end" in audit_part
+
+
+def test_a_missing_audit_log_is_not_reported_intact(release):
+    (release / "audit.jsonl").unlink()
+    audit_part = section(report.build_report(release).read_text(encoding="utf-8"), "audit")
+    assert "BROKEN" in audit_part and "does not exist" in audit_part
+
+
+# ---------------------------------------------------------------- charts
+
+
+def test_configured_weights_step_at_each_phase_finish_and_shares_are_percent(release):
+    charts = dict(report.figures(*_loaded(release)))
+    traces = {trace.name: trace for trace in charts["chart-weights"].data}
+    configured = traces[f"{CANARY} configured weight"]
+    assert list(configured.y) == [0, 0, 5, 25, 0, 0]  # last point extends to the end
+    assert configured.line.shape == "hv"
+    observed = traces[f"{CANARY} observed share"]
+    assert 20 < max(observed.y) <= 35  # fractions shown as percent
+
+
+def test_five_xx_is_shown_as_percent_of_requests_from_success_rate(release):
+    charts = dict(report.figures(*_loaded(release)))
+    errors = {trace.name: trace for trace in charts["chart-errors"].data}
+    assert charts["chart-errors"].layout.yaxis.title.text == "% of requests"
+    assert max(errors[CANARY].y) > 10 and max(errors[STABLE].y) < 2
+
+
+def test_latency_has_p50_p90_p99_per_version_and_evidence_one_point_per_analysis(release):
+    charts = dict(report.figures(*_loaded(release)))
+    names = {trace.name for trace in charts["chart-latency"].data}
+    assert names == {f"{v} {p}" for v in (STABLE, CANARY) for p in ("p50", "p90", "p99")}
+    evidence = charts["chart-evidence"].data[0]
+    assert list(evidence.y) == [1.0, 4.7e-05]
+
+
+def test_missing_metrics_leave_the_charts_in_place_saying_no_data(release):
+    for notebook in release.glob("*.ipynb"):
+        edit_result(notebook, lambda result: result.update(metrics=[], weights=None,
+                                                           decision=None))
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert charts_in(page) == 4
+    assert page.count("no data: ") == 4
+
+
+def _loaded(folder: Path):
+    summary = report.load_release(folder)
+    return summary, report.load_phases(folder, summary)
+
+
+# ---------------------------------------------------------------- self-contained, escaped
+
+
+def test_report_of_a_six_phase_release_is_at_most_2_5_megabytes(release):
+    assert report.build_report(release).stat().st_size <= MAX_BYTES
+
+
+def test_plotly_js_is_embedded_exactly_once_and_nothing_is_loaded_from_elsewhere(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    packed = report.packed_plotly()
+    assert page.count(packed) == 1
+    assert gzip.decompress(base64.b64decode(packed)) == report.PLOTLY_JS.read_bytes()
+    assert page.count("<script") == 2 + charts_in(page)  # bundle, loader, one JSON per chart
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"https?://(cdn|unpkg|fonts)", page)
+    assert "require.js" not in page and "MathJax" not in page
+
+
+def test_hostile_strings_never_appear_unescaped(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert HOSTILE not in page
+    assert "alert(1)</script>" not in page
+    assert page.count(ESCAPED_HOSTILE) >= 4  # reason, decision, judgement, parameter, notes
+
+
+def test_json_inside_a_script_element_cannot_close_it():
+    text = report.script_json({"reason": "</script><script>alert(1)</script> & more"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"reason": "</script><script>alert(1)</script> & more"}
+
+
+# ---------------------------------------------------------------- in a browser
+
+
+def test_report_opens_offline_in_chromium_with_every_chart_drawn(release, chromium, tmp_path):
+    path = report.build_report(release)
+    expected = charts_in(path.read_text(encoding="utf-8"))
+    assert expected == 4
+    page = chromium.open_page(path, charts_expected=expected, text_selector="#verdict",
+                              screenshot=tmp_path / "report-screenshot.png")
+    SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(page.screenshot, SCREENSHOT_COPY)
+    assert page.console_errors == []
+    assert page.requests == []
+    assert page.dialogs == []
+    assert page.charts_drawn == expected and page.charts_counter == expected
+    assert "ROLLED BACK" in page.text and "FAIL" in page.text
+    assert HOSTILE in page.text  # shown as text, not run
+    assert page.screenshot.stat().st_size > 50_000
+
+
+def test_a_report_without_data_still_draws_every_chart_in_chromium(tmp_path, chromium):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "release.json").write_text(json.dumps({
+        "service": "reviews", "release": "r1", "status": "failed", "reason": "preflight died",
+        "phases": [{"index": 1, "name": "preflight", "notebook": "01-preflight.ipynb"}],
+    }))
+    path = report.build_report(folder)
+    page = chromium.open_page(path, charts_expected=4, text_selector="#timeline",
+                              screenshot=tmp_path / "empty.png")
+    assert page.console_errors == [] and page.requests == [] and page.charts_drawn == 4
+    assert "notebook 01-preflight.ipynb is missing" in page.text
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _run(folder: Path) -> int:
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    return report.run(parser.parse_args([str(folder)]))
+
+
+def test_report_build_exits_0_and_prints_the_report_path(release, capsys):
+    assert _run(release) == 0
+    assert capsys.readouterr().out.strip() == f"report: {release / 'report.html'}"
+
+
+def test_report_build_of_a_folder_without_release_json_exits_2_naming_it(tmp_path, capsys):
+    assert _run(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "is not a release folder" in err and str(tmp_path) in err
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_build_of_a_missing_folder_exits_2(tmp_path, capsys):
+    assert _run(tmp_path / "nope") == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_report_build_of_unreadable_release_json_exits_2(tmp_path, capsys):
+    (tmp_path / "release.json").write_text("{not json")
+    assert _run(tmp_path) == 2
+    assert "release.json" in capsys.readouterr().err

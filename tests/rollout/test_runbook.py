@@ -1,0 +1,78 @@
+import nbformat
+import papermill
+import pytest
+
+from canarykit.core.errors import BadInput
+from canarykit.rollout import runbook
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"token": "abc123"},
+        {"prometheus_password": "hunter2"},
+        {"note": "Bearer abcdefghijkl"},
+        {"prometheus_url": "http://admin:hunter2@127.0.0.1:9090"},
+        {"kubeconfig_content": "users:\n- user:\n    token: abc"},
+        {"prometheus": {"api_key": "k-123"}},
+    ],
+)
+def test_credential_looking_parameters_are_refused_without_echoing_them(parameters):
+    with pytest.raises(BadInput) as refused:
+        runbook.check_parameters(parameters)
+    assert "<hidden>" in str(refused.value)
+    for value in parameters.values():
+        if isinstance(value, str):
+            assert value not in str(refused.value)
+
+
+def test_names_of_variables_and_files_holding_credentials_are_fine():
+    parameters = {"bearer_token_env": "PROM_TOKEN", "token_file": "/run/token", "canary_weight": 25}
+    assert runbook.check_parameters(parameters) == parameters
+
+
+def _notebook(source: str):
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("weight: int = 10  # help: canary weight")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return nb
+
+
+def test_a_recorded_result_is_read_back_from_the_executed_notebook(tmp_path):
+    source = tmp_path / "in.ipynb"
+    nbformat.write(
+        _notebook(
+            "from canarykit.rollout import runbook\n"
+            "result = runbook.new_result('shift-traffic', {'weight': weight})\n"
+            "result['weights'] = {'v1': 100 - weight, 'v2': weight}\n"
+            "result['outcome'] = 'ok'\n"
+            "runbook.record(result)\n"
+        ),
+        source,
+    )
+    executed = tmp_path / "out.ipynb"
+    papermill.execute_notebook(
+        str(source), str(executed), parameters={"weight": 25}, progress_bar=False
+    )
+    result = runbook.read_result(executed)
+    assert result["runbook"] == "shift-traffic"
+    assert result["parameters"] == {"weight": 25}
+    assert result["weights"] == {"v1": 75, "v2": 25}
+    assert result["outcome"] == "ok" and result["finished"]
+    assert runbook.notebook_error(executed) is None
+
+
+def test_a_failed_run_has_no_result_and_its_error_is_read_back(tmp_path):
+    source = tmp_path / "in.ipynb"
+    nbformat.write(_notebook("raise ValueError('weight: must be 0..100 (got 130)')"), source)
+    executed = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError):
+        papermill.execute_notebook(str(source), str(executed), progress_bar=False)
+    assert runbook.read_result(executed) is None
+    assert runbook.notebook_error(executed) == "ValueError: weight: must be 0..100 (got 130)"
