@@ -589,7 +589,7 @@ def up(cfg: LabConfig) -> LabState:
 
 
 def _python(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", f"canarykit.{module}", *args]
+    return [sys.executable, "-m", f"canarykit.lab.{module}", *args]
 
 
 def _start_apiserver(state: LabState, cfg: LabConfig) -> None:

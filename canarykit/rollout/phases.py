@@ -15,14 +15,11 @@ VirtualService) and hands the counts of each earlier period to the sequential er
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,9 +36,15 @@ from canarykit.core.durations import format_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio, traffic, validate
 from canarykit.rollout import runbook
+from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the runbooks
+    Target,
+    _flag,
+    _renamed,
+    _text,
+    connect_target,
+    prometheus_client,
+)
 
-LAB_DIR_ENV = "CANARYKIT_LAB_DIR"
-DEFAULT_LAB_DIR = ".canarykit-lab"
 INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
 # Seconds after a weight change before its traffic counts: Envoy takes the new routes and
 # Prometheus scrapes at least once (the lab scrapes every second).
@@ -100,114 +103,6 @@ def given_parameters(runbook_name: str, namespace: dict[str, Any],
         raise BadInput(name, given[name], f"is not a parameter of the {runbook_name} runbook "
                        f"(parameters: {', '.join(known)})")
     return {name: given[name] for name in known if name in given}
-
-
-def lab_defaults(data_dir: str | Path | None = None) -> dict[str, str]:
-    """Kubeconfig and Prometheus URL of the running lab (env CANARYKIT_LAB_DIR, else
-    ./.canarykit-lab), or {} when there is none, so runbook defaults work against the lab."""
-    from canarykit.lab import processes as lab
-
-    folder = Path(data_dir or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
-    state = lab.read_state(folder) if (folder / lab.STATE_FILE).is_file() else None
-    if state is None:
-        return {}
-    found = {"kubeconfig": state.kubeconfig, "prometheus_url": state.prometheus_url,
-             "data_dir": str(state.data_dir)}
-    return {key: value for key, value in found.items() if value}
-
-
-@dataclass
-class Target:
-    """The service being rolled out and how to reach its cluster and its metrics."""
-
-    service: str
-    namespace: str
-    stable: str
-    canary: str
-    cluster: cluster.Cluster
-    prometheus: m.PrometheusSettings | None
-    selector: m.MetricsSelector
-    audit_log: Path
-    release: str = ""
-
-
-def _text(field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadInput(field, value, "must be a string")
-    return value
-
-
-def _flag(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise BadInput(field, value, "must be True or False")
-    return value
-
-
-def _renamed(err: BadInput, names: dict[str, str]) -> BadInput:
-    """The same refusal under the notebook parameter's name."""
-    return BadInput(names.get(err.field, err.field), err.value, err.problem)
-
-
-def connect_target(
-    *,
-    service: str,
-    namespace: str,
-    stable: str,
-    canary: str,
-    kubeconfig: str = "",
-    context: str = "",
-    prometheus_url: str = "",
-    prometheus_bearer_token_env: str = "",
-    audit_log: str = "",
-    release: str = "",
-) -> Target:
-    """Check the common parameters and connect; "" means the running lab's (or the default)."""
-    istio.check_dns_label("service", service)
-    istio.check_dns_label("namespace", namespace)
-    istio.check_dns_label("stable", stable)
-    istio.check_dns_label("canary", canary)
-    if stable == canary:
-        raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
-    for name, value in (("kubeconfig", kubeconfig), ("context", context),
-                        ("prometheus_url", prometheus_url), ("audit_log", audit_log),
-                        ("prometheus_bearer_token_env", prometheus_bearer_token_env),
-                        ("release", release)):
-        _text(name, value)
-    lab = lab_defaults() if not (kubeconfig and prometheus_url) else {}
-    kubeconfig = kubeconfig or lab.get("kubeconfig", "")
-    if kubeconfig and not os.path.isfile(kubeconfig):
-        raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
-    prometheus = None
-    url = prometheus_url or lab.get("prometheus_url", "")
-    if url:
-        settings = m.PrometheusSettings(url=url,
-                                        bearer_token_env=prometheus_bearer_token_env or None)
-        try:
-            settings.validate()
-        except BadInput as err:
-            names = {"prometheus.url": "prometheus_url",
-                     "prometheus.bearer_token_env": "prometheus_bearer_token_env"}
-            raise _renamed(err, names) from None
-        if prometheus_bearer_token_env and not os.environ.get(prometheus_bearer_token_env):
-            raise BadInput("prometheus_bearer_token_env", prometheus_bearer_token_env,
-                           "names an environment variable that is not set or empty")
-        prometheus = settings
-    selector = m.MetricsSelector(service=service, namespace=namespace, stable=stable,
-                                 canary=canary).validate()
-    try:
-        connected = cluster.connect(kubeconfig or None, context or None, namespace)
-    except BadInput as err:
-        raise _renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
-                             "--namespace": "namespace"}) from None
-    return Target(service, namespace, stable, canary, connected, prometheus, selector,
-                  Path(audit_log) if audit_log else audit.default_audit_log(), release)
-
-
-def _prometheus(target: Target) -> m.Client:
-    if target.prometheus is None:
-        raise BadInput("prometheus_url", "", "no Prometheus: give its URL (no lab is running "
-                       f"in ${LAB_DIR_ENV} or ./{DEFAULT_LAB_DIR})")
-    return m.connect(target.prometheus)
 
 
 # ---------------------------------------------------------------- recording
@@ -446,7 +341,7 @@ def preflight(target: Target, result: dict[str, Any], *, min_baseline_success_ra
     _percentage("min_baseline_success_rate", min_baseline_success_rate)
     seconds = m.parse_window(baseline_window, "baseline_window")
     settings = target.prometheus
-    client = _prometheus(target)
+    client = prometheus_client(target)
     objects, vs, dr = _check_objects(target)
     found = [objects, _check_rollout(target, vs), _check_subsets(target, dr)]
     probe = m.query_at(client, "vector(1)", time.time())
@@ -832,7 +727,7 @@ def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", inter
     every = m.parse_window(check_every, "check_every")
     if until_verdict and limit < window_s:
         raise BadInput("max_duration", max_duration, f"must be at least the window {window}")
-    client = _prometheus(target)
+    client = prometheus_client(target)
     began = time.time()
     vs = _set_weights(target, result)
     weight = (result["weights"] or {}).get(target.canary)
@@ -889,7 +784,7 @@ def shadow(target: Target, result: dict[str, Any], *, percentage: float = 10.0,
     config = _analysis_config(window=window, interval=interval, min_success_rate=min_success_rate,
                               max_p99_ms=max_p99_ms, min_requests=min_requests, alpha=alpha,
                               judges=judges)
-    client = _prometheus(target)
+    client = prometheus_client(target)
     vs, dr = _objects(target)
     operation = functools.partial(traffic.set_mirror, subset=target.canary,
                                   percentage=percentage, stable=target.stable, dr=dr)
@@ -919,150 +814,3 @@ def judgement_table(decision: Decision) -> pd.DataFrame:
         columns=["judge", "verdict", "critical", "required", "reason"])
 
 
-# ---------------------------------------------------------------- past releases
-
-
-def find_release(release_folder: str = "", *, reports: str = "reports",
-                 service: str = "reviews") -> Path:
-    """`release_folder`, or the newest release folder under reports/SERVICE/."""
-    if release_folder:
-        folder = Path(release_folder)
-        if not folder.is_dir():
-            raise BadInput("release_folder", release_folder, "is not a folder")
-        return folder
-    istio.check_dns_label("service", service)
-    root = Path(reports) / service
-    found = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    if not found:
-        raise BadInput("release_folder", release_folder,
-                       f"no release folder under {root}; give one")
-    return max(found, key=lambda p: (p / "release.json").stat().st_mtime
-               if (p / "release.json").exists() else p.stat().st_mtime)
-
-
-def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """A past release as pandas frames: phases, metrics, decisions (one row per judgement),
-    changes and weights (the configured split after each phase)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadInput("release_folder", str(folder), "is not a folder")
-    release_file = folder / "release.json"
-    release = json.loads(release_file.read_text(encoding="utf-8")) if release_file.is_file() \
-        else {}
-    entries = [dict(e) for e in release.get("phases") or [] if isinstance(e, dict)]
-    listed = {e.get("notebook") for e in entries}
-    for path in sorted(folder.glob("[0-9][0-9]-*.ipynb")):
-        if path.name not in listed:
-            number, _, name = path.stem.partition("-")
-            entries.append({"index": int(number), "name": name, "notebook": path.name})
-    entries.sort(key=lambda e: e.get("index") or 0)
-    phases, metric_rows, decisions, changes, weights = [], [], [], [], []
-    for entry in entries:
-        path = folder / str(entry.get("notebook"))
-        result, error = (runbook.read_notebook(path) if path.is_file()
-                         else (None, "notebook missing"))
-        result = result or {}
-        tag = {"phase": entry.get("name"), "notebook": entry.get("notebook")}
-        finished = result.get("finished") or entry.get("finished")
-        decision = result.get("decision") or {}
-        phases.append({**entry, "recorded": bool(result),
-                       "error": result.get("error") or error,
-                       "decision": decision.get("verdict"),
-                       "decision_reason": decision.get("reason"),
-                       "weights": result.get("weights"), "notes": result.get("notes") or []})
-        for row in result.get("metrics") or []:
-            metric_rows.append({**row, **tag})
-        for judgement in decision.get("judgements") or []:
-            evidence = judgement.get("evidence") or {}
-            decisions.append({**tag, "finished": finished, "decision": decision.get("verdict"),
-                              "decision_reason": decision.get("reason"),
-                              "judge": judgement.get("judge"), "verdict": judgement.get("verdict"),
-                              "reason": judgement.get("reason"),
-                              "critical": judgement.get("critical"),
-                              "required": judgement.get("required"),
-                              "p_value": evidence.get("p_value"),
-                              "bayes_factor": evidence.get("bayes_factor"),
-                              "values": judgement.get("values"),
-                              "thresholds": judgement.get("thresholds")})
-        for change in result.get("changes") or []:
-            changes.append({**tag, "finished": finished,
-                            **{k: change.get(k) for k in ("operation", "target", "changed",
-                                                          "params", "resourceVersion",
-                                                          "auditHash", "diff")}})
-        for version, weight in (result.get("weights") or {}).items():
-            weights.append({**tag, "timestamp": finished, "version": version, "weight": weight})
-    metrics_frame = pd.DataFrame(metric_rows, columns=[*m.FRAME_COLUMNS, "phase", "notebook"])
-    metrics_frame["timestamp"] = pd.to_datetime(metrics_frame["timestamp"], unit="s", utc=True)
-    metrics_frame = metrics_frame.drop_duplicates(["timestamp", "version", "metric"], keep="last")
-    weights_frame = pd.DataFrame(
-        weights, columns=["phase", "notebook", "timestamp", "version", "weight"])
-    weights_frame["timestamp"] = pd.to_datetime(weights_frame["timestamp"], utc=True)
-    return {
-        "phases": pd.DataFrame(phases),
-        "metrics": metrics_frame.sort_values(["metric", "version", "timestamp"],
-                                             ignore_index=True),
-        "decisions": pd.DataFrame(decisions, columns=[
-            "phase", "notebook", "finished", "decision", "decision_reason", "judge", "verdict",
-            "reason", "critical", "required", "p_value", "bayes_factor", "values",
-            "thresholds"]),
-        "changes": pd.DataFrame(changes, columns=[
-            "phase", "notebook", "finished", "operation", "target", "changed", "params",
-            "resourceVersion", "auditHash", "diff"]),
-        "weights": weights_frame,
-    }
-
-
-def release_figures(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Plotly figures of a loaded release: configured weight vs observed share, 5xx rate and
-    latency quantiles per version over time."""
-    import plotly.graph_objects as go
-
-    metrics_frame, weights = frames["metrics"], frames["weights"]
-    figures = {}
-    share = go.Figure()
-    for version, rows in weights.groupby("version"):
-        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["weight"] / 100, mode="lines",
-                                   line_shape="hv", name=f"{version} configured"))
-    for version, rows in metrics_frame[metrics_frame["metric"] == "traffic-share"].groupby(
-            "version"):
-        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], mode="markers",
-                                   name=f"{version} observed"))
-    share.update_layout(title="Configured weight vs observed traffic share",
-                        yaxis_tickformat=".0%")
-    figures["traffic"] = share
-    errors = go.Figure()
-    for version, rows in metrics_frame[metrics_frame["metric"] == "error-rate"].groupby("version"):
-        errors.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], name=version))
-    errors.update_layout(title="5xx responses per second", yaxis_title="5xx/s")
-    figures["errors"] = errors
-    latency = go.Figure()
-    for (metric, version), rows in metrics_frame[
-            metrics_frame["metric"].str.startswith("latency-")].groupby(["metric", "version"]):
-        latency.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"],
-                                     name=f"{version} {metric.removeprefix('latency-')}"))
-    latency.update_layout(title="Latency per version", yaxis_title="ms")
-    figures["latency"] = latency
-    return figures
-
-
-def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
-                          reports: str = "reports",
-                          service: str = "reviews") -> dict[str, pd.DataFrame]:
-    """Load a past release for exploration and note what it holds in the result."""
-    try:
-        folder = find_release(release_folder, reports=reports, service=service)
-        frames = load_release(folder)
-        phases_frame = frames["phases"]
-        result["notes"].append(f"release folder {folder}")
-        result["notes"].append(
-            f"{len(phases_frame)} phases, {len(frames['decisions'])} judgements, "
-            f"{len(frames['changes'])} changes, {len(frames['metrics'])} metric rows")
-        verdicts = [v for v in phases_frame.get("decision", []) if isinstance(v, str)]
-        if verdicts:
-            result["notes"].append("decisions: " + ", ".join(verdicts))
-    except Exception as exc:
-        result["outcome"], result["error"] = "error", _error_text(exc)
-        runbook.record(result)
-        raise
-    result["outcome"] = "ok"
-    return frames

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import types
 from pathlib import Path
@@ -14,7 +13,7 @@ from canarykit.cluster import audit
 from canarykit.core.errors import BadInput
 from canarykit.mesh import traffic
 from canarykit.rollout import phases, runbook
-from tests import release_fixture
+from canarykit.rollout import target as rollout_target
 
 VS_REF = "VirtualService default/reviews"
 
@@ -101,7 +100,7 @@ def test_variables_of_a_previous_run_in_jupyterlab_are_not_parameters():
 ])
 def test_bad_common_parameters_are_refused_before_connecting(arguments, field, value,
                                                               monkeypatch, tmp_path):
-    monkeypatch.setenv(phases.LAB_DIR_ENV, str(tmp_path / "no-lab"))
+    monkeypatch.setenv(rollout_target.LAB_DIR_ENV, str(tmp_path / "no-lab"))
     monkeypatch.delenv("CANARYKIT_TEST_UNSET_TOKEN", raising=False)
     common = {"service": "reviews", "namespace": "default", "stable": "v1", "canary": "v2"}
     with pytest.raises(BadInput) as refused:
@@ -111,8 +110,8 @@ def test_bad_common_parameters_are_refused_before_connecting(arguments, field, v
 
 
 def test_lab_defaults_are_empty_without_a_running_lab(monkeypatch, tmp_path):
-    monkeypatch.setenv(phases.LAB_DIR_ENV, str(tmp_path))
-    assert phases.lab_defaults() == {}
+    monkeypatch.setenv(rollout_target.LAB_DIR_ENV, str(tmp_path))
+    assert rollout_target.lab_defaults() == {}
 
 
 @pytest.mark.parametrize(("changes", "field", "value"), [
@@ -186,69 +185,6 @@ def test_routes_for_matched_users_or_a_mirror_make_the_share_unknown(tmp_path):
             _vs({"v1": 80, "v2": 20}))
     assert [(p["weight"], p["share_known"]) for p in _periods(log)] == [
         (0, True), (0, False), (20, True)]
-
-
-# ---------------------------------------------------------------- past releases
-
-
-@pytest.fixture
-def release(tmp_path) -> Path:
-    return release_fixture.write_release(tmp_path / "reports" / "reviews" / "r-1")
-
-
-def test_load_release_reads_phases_metrics_decisions_and_changes(release):
-    frames = phases.load_release(release)
-    listed = json.loads((release / "release.json").read_text())["phases"]
-    assert list(frames["phases"]["notebook"]) == [p["notebook"] for p in listed]
-    died = frames["phases"][frames["phases"]["notebook"] == "03-shift-5.ipynb"].iloc[0]
-    assert not died["recorded"] and died["error"].startswith("ConcurrentChangeError")
-    metrics = frames["metrics"]
-    assert set(metrics["version"]) == {"v1", "v2"}
-    assert str(metrics["timestamp"].dtype).startswith("datetime64")
-    assert not metrics.duplicated(["timestamp", "version", "metric"]).any()
-    failed = frames["decisions"].query("judge == 'error-rate-sequential' and verdict == 'FAIL'")
-    assert list(failed["p_value"]) == [4.7e-05]
-    assert list(failed["phase"]) == ["analyze-25"]
-    assert list(frames["changes"]["operation"]) == [
-        "add-header-route", "set-weights", "set-weights", "rollback"]
-    quarter = frames["weights"].query("phase == 'shift-25'")
-    assert dict(zip(quarter["version"], quarter["weight"], strict=True)) == {"v1": 75, "v2": 25}
-
-
-def test_load_release_finds_notebooks_release_json_does_not_list(release):
-    (release / "release.json").unlink()
-    frames = phases.load_release(release)
-    assert len(frames["phases"]) == len(list(release.glob("[0-9][0-9]-*.ipynb")))
-    assert len(frames["decisions"]) > 0
-
-
-def test_release_figures_draw_share_errors_and_latency(release):
-    figures = phases.release_figures(phases.load_release(release))
-    assert set(figures) == {"traffic", "errors", "latency"}
-    names = {name: [trace.name for trace in figure.data] for name, figure in figures.items()}
-    assert {"v1 configured", "v2 configured", "v1 observed", "v2 observed"} <= set(
-        names["traffic"])
-    assert set(names["errors"]) == {"v1", "v2"}
-    assert "v2 p99" in names["latency"]
-
-
-def test_find_release_takes_the_newest_folder_of_the_service(release, tmp_path):
-    newer = release_fixture.write_release(tmp_path / "reports" / "reviews" / "r-2")
-    os.utime(newer / "release.json", (2_000_000_000, 2_000_000_000))
-    found = phases.find_release("", reports=str(tmp_path / "reports"), service="reviews")
-    assert found == newer
-    with pytest.raises(BadInput) as refused:
-        phases.find_release("", reports=str(tmp_path / "reports"), service="ratings")
-    assert refused.value.field == "release_folder"
-
-
-def test_post_rollout_analysis_records_what_it_loaded(release, tmp_path):
-    result = runbook.new_result("post-rollout-analysis", {"release_folder": str(release)})
-    frames = phases.post_rollout_analysis(result, release_folder=str(release))
-    assert result["outcome"] == "ok"
-    assert str(release) in result["notes"][0]
-    assert "decisions: PASS, FAIL" in result["notes"]
-    assert isinstance(frames["phases"], pd.DataFrame)
 
 
 def test_judgement_table_lists_each_judge():

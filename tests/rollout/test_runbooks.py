@@ -25,6 +25,7 @@ from canarykit.lab import processes as lab
 from canarykit.lab.processes import LabState
 from canarykit.mesh import istio, traffic
 from canarykit.rollout import phases, runbook
+from canarykit.rollout import target as rollout_target
 from tests import release_fixture
 from tests.lab_fixture import lab_state  # noqa: F401 - the module's lab
 
@@ -37,7 +38,7 @@ def running_lab(lab_state: LabState) -> Iterator[LabState]:  # noqa: F811
     """The module lab with steady load; runbook defaults find it through CANARYKIT_LAB_DIR."""
     lab.set_rate(lab_state, LOAD_RATE)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(phases.LAB_DIR_ENV, lab_state.data_dir)
+        patch.setenv(rollout_target.LAB_DIR_ENV, lab_state.data_dir)
         yield lab_state
 
 
@@ -86,13 +87,13 @@ def versions(state: LabState) -> tuple[str, str]:
     return vs["metadata"]["resourceVersion"], dr["metadata"]["resourceVersion"]
 
 
-def in_process(state: LabState, audit_log: Path) -> phases.Target:
+def in_process(state: LabState, audit_log: Path) -> rollout_target.Target:
     """A target for setting the scene without a notebook (the same functions)."""
     return phases.connect_target(service=state.service, namespace=state.namespace, stable="v1",
                                  canary="v2", audit_log=str(audit_log))
 
 
-def scene(target: phases.Target, name: str, function, **arguments) -> dict:
+def scene(target: rollout_target.Target, name: str, function, **arguments) -> dict:
     result = runbook.new_result(name, arguments)
     function(target, result, **arguments)
     return result

@@ -1,0 +1,125 @@
+"""Where a runbook acts: the service, its cluster and its Prometheus, from the parameters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from canarykit.analysis import metrics as m
+from canarykit.cluster import audit
+from canarykit.cluster import client as cluster
+from canarykit.core.errors import BadInput
+from canarykit.mesh import istio
+
+LAB_DIR_ENV = "CANARYKIT_LAB_DIR"
+DEFAULT_LAB_DIR = ".canarykit-lab"
+
+
+def lab_defaults(data_dir: str | Path | None = None) -> dict[str, str]:
+    """Kubeconfig and Prometheus URL of the running lab (env CANARYKIT_LAB_DIR, else
+    ./.canarykit-lab), or {} when there is none, so runbook defaults work against the lab."""
+    from canarykit.lab import processes as lab
+
+    folder = Path(data_dir or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
+    state = lab.read_state(folder) if (folder / lab.STATE_FILE).is_file() else None
+    if state is None:
+        return {}
+    found = {"kubeconfig": state.kubeconfig, "prometheus_url": state.prometheus_url,
+             "data_dir": str(state.data_dir)}
+    return {key: value for key, value in found.items() if value}
+
+
+@dataclass
+class Target:
+    """The service being rolled out and how to reach its cluster and its metrics."""
+
+    service: str
+    namespace: str
+    stable: str
+    canary: str
+    cluster: cluster.Cluster
+    prometheus: m.PrometheusSettings | None
+    selector: m.MetricsSelector
+    audit_log: Path
+    release: str = ""
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadInput(field, value, "must be a string")
+    return value
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput(field, value, "must be True or False")
+    return value
+
+
+def _renamed(err: BadInput, names: dict[str, str]) -> BadInput:
+    """The same refusal under the notebook parameter's name."""
+    return BadInput(names.get(err.field, err.field), err.value, err.problem)
+
+
+def connect_target(
+    *,
+    service: str,
+    namespace: str,
+    stable: str,
+    canary: str,
+    kubeconfig: str = "",
+    context: str = "",
+    prometheus_url: str = "",
+    prometheus_bearer_token_env: str = "",
+    audit_log: str = "",
+    release: str = "",
+) -> Target:
+    """Check the common parameters and connect; "" means the running lab's (or the default)."""
+    istio.check_dns_label("service", service)
+    istio.check_dns_label("namespace", namespace)
+    istio.check_dns_label("stable", stable)
+    istio.check_dns_label("canary", canary)
+    if stable == canary:
+        raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
+    for name, value in (("kubeconfig", kubeconfig), ("context", context),
+                        ("prometheus_url", prometheus_url), ("audit_log", audit_log),
+                        ("prometheus_bearer_token_env", prometheus_bearer_token_env),
+                        ("release", release)):
+        _text(name, value)
+    lab = lab_defaults() if not (kubeconfig and prometheus_url) else {}
+    kubeconfig = kubeconfig or lab.get("kubeconfig", "")
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
+    prometheus = None
+    url = prometheus_url or lab.get("prometheus_url", "")
+    if url:
+        settings = m.PrometheusSettings(url=url,
+                                        bearer_token_env=prometheus_bearer_token_env or None)
+        try:
+            settings.validate()
+        except BadInput as err:
+            names = {"prometheus.url": "prometheus_url",
+                     "prometheus.bearer_token_env": "prometheus_bearer_token_env"}
+            raise _renamed(err, names) from None
+        if prometheus_bearer_token_env and not os.environ.get(prometheus_bearer_token_env):
+            raise BadInput("prometheus_bearer_token_env", prometheus_bearer_token_env,
+                           "names an environment variable that is not set or empty")
+        prometheus = settings
+    selector = m.MetricsSelector(service=service, namespace=namespace, stable=stable,
+                                 canary=canary).validate()
+    try:
+        connected = cluster.connect(kubeconfig or None, context or None, namespace)
+    except BadInput as err:
+        raise _renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
+                             "--namespace": "namespace"}) from None
+    return Target(service, namespace, stable, canary, connected, prometheus, selector,
+                  Path(audit_log) if audit_log else audit.default_audit_log(), release)
+
+
+def prometheus_client(target: Target) -> m.Client:
+    if target.prometheus is None:
+        raise BadInput("prometheus_url", "", "no Prometheus: give its URL (no lab is running "
+                       f"in ${LAB_DIR_ENV} or ./{DEFAULT_LAB_DIR})")
+    return m.connect(target.prometheus)

@@ -1,0 +1,77 @@
+"""canarykit.rollout.release: a past release folder read back for the report and the notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from canarykit.core.errors import BadInput
+from canarykit.rollout import release as release_folder
+from canarykit.rollout import runbook
+from tests import release_fixture
+
+
+@pytest.fixture
+def release(tmp_path) -> Path:
+    return release_fixture.write_release(tmp_path / "reports" / "reviews" / "r-1")
+
+
+def test_load_release_reads_phases_metrics_decisions_and_changes(release):
+    frames = release_folder.load_release(release)
+    listed = json.loads((release / "release.json").read_text())["phases"]
+    assert list(frames["phases"]["notebook"]) == [p["notebook"] for p in listed]
+    died = frames["phases"][frames["phases"]["notebook"] == "03-shift-5.ipynb"].iloc[0]
+    assert not died["recorded"] and died["error"].startswith("ConcurrentChangeError")
+    metrics = frames["metrics"]
+    assert set(metrics["version"]) == {"v1", "v2"}
+    assert str(metrics["timestamp"].dtype).startswith("datetime64")
+    assert not metrics.duplicated(["timestamp", "version", "metric"]).any()
+    failed = frames["decisions"].query("judge == 'error-rate-sequential' and verdict == 'FAIL'")
+    assert list(failed["p_value"]) == [4.7e-05]
+    assert list(failed["phase"]) == ["analyze-25"]
+    assert list(frames["changes"]["operation"]) == [
+        "add-header-route", "set-weights", "set-weights", "rollback"]
+    quarter = frames["weights"].query("phase == 'shift-25'")
+    assert dict(zip(quarter["version"], quarter["weight"], strict=True)) == {"v1": 75, "v2": 25}
+
+
+def test_load_release_finds_notebooks_release_json_does_not_list(release):
+    (release / "release.json").unlink()
+    frames = release_folder.load_release(release)
+    assert len(frames["phases"]) == len(list(release.glob("[0-9][0-9]-*.ipynb")))
+    assert len(frames["decisions"]) > 0
+
+
+def test_release_figures_draw_share_errors_and_latency(release):
+    figures = release_folder.release_figures(release_folder.load_release(release))
+    assert set(figures) == {"traffic", "errors", "latency"}
+    names = {name: [trace.name for trace in figure.data] for name, figure in figures.items()}
+    assert {"v1 configured", "v2 configured", "v1 observed", "v2 observed"} <= set(
+        names["traffic"])
+    assert set(names["errors"]) == {"v1", "v2"}
+    assert "v2 p99" in names["latency"]
+
+
+def test_find_release_takes_the_newest_folder_of_the_service(release, tmp_path):
+    newer = release_fixture.write_release(tmp_path / "reports" / "reviews" / "r-2")
+    os.utime(newer / "release.json", (2_000_000_000, 2_000_000_000))
+    found = release_folder.find_release("", reports=str(tmp_path / "reports"), service="reviews")
+    assert found == newer
+    with pytest.raises(BadInput) as refused:
+        release_folder.find_release("", reports=str(tmp_path / "reports"), service="ratings")
+    assert refused.value.field == "release_folder"
+
+
+def test_post_rollout_analysis_records_what_it_loaded(release, tmp_path):
+    result = runbook.new_result("post-rollout-analysis", {"release_folder": str(release)})
+    frames = release_folder.post_rollout_analysis(result, release_folder=str(release))
+    assert result["outcome"] == "ok"
+    assert str(release) in result["notes"][0]
+    assert "decisions: PASS, FAIL" in result["notes"]
+    assert isinstance(frames["phases"], pd.DataFrame)
+
+
