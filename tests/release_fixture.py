@@ -6,7 +6,8 @@ analysis at 25% that FAILs because v2 turns bad (5xx and latency), and a rollbac
 notebooks look executed by papermill: a `parameters` cell, an `injected-parameters` cell,
 and the result displayed under `runbook.RESULT_MIME` (or an error output for the phase that
 died). Metrics are tidy rows at 10 s resolution over about 10 minutes for v1 and v2. Hostile
-strings sit in a parameter, a note and a decision reason to prove the report escapes them.
+markup sits in a parameter, a note, the release and decision reasons, judge reasons and the
+error of the phase that died, to prove the report shows it as text.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from canarykit.cluster import audit
 from canarykit.rollout import runbook
 
 HOSTILE = "<script>alert(1)</script>"
+HOSTILE_IMG = '<img src=x onerror="alert(2)">'
 SERVICE, NAMESPACE, RELEASE = "reviews", "shop", "reviews-20240501-1200"
 STABLE, CANARY = "v1", "v2"
 T0 = 1_714_564_800  # 2024-05-01T12:00:00Z
@@ -190,7 +192,8 @@ def decision_at_25() -> dict[str, Any]:
         "verdict": "FAIL",
         "reason": f"error-rate-sequential failed: canary 5xx 19.7% vs stable 0.2% {HOSTILE}",
         "judgements": [
-            _judgement("success-rate", "FAIL", "canary success rate 80.3% < minimum 99%",
+            _judgement("success-rate", "FAIL",
+                       f"canary success rate 80.3% < minimum 99% {HOSTILE_IMG}",
                        {"canary": 80.3, "stable": 99.8}, {"min_success_rate": 99.0}),
             _judgement("latency", "FAIL", "canary p99 512.4 ms > maximum 500 ms",
                        {"canary_p99_ms": 512.4}, {"max_p99_ms": 500.0}),
@@ -299,7 +302,7 @@ def write_release(folder: Path, *, with_failed_phase: bool = True) -> Path:
         phases.append(("shift-5", "shift-traffic", 25, 28, {**base, "canary_weight": 5}, None,
                        ("ConcurrentChangeError",
                         "VirtualService shop/reviews changed by someone else while canarykit "
-                        "was changing it (resourceVersion 101 -> 102)")))
+                        f"was changing it (resourceVersion 101 -> 102) {HOSTILE_IMG}")))
     phases += [
         ("shift-5", "shift-traffic", 40, 44,
          {**base, "canary_weight": 5, "change_ticket": HOSTILE},

@@ -1,18 +1,80 @@
-"""A past release folder read back: one reader for the report and the post-rollout notebook."""
+"""A past release folder read back: one reader and one set of charts for the HTML report and
+the post-rollout notebook, so both show the same phases, numbers and figures.
+
+`read_release` reads what a release left behind (release.json, the executed notebooks' results,
+plan.yaml); `release_frames` turns that into pandas frames, `release_figures` draws them.
+pandas, plotly and nbformat (via runbook) are imported only by the functions that need them:
+`canarykit report` imports this module to set up its arguments and should start quickly.
+"""
 
 from __future__ import annotations
 
+import html
 import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from canarykit.analysis import metrics as m
-from canarykit.core.errors import BadInput
+from canarykit.cluster import audit
+from canarykit.core import times
+from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio
-from canarykit.rollout import runbook
-from canarykit.rollout.phases import _error_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import plotly.graph_objects as go
+
+SEQUENTIAL_JUDGE = "error-rate-sequential"
+COLORS = ("#1f6fb2", "#e4760b", "#2e9b5b", "#8a4fbf", "#c23b3b", "#6b6b6b")
+LATENCY_DASH = {"latency-p50": "dot", "latency-p90": "dash", "latency-p99": "solid"}
+VERDICT_COLORS = {"PASS": COLORS[2], "FAIL": COLORS[4]}
+INCONCLUSIVE_COLOR = "#8a5a00"
+SUMMARY_FIELDS = ("service", "namespace", "release", "stable", "canary", "status", "reason",
+                  "started", "finished")
+PHASE_FIELDS = ("index", "name", "runbook", "notebook", "started", "finished", "recorded",
+                "error", "decision", "decision_reason", "weights", "notes")
+DECISION_FIELDS = ("phase", "notebook", "finished", "decision", "decision_reason", "judge",
+                   "verdict", "reason", "critical", "required", "p_value", "bayes_factor",
+                   "values", "thresholds")
+CHANGE_FIELDS = ("operation", "target", "changed", "params", "resourceVersion", "auditHash",
+                 "diff")
+
+
+# ---------------------------------------------------------------- reading the folder
+
+
+@dataclass
+class Phase:
+    """One phase: the driver's entry in release.json plus what its notebook recorded."""
+
+    entry: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+
+    def get(self, key: str) -> Any:
+        """A field from release.json's entry, else from the recorded result."""
+        value = self.entry.get(key)
+        return value if value is not None else (self.result or {}).get(key)
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry.get('index', '?')}. {self.entry.get('name', '?')}"
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        return (self.result or {}).get("decision")
+
+
+@dataclass
+class Release:
+    """Everything a release folder holds, as plain data."""
+
+    folder: Path
+    summary: dict[str, Any]  # release.json; empty when the driver never wrote it
+    phases: list[Phase]
+    plan: str | None  # plan.yaml as run, None when missing
 
 
 def find_release(release_folder: str = "", *, reports: str = "reports",
@@ -33,39 +95,130 @@ def find_release(release_folder: str = "", *, reports: str = "reports",
                if (p / "release.json").exists() else p.stat().st_mtime)
 
 
-def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """A past release as pandas frames: phases, metrics, decisions (one row per judgement),
-    changes and weights (the configured split after each phase)."""
+def read_release(folder: str | Path, *, need_summary: bool = False) -> Release:
+    """The release in `folder`; BadInput saying why it is not one.
+
+    Without release.json (the driver died before writing it) the notebooks are still read,
+    unless `need_summary`: the report has nothing to head its page with then.
+    """
     folder = Path(folder)
     if not folder.is_dir():
-        raise BadInput("release_folder", str(folder), "is not a folder")
-    release_file = folder / "release.json"
-    release = json.loads(release_file.read_text(encoding="utf-8")) if release_file.is_file() \
-        else {}
-    entries = [dict(e) for e in release.get("phases") or [] if isinstance(e, dict)]
+        raise BadInput("release_folder", str(folder),
+                       "is not a release folder: no such directory")
+    path = folder / "release.json"
+    if not path.is_file():
+        if need_summary:
+            raise BadInput("release_folder", str(folder),
+                           "is not a release folder: it has no release.json")
+        summary: Any = {}
+    else:
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BadInput("release.json", str(path), f"is not readable JSON ({exc})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("phases", []), list):
+        raise BadInput("release.json", str(path), "must be an object with a list of phases")
+    plan = folder / "plan.yaml"
+    return Release(
+        folder=folder, summary=summary, phases=_read_phases(folder, summary),
+        plan=plan.read_text(encoding="utf-8", errors="replace") if plan.is_file() else None,
+    )
+
+
+def _read_phases(folder: Path, summary: dict[str, Any]) -> list[Phase]:
+    """Each phase of release.json, plus notebooks it does not list (the driver died first)."""
+    entries = [dict(e) for e in summary.get("phases") or [] if isinstance(e, dict)]
     listed = {e.get("notebook") for e in entries}
     for path in sorted(folder.glob("[0-9][0-9]-*.ipynb")):
         if path.name not in listed:
             number, _, name = path.stem.partition("-")
             entries.append({"index": int(number), "name": name, "notebook": path.name})
-    entries.sort(key=lambda e: e.get("index") or 0)
+    entries.sort(key=lambda e: (e.get("index") is None, e.get("index") or 0))
+    return [_read_phase(folder, entry) for entry in entries]
+
+
+def _read_phase(folder: Path, entry: dict[str, Any]) -> Phase:
+    notebook = entry.get("notebook")
+    if not notebook:
+        return Phase(entry, None, "release.json names no notebook for this phase")
+    path = folder / str(notebook)
+    if not path.is_file():
+        return Phase(entry, None, f"notebook {notebook} is missing")
+    from canarykit.rollout import runbook
+
+    try:
+        result, error = runbook.read_notebook(path)
+    except Exception as exc:  # nbformat raises several kinds on a damaged file
+        return Phase(entry, None, f"notebook {notebook} is unreadable: {exc}")
+    if result is None and error is None:
+        error = "the run recorded no result (it died before its last cell)"
+    if result is not None and result.get("error"):
+        error = str(result["error"])
+    return Phase(entry, result, error)
+
+
+def audit_check(release: Release) -> dict[str, Any]:
+    """The audit chain's verification, against the audit hashes the changes carry."""
+    expected = {
+        change["auditHash"]
+        for phase in release.phases
+        for change in (phase.result or {}).get("changes") or []
+        if isinstance(change, dict) and change.get("auditHash") and not change.get("dryRun")
+    }
+    path = release.folder / "audit.jsonl"
+    check = audit.verify_chain(path, expected_heads=expected)
+    try:
+        records = audit.read_records(path) if path.exists() else []
+    except (OSError, ValueError):
+        records = []
+    return {**check.to_dict(), "expected": len(expected), "entries": records}
+
+
+def moment(value: Any) -> datetime | None:
+    """Unix seconds or an RFC 3339 string as an aware datetime; None if neither."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC) if math.isfinite(value) else None
+    try:
+        return times.parse_timestamp(str(value).strip())
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- frames
+
+
+def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """A past release as pandas frames (see `release_frames`)."""
+    return release_frames(read_release(folder))
+
+
+def release_frames(release: Release) -> dict[str, pd.DataFrame]:
+    """pandas frames: release (one row of release.json), phases, metrics, decisions (one row
+    per judgement), changes and weights (the configured split after each phase)."""
+    from canarykit.analysis.metrics import FRAME_COLUMNS
+
     phases, metric_rows, decisions, changes, weights = [], [], [], [], []
-    for entry in entries:
-        path = folder / str(entry.get("notebook"))
-        result, error = (runbook.read_notebook(path) if path.is_file()
-                         else (None, "notebook missing"))
-        result = result or {}
-        tag = {"phase": entry.get("name"), "notebook": entry.get("notebook")}
-        finished = result.get("finished") or entry.get("finished")
+    for phase in release.phases:
+        result = phase.result or {}
+        tag = {"phase": phase.entry.get("name"), "notebook": phase.entry.get("notebook")}
+        finished = moment(phase.get("finished"))
         decision = result.get("decision") or {}
-        phases.append({**entry, "recorded": bool(result),
-                       "error": result.get("error") or error,
-                       "decision": decision.get("verdict"),
+        phases.append({**phase.entry, "started": moment(phase.get("started")),
+                       "finished": finished, "recorded": phase.result is not None,
+                       "error": phase.error, "decision": decision.get("verdict"),
                        "decision_reason": decision.get("reason"),
                        "weights": result.get("weights"), "notes": result.get("notes") or []})
         for row in result.get("metrics") or []:
-            metric_rows.append({**row, **tag})
+            if not isinstance(row, dict):
+                continue
+            at, value = moment(row.get("timestamp")), row.get("value")
+            if at and isinstance(value, int | float) and math.isfinite(value):
+                metric_rows.append({**row, "timestamp": at, "value": float(value), **tag})
         for judgement in decision.get("judgements") or []:
+            if not isinstance(judgement, dict):
+                continue
             evidence = judgement.get("evidence") or {}
             decisions.append({**tag, "finished": finished, "decision": decision.get("verdict"),
                               "decision_reason": decision.get("reason"),
@@ -78,64 +231,267 @@ def load_release(folder: str | Path) -> dict[str, pd.DataFrame]:
                               "values": judgement.get("values"),
                               "thresholds": judgement.get("thresholds")})
         for change in result.get("changes") or []:
-            changes.append({**tag, "finished": finished,
-                            **{k: change.get(k) for k in ("operation", "target", "changed",
-                                                          "params", "resourceVersion",
-                                                          "auditHash", "diff")}})
+            if isinstance(change, dict):
+                changes.append({**tag, "finished": finished,
+                                **{k: change.get(k) for k in CHANGE_FIELDS}})
         for version, weight in (result.get("weights") or {}).items():
-            weights.append({**tag, "timestamp": finished, "version": version, "weight": weight})
-    metrics_frame = pd.DataFrame(metric_rows, columns=[*m.FRAME_COLUMNS, "phase", "notebook"])
-    metrics_frame["timestamp"] = pd.to_datetime(metrics_frame["timestamp"], unit="s", utc=True)
-    metrics_frame = metrics_frame.drop_duplicates(["timestamp", "version", "metric"], keep="last")
-    weights_frame = pd.DataFrame(
-        weights, columns=["phase", "notebook", "timestamp", "version", "weight"])
-    weights_frame["timestamp"] = pd.to_datetime(weights_frame["timestamp"], utc=True)
+            if finished and isinstance(weight, int | float):
+                weights.append({**tag, "timestamp": finished, "version": str(version),
+                                "weight": float(weight)})
+
+    summary = {k: release.summary.get(k) for k in SUMMARY_FIELDS}
+    summary["started"], summary["finished"] = (moment(summary["started"]),
+                                               moment(summary["finished"]))
+    metrics = _frame(metric_rows, [*FRAME_COLUMNS, "phase", "notebook"], "timestamp")
+    metrics = metrics.drop_duplicates(["timestamp", "version", "metric"], keep="last")
     return {
-        "phases": pd.DataFrame(phases),
-        "metrics": metrics_frame.sort_values(["metric", "version", "timestamp"],
-                                             ignore_index=True),
-        "decisions": pd.DataFrame(decisions, columns=[
-            "phase", "notebook", "finished", "decision", "decision_reason", "judge", "verdict",
-            "reason", "critical", "required", "p_value", "bayes_factor", "values",
-            "thresholds"]),
-        "changes": pd.DataFrame(changes, columns=[
-            "phase", "notebook", "finished", "operation", "target", "changed", "params",
-            "resourceVersion", "auditHash", "diff"]),
-        "weights": weights_frame,
+        "release": _frame([summary], SUMMARY_FIELDS, "started", "finished"),
+        "phases": _frame(phases, [*PHASE_FIELDS, *(k for row in phases for k in row)],
+                         "started", "finished"),
+        "metrics": metrics.sort_values(["metric", "version", "timestamp"], ignore_index=True),
+        "decisions": _frame(decisions, DECISION_FIELDS, "finished"),
+        "changes": _frame(changes, ["phase", "notebook", "finished", *CHANGE_FIELDS],
+                          "finished"),
+        "weights": _frame(weights, ["phase", "notebook", "timestamp", "version", "weight"],
+                          "timestamp"),
     }
 
 
-def release_figures(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Plotly figures of a loaded release: configured weight vs observed share, 5xx rate and
-    latency quantiles per version over time."""
+def _frame(rows: list[dict[str, Any]], columns: Any, *times_in: str) -> pd.DataFrame:
+    """A frame with these columns (also when there are no rows), times as UTC datetimes."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
+    for column in times_in:
+        table[column] = pd.to_datetime(table[column], utc=True)
+    return table
+
+
+# ---------------------------------------------------------------- figures
+
+
+def release_figures(frames: dict[str, pd.DataFrame], *,
+                    evidence: bool = False) -> dict[str, go.Figure]:
+    """Plotly figures of a loaded release, on one time axis: configured weight vs observed
+    traffic share, 5xx rate and latency quantiles per version; with `evidence`, also the
+    sequential error-rate test's p-value at each analysis."""
+    colors = version_colors(frames)
+    figures = {
+        "traffic": traffic_figure(frames, colors),
+        "errors": errors_figure(frames["metrics"], colors),
+        "latency": latency_figure(frames["metrics"], colors),
+    }
+    if evidence:
+        figures["evidence"] = evidence_figure(frames["decisions"])
+    span = _span(frames)
+    for figure in figures.values():  # one time axis for all charts, so they line up
+        if span and figure.layout.xaxis.visible is not False:
+            figure.update_xaxes(range=[_iso(span[0]), _iso(span[1])])
+    return figures
+
+
+def _label(text: Any) -> str:
+    """Plotly reads <b>, <br>, <a href> in labels as markup: show a label as written."""
+    return html.escape(str(text), quote=False)
+
+
+def _iso(at: Any) -> str:
+    """A time as plotly reads it (UTC, no zone: plotly.js ignores zones)."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    table = frames.get("release")
+    return table.iloc[0].to_dict() if table is not None and len(table) else {}
+
+
+def _known(values: Any) -> list[Any]:
+    return [v for v in values if v is not None and v == v]  # NaT != NaT
+
+
+def _span(frames: dict[str, pd.DataFrame]) -> tuple[Any, Any] | None:
+    summary = _summary(frames)
+    known = _known([summary.get("started"), summary.get("finished"),
+                    *frames["metrics"]["timestamp"], *frames["phases"].get("finished", [])])
+    return (min(known), max(known)) if known else None
+
+
+def version_colors(frames: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """A fixed color per version: stable first, then canary, then any other."""
+    summary = _summary(frames)
+    names = [str(summary[k]) for k in ("stable", "canary") if summary.get(k)]
+    names += [*frames["metrics"]["version"].astype(str), *frames["weights"]["version"]]
+    ordered = list(dict.fromkeys(names))
+    return {name: COLORS[i % len(COLORS)] for i, name in enumerate(ordered)}
+
+
+def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "title": {"text": _label(title), "x": 0, "font": {"size": 15}},
+        "template": "plotly_white", "height": 340,
+        "margin": {"l": 60, "r": 20, "t": 45, "b": 40},
+        "legend": {"orientation": "h", "y": -0.18},
+        "xaxis": {"type": "date"}, "yaxis": {"title": {"text": _label(y_title)}},
+        "hovermode": "x unified", **extra,
+    }
+
+
+def _no_data(figure: go.Figure, message: str) -> go.Figure:
+    """Say "no data" on the chart itself instead of leaving it out."""
+    figure.update_layout(
+        xaxis={"visible": False, "type": "linear"}, yaxis={"visible": False},
+        annotations=[{"text": _label(f"no data: {message}"), "showarrow": False,
+                      "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                      "font": {"size": 16, "color": "#777"}}],
+    )
+    return figure
+
+
+def _series(metrics: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
+    """version -> its rows (timestamp, value) of one metric, in time order."""
+    rows = metrics[metrics["metric"] == metric].sort_values("timestamp")
+    return {str(version): part for version, part in rows.groupby("version", sort=False)}
+
+
+def traffic_figure(frames: dict[str, pd.DataFrame], colors: dict[str, str]) -> go.Figure:
+    """Configured weight (a step at each phase's finish) vs observed traffic share, in %."""
     import plotly.graph_objects as go
 
-    metrics_frame, weights = frames["metrics"], frames["weights"]
-    figures = {}
-    share = go.Figure()
-    for version, rows in weights.groupby("version"):
-        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["weight"] / 100, mode="lines",
-                                   line_shape="hv", name=f"{version} configured"))
-    for version, rows in metrics_frame[metrics_frame["metric"] == "traffic-share"].groupby(
-            "version"):
-        share.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], mode="markers",
-                                   name=f"{version} observed"))
-    share.update_layout(title="Configured weight vs observed traffic share",
-                        yaxis_tickformat=".0%")
-    figures["traffic"] = share
-    errors = go.Figure()
-    for version, rows in metrics_frame[metrics_frame["metric"] == "error-rate"].groupby("version"):
-        errors.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"], name=version))
-    errors.update_layout(title="5xx responses per second", yaxis_title="5xx/s")
-    figures["errors"] = errors
-    latency = go.Figure()
-    for (metric, version), rows in metrics_frame[
-            metrics_frame["metric"].str.startswith("latency-")].groupby(["metric", "version"]):
-        latency.add_trace(go.Scatter(x=rows["timestamp"], y=rows["value"],
-                                     name=f"{version} {metric.removeprefix('latency-')}"))
-    latency.update_layout(title="Latency per version", yaxis_title="ms")
-    figures["latency"] = latency
-    return figures
+    figure = go.Figure(layout=_layout(
+        "Configured weight vs observed traffic share", "% of traffic",
+        yaxis={"range": [-2, 102], "title": {"text": "% of traffic"}}))
+    weights, metrics = frames["weights"].sort_values("timestamp"), frames["metrics"]
+    span = _span(frames)
+    for version, rows in weights.groupby("version", sort=False):
+        x, y = list(rows["timestamp"]), list(rows["weight"])
+        if span and span[1] > x[-1]:  # the last weight holds until the release ends
+            x, y = [*x, span[1]], [*y, y[-1]]
+        figure.add_scatter(x=[_iso(t) for t in x], y=y, mode="lines+markers",
+                           line={"shape": "hv", "color": colors.get(version), "width": 3},
+                           name=_label(f"{version} configured weight"))
+    share = _series(metrics, "traffic-share")
+    scale = 100.0 if max((p["value"].max() for p in share.values()), default=0) <= 1 else 1.0
+    for version, rows in share.items():
+        figure.add_scatter(
+            x=[_iso(t) for t in rows["timestamp"]],
+            y=[round(v * scale, 3) for v in rows["value"]], mode="lines",
+            line={"color": colors.get(version), "width": 1.5, "dash": "dot"},
+            name=_label(f"{version} observed share"))
+    if not figure.data:
+        return _no_data(figure, "no phase recorded weights or traffic-share metrics")
+    _mark_decisions(figure, frames["phases"])
+    return figure
+
+
+def _mark_decisions(figure: go.Figure, phases: pd.DataFrame) -> None:
+    """A dotted vertical line with the verdict where each analysis decided."""
+    if "decision" not in phases:
+        return
+    for _, phase in phases.iterrows():
+        at, verdict = phase.get("finished"), phase.get("decision")
+        if not _known([at]) or not isinstance(verdict, str):
+            continue
+        color = VERDICT_COLORS.get(verdict, INCONCLUSIVE_COLOR)
+        figure.add_shape(type="line", x0=_iso(at), x1=_iso(at), y0=0, y1=1, yref="paper",
+                         line={"dash": "dot", "color": color, "width": 1})
+        figure.add_annotation(x=_iso(at), y=1.0, yref="paper", yanchor="bottom",
+                              showarrow=False, font={"size": 11, "color": color},
+                              text=_label(f"{phase.get('name')}: {verdict}"))
+
+
+def five_xx(metrics: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], str]:
+    """5xx per version (rows of timestamp, value) and the unit: percent of requests when
+    success-rate or request-rate was recorded, else 5xx responses per second."""
+    success = _series(metrics, "success-rate")
+    if success:
+        return {v: rows.assign(value=100 * (1 - rows["value"])) for v, rows in success.items()}, \
+            "% of requests"
+    errors, requests = _series(metrics, "error-rate"), _series(metrics, "request-rate")
+    if errors and requests:
+        percent = {}
+        for version, rows in errors.items():
+            total = requests.get(version)
+            if total is None:
+                continue
+            both = rows.merge(total[["timestamp", "value"]], on="timestamp",
+                              suffixes=("", "_requests"))
+            both = both[both["value_requests"] > 0]
+            percent[version] = both.assign(value=100 * both["value"] / both["value_requests"])
+        if any(len(rows) for rows in percent.values()):
+            return percent, "% of requests"
+    return errors, "5xx per second"
+
+
+def errors_figure(metrics: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """The 5xx rate per version over time."""
+    import plotly.graph_objects as go
+
+    values, unit = five_xx(metrics)
+    figure = go.Figure(layout=_layout("5xx rate per version", unit))
+    for version, rows in values.items():
+        figure.add_scatter(x=[_iso(t) for t in rows["timestamp"]],
+                           y=[round(v, 4) for v in rows["value"]], mode="lines",
+                           line={"color": colors.get(version)}, name=_label(version))
+    if not figure.data:
+        _no_data(figure, "no error-rate or success-rate metrics were recorded")
+    return figure
+
+
+def latency_figure(metrics: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
+    """Latency p50 / p90 / p99 per version over time."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(layout=_layout("Latency p50 / p90 / p99 per version", "milliseconds"))
+    for metric, dash in LATENCY_DASH.items():
+        for version, rows in _series(metrics, metric).items():
+            figure.add_scatter(x=[_iso(t) for t in rows["timestamp"]],
+                               y=list(rows["value"]), mode="lines",
+                               line={"color": colors.get(version), "dash": dash},
+                               name=_label(f"{version} {metric.removeprefix('latency-')}"))
+    if not figure.data:
+        _no_data(figure, "no latency metrics were recorded")
+    return figure
+
+
+def evidence_figure(decisions: pd.DataFrame) -> go.Figure:
+    """The sequential error-rate test's anytime-valid p-value at each analysis."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(layout=_layout(
+        "Sequential error-rate evidence (anytime-valid p-value)", "p-value",
+        yaxis={"type": "log", "title": {"text": "p-value (log)"}}, hovermode="closest"))
+    points, alphas = [], set()
+    for _, row in decisions[decisions["judge"] == SEQUENTIAL_JUDGE].iterrows():
+        p_value = row["p_value"]
+        if not _known([row["finished"]]) or not isinstance(p_value, int | float) \
+                or not p_value > 0:
+            continue
+        points.append(row)
+        alpha = (row["thresholds"] if isinstance(row["thresholds"], dict) else {}).get("alpha")
+        if isinstance(alpha, int | float) and alpha > 0:
+            alphas.add(float(alpha))
+    if not points:
+        return _no_data(figure, f"no analysis recorded a {SEQUENTIAL_JUDGE} p-value")
+    figure.add_scatter(
+        x=[_iso(p["finished"]) for p in points], y=[float(p["p_value"]) for p in points],
+        mode="lines+markers+text", text=[_label(p["phase"]) for p in points],
+        textposition="top center", marker={"size": 10, "color": COLORS[0]}, name="p-value",
+        hovertext=[_label(f"{p['phase']}: {p['verdict']} — {p['reason']}") for p in points],
+        hoverinfo="text+y",
+    )
+    for alpha in sorted(alphas):
+        figure.add_hline(y=alpha, line={"dash": "dash", "color": COLORS[4]},
+                         annotation_text=f"alpha = {alpha:g}")
+    return figure
+
+
+# ---------------------------------------------------------------- the notebook
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for the result: canarykit's own errors whole, others' first line."""
+    text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:500]}"
 
 
 def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
@@ -154,6 +510,8 @@ def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
         if verdicts:
             result["notes"].append("decisions: " + ", ".join(verdicts))
     except Exception as exc:
+        from canarykit.rollout import runbook
+
         result["outcome"], result["error"] = "error", _error_text(exc)
         runbook.record(result)
         raise

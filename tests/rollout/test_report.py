@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
+import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from canarykit.rollout import release as releases
 from canarykit.rollout import report, runbook
-from tests.release_fixture import CANARY, HOSTILE, RELEASE, SERVICE, STABLE, write_release
+from tests.release_fixture import (
+    CANARY,
+    HOSTILE,
+    HOSTILE_IMG,
+    RELEASE,
+    SERVICE,
+    STABLE,
+    write_release,
+)
 
 MAX_BYTES = 2_500_000
 SCREENSHOT_COPY = Path(__file__).resolve().parents[2] / "reports/test-output/report-screenshot.png"
@@ -34,6 +46,13 @@ def section(page: str, section_id: str) -> str:
     match = re.search(rf'<section id="{section_id}">(.*?)</section>', page, re.S)
     assert match, f"no section {section_id}"
     return match.group(1)
+
+
+def embedded_figures(page: str) -> dict[str, dict]:
+    """chart name -> the figure JSON the page embeds for it."""
+    found = re.findall(r'<script type="application/json" id="chart-([a-z]+)-json">(.*?)</script>',
+                       page, re.S)
+    return {name: json.loads(text) for name, text in found}
 
 
 def edit_result(notebook: Path, change) -> None:
@@ -98,7 +117,7 @@ def test_judge_table_shows_verdicts_reasons_queries_values_and_thresholds(releas
     assert judges.count('<span class="badge bad">FAIL</span>') == 4  # decision + 3 judges
     assert "canary success rate 80.3% &lt; minimum 99%" in judges
     assert "<code>1 - (sum by (destination_version) (rate(istio_requests_total{reporter=" in judges
-    assert "response_code=~&quot;5..&quot;" in judges
+    assert 'response_code=~"5.."' in html.unescape(judges)
     assert "max_p99_ms: 500" in judges and "canary_p99_ms: 512.4" in judges
     assert "p_value: 4.7e-05" in judges
 
@@ -146,8 +165,8 @@ def test_a_missing_audit_log_is_not_reported_intact(release):
 
 
 def test_configured_weights_step_at_each_phase_finish_and_shares_are_percent(release):
-    charts = dict(report.figures(*_loaded(release)))
-    traces = {trace.name: trace for trace in charts["chart-weights"].data}
+    charts = _figures(release)
+    traces = {trace.name: trace for trace in charts["traffic"].data}
     configured = traces[f"{CANARY} configured weight"]
     assert list(configured.y) == [0, 0, 5, 25, 0, 0]  # last point extends to the end
     assert configured.line.shape == "hv"
@@ -156,18 +175,37 @@ def test_configured_weights_step_at_each_phase_finish_and_shares_are_percent(rel
 
 
 def test_five_xx_is_shown_as_percent_of_requests_from_success_rate(release):
-    charts = dict(report.figures(*_loaded(release)))
-    errors = {trace.name: trace for trace in charts["chart-errors"].data}
-    assert charts["chart-errors"].layout.yaxis.title.text == "% of requests"
+    charts = _figures(release)
+    errors = {trace.name: trace for trace in charts["errors"].data}
+    assert charts["errors"].layout.yaxis.title.text == "% of requests"
     assert max(errors[CANARY].y) > 10 and max(errors[STABLE].y) < 2
 
 
 def test_latency_has_p50_p90_p99_per_version_and_evidence_one_point_per_analysis(release):
-    charts = dict(report.figures(*_loaded(release)))
-    names = {trace.name for trace in charts["chart-latency"].data}
+    charts = _figures(release)
+    names = {trace.name for trace in charts["latency"].data}
     assert names == {f"{v} {p}" for v in (STABLE, CANARY) for p in ("p50", "p90", "p99")}
-    evidence = charts["chart-evidence"].data[0]
+    evidence = charts["evidence"].data[0]
     assert list(evidence.y) == [1.0, 4.7e-05]
+
+
+def test_the_report_embeds_exactly_the_figures_of_the_release_reader(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    embedded = embedded_figures(page)
+    drawn = _figures(release)
+    assert list(embedded) == ["traffic", "errors", "latency", "evidence"] == list(drawn)
+    for name, figure in drawn.items():
+        assert [t["name"] for t in embedded[name]["data"]] == [t.name for t in figure.data]
+        assert embedded[name] == json.loads(figure.to_json()), name
+
+
+def test_the_notebook_gets_the_same_charts_without_the_evidence_one(release):
+    frames = releases.load_release(release)
+    notebook = releases.release_figures(frames)
+    in_report = releases.release_figures(frames, evidence=True)
+    assert list(notebook) == ["traffic", "errors", "latency"]
+    for name, figure in notebook.items():
+        assert figure.to_json() == in_report[name].to_json()
 
 
 def test_missing_metrics_leave_the_charts_in_place_saying_no_data(release):
@@ -179,9 +217,8 @@ def test_missing_metrics_leave_the_charts_in_place_saying_no_data(release):
     assert page.count("no data: ") == 4
 
 
-def _loaded(folder: Path):
-    summary = report.load_release(folder)
-    return summary, report.load_phases(folder, summary)
+def _figures(folder: Path):
+    return releases.release_figures(releases.load_release(folder), evidence=True)
 
 
 # ---------------------------------------------------------------- self-contained, escaped
@@ -204,15 +241,44 @@ def test_plotly_js_is_embedded_exactly_once_and_nothing_is_loaded_from_elsewhere
 
 def test_hostile_strings_never_appear_unescaped(release):
     page = report.build_report(release).read_text(encoding="utf-8")
-    assert HOSTILE not in page
-    assert "alert(1)</script>" not in page
+    assert HOSTILE not in page and HOSTILE_IMG not in page
+    assert "alert(1)</script>" not in page and "<img" not in page
     assert page.count(ESCAPED_HOSTILE) >= 4  # reason, decision, judgement, parameter, notes
 
 
+def test_hostile_markup_in_a_phase_error_and_a_judge_reason_shows_as_text(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    shown = "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;"
+    error_row = re.search(r'<tr class="phase-error">(.*?)</tr>', section(page, "timeline"), re.S)
+    assert error_row and shown in error_row.group(1)
+    assert f"canary success rate 80.3% &lt; minimum 99% {shown}" in section(page, "judges")
+
+
+def test_hostile_markup_in_figure_labels_cannot_close_the_script_element(release):
+    page = report.build_report(release).read_text(encoding="utf-8")
+    evidence = embedded_figures(page)["evidence"]
+    hover = " ".join(evidence["data"][0]["hovertext"])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hover  # plotly shows it as text
+    raw = re.search(r'id="chart-evidence-json">(.*?)</script>', page, re.S).group(1)
+    assert "<" not in raw and ">" not in raw
+
+
+def test_a_notebook_link_never_leaves_the_release_folder(release):
+    summary = json.loads((release / "release.json").read_text())
+    summary["phases"][0]["notebook"] = "javascript:alert(1)"
+    summary["phases"][1]["notebook"] = "../../other/01-preflight.ipynb"
+    (release / "release.json").write_text(json.dumps(summary))
+    timeline = section(report.build_report(release).read_text(encoding="utf-8"), "timeline")
+    assert '<a href="javascript%3Aalert%281%29">' in timeline
+    assert '<a href="..%2F..%2Fother%2F01-preflight.ipynb">' in timeline
+    assert 'href="javascript:' not in timeline and 'href="../' not in timeline
+
+
 def test_json_inside_a_script_element_cannot_close_it():
-    text = report.script_json({"reason": "</script><script>alert(1)</script> & more"})
+    value = {"reason": "</script><script>alert(1)</script> & more"}
+    text = report.environment().from_string("{{ value|tojson }}").render(value=value)
     assert "<" not in text and ">" not in text and "&" not in text
-    assert json.loads(text) == {"reason": "</script><script>alert(1)</script> & more"}
+    assert json.loads(text) == value
 
 
 # ---------------------------------------------------------------- in a browser
@@ -233,6 +299,10 @@ def test_report_opens_offline_in_chromium_with_every_chart_drawn(release, chromi
     assert "ROLLED BACK" in page.text and "FAIL" in page.text
     assert HOSTILE in page.text  # shown as text, not run
     assert page.screenshot.stat().st_size > 50_000
+    # the hostile markup made no element: only the report's own scripts, no image at all
+    assert chromium.evaluate("document.scripts.length") == 2 + expected
+    assert chromium.evaluate("document.images.length") == 0
+    assert HOSTILE_IMG in chromium.evaluate("document.querySelector('#timeline').innerText")
 
 
 def test_a_report_without_data_still_draws_every_chart_in_chromium(tmp_path, chromium):
@@ -255,7 +325,15 @@ def test_a_report_without_data_still_draws_every_chart_in_chromium(tmp_path, chr
 def _run(folder: Path) -> int:
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)
-    return report.run(parser.parse_args([str(folder)]))
+    return report.run(parser.parse_args(["build", str(folder)]))
+
+
+def test_setting_up_the_command_loads_no_heavy_module():
+    code = ("import sys, canarykit.rollout.report; "
+            "print([m for m in ('pandas', 'plotly', 'nbformat', 'jinja2') if m in sys.modules])")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    assert shown.strip() == "[]"
 
 
 def test_report_build_exits_0_and_prints_the_report_path(release, capsys):
