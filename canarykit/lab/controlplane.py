@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import signal
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from kubernetes import client, config, watch
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.lab import envoy_config
+from canarykit.lab import envoy_config, process_main
 from canarykit.lab.envoy_config import Endpoint, Translation
 from canarykit.mesh.istio import ISTIO_GROUP, host_fqdn
 
@@ -396,8 +395,7 @@ def run(args: argparse.Namespace) -> int:
                          service_port=args.service_port, validate=args.validate,
                          history_dir=Path(args.history_dir) if args.history_dir else None,
                          watch_seconds=args.watch_seconds)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: plane.stop())
+    process_main.stop_on_signals(plane.stop)
     plane.log(f"watching namespace {args.namespace}; writing to {args.config_dir}")
     plane.run()
     plane.log("stopped")
@@ -405,7 +403,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m canarykit.lab.controlplane", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(cli)
-    raise SystemExit(run(cli.parse_args()))
+    process_main.main("canarykit.lab.controlplane", __doc__, add_arguments, run)

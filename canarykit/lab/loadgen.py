@@ -17,7 +17,6 @@ import http.client
 import json
 import math
 import random
-import signal
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
+from canarykit.lab import process_main
 from canarykit.lab.workload import SESSION_HEADER, SOURCE_HEADER, VERSION_HEADER
 
 KINDS = ("plain", "header", "cookie", "session")
@@ -622,9 +622,7 @@ def run(args: argparse.Namespace) -> int:
     except BadInput as err:
         sys.stderr.write(f"loadgen: {err}\n")
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = process_main.stop_on_signals()
     server = None
     if args.stats_port is not None:
         try:
@@ -655,7 +653,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m canarykit.lab.loadgen", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(cli)
-    raise SystemExit(run(cli.parse_args()))
+    process_main.main("canarykit.lab.loadgen", __doc__, add_arguments, run)

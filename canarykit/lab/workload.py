@@ -16,7 +16,6 @@ import bisect
 import json
 import math
 import random
-import signal
 import socket
 import sys
 import threading
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
+from canarykit.lab import process_main
 from canarykit.mesh.istio import check_dns_label
 
 # Envoy's default histogram buckets, which Istio's istio_request_duration_milliseconds uses.
@@ -490,9 +490,7 @@ def run(args: argparse.Namespace) -> int:
     except BadInput as err:
         sys.stderr.write(f"workload: {err}\n")
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = process_main.stop_on_signals()
     try:
         server = start_workload(identity, behaviour, port=args.port, host=args.host,
                                 seed=args.seed)
@@ -512,7 +510,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m canarykit.lab.workload", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(cli)
-    raise SystemExit(run(cli.parse_args()))
+    process_main.main("canarykit.lab.workload", __doc__, add_arguments, run)
