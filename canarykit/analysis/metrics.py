@@ -19,6 +19,7 @@ import string
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +31,15 @@ from urllib3.util.retry import Retry
 
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
-from canarykit.mesh.istio import check_dns_label
+from canarykit.core.names import (
+    check_dns_label,
+    is_dns1123_subdomain,
+    is_env_name,
+    is_header_name,
+    is_label_name,
+    is_label_value,
+    is_metric_name,
+)
 
 REQUESTS_METRIC = "istio_requests_total"
 DURATION_BUCKET_METRIC = "istio_request_duration_milliseconds_bucket"
@@ -50,16 +59,24 @@ STANDARD_METRICS = (
     "traffic-share",
 )
 
-OK = "ok"
-EMPTY = "empty"
-UNREACHABLE = "unreachable"
-HTTP_ERROR = "http-error"
 
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_METRIC_NAME = re.compile(r"[a-z0-9]([-a-z0-9_]*[a-z0-9])?")
+class QueryStatus(StrEnum):
+    """How a query went; a string, so it compares and serialises as its value."""
+
+    OK = "ok"
+    EMPTY = "empty"  # Prometheus answered, but has no series
+    UNREACHABLE = "unreachable"
+    HTTP_ERROR = "http-error"
+
+    @property
+    def failed(self) -> bool:
+        """Prometheus could not be reached or refused to answer: the data is unknown."""
+        return self in (QueryStatus.UNREACHABLE, QueryStatus.HTTP_ERROR)
+
+
+# The names callers compare against (`outcome.status in (m.UNREACHABLE, m.HTTP_ERROR)`).
+OK, EMPTY = QueryStatus.OK, QueryStatus.EMPTY
+UNREACHABLE, HTTP_ERROR = QueryStatus.UNREACHABLE, QueryStatus.HTTP_ERROR
 
 
 # ---------------------------------------------------------------- validation and escaping
@@ -92,12 +109,7 @@ def escape_label_value(value: str) -> str:
 
 def check_label_value(field_name: str, value: Any) -> str:
     """A Kubernetes label value such as a DestinationRule subset's `version` label."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or len(value) > 63
-        or not _LABEL_VALUE.fullmatch(value)
-    ):
+    if not is_label_value(value):
         raise BadInput(
             field_name, value,
             "must be a Kubernetes label value: letters, digits, '-', '_' and '.', at most 63 "
@@ -108,7 +120,7 @@ def check_label_value(field_name: str, value: Any) -> str:
 
 def check_label_name(field_name: str, value: Any) -> str:
     """A Prometheus label name, which PromQL uses unquoted."""
-    if not isinstance(value, str) or not _LABEL_NAME.fullmatch(value):
+    if not is_label_name(value):
         raise BadInput(field_name, value,
                        "must be a Prometheus label name like destination_version")
     return value
@@ -179,7 +191,7 @@ class PrometheusSettings:
                 "basic auth needs both basic_auth_user and basic_auth_password_env",
             )
         for name in (self.bearer_token_env, self.basic_auth_password_env):
-            if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            if name is not None and not is_env_name(name):
                 raise BadInput(
                     "prometheus.bearer_token_env" if name == self.bearer_token_env
                     else "prometheus.basic_auth_password_env",
@@ -189,7 +201,7 @@ class PrometheusSettings:
             raise BadInput("prometheus.headers", "<not a mapping>",
                            "must be a mapping of names to values")
         for key, value in self.headers.items():
-            if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+            if not is_header_name(key):
                 raise BadInput("prometheus.headers", key, "is not a valid HTTP header name")
             if key.lower() in ("authorization", "proxy-authorization", "cookie"):
                 raise BadInput(
@@ -319,19 +331,22 @@ class QueryOutcome:
     """What one PromQL query gave: ok, empty, unreachable or http-error, in words."""
 
     query: str
-    status: str
+    status: QueryStatus
     message: str = ""
     result: list[dict[str, Any]] = field(default_factory=list, repr=False)
     http_status: int | None = None
 
+    def __post_init__(self) -> None:
+        self.status = QueryStatus(self.status)  # refuses a status that is not one of these
+
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status is QueryStatus.OK
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
-            "status": self.status,
+            "status": self.status.value,
             "message": self.message,
             "http_status": self.http_status,
         }
@@ -367,7 +382,7 @@ def _error_text(body_repr: str) -> str:
 
 def _http_error(client: Client, query: str, exc: PrometheusApiClientException) -> QueryOutcome:
     text = str(exc)
-    match = re.match(r"HTTP Status Code (\d+) \((.*)\)$", text, re.S)
+    match = re.fullmatch(r"HTTP Status Code (\d+) \((.*)\)", text, re.S)
     status = int(match.group(1)) if match else None
     detail = ""
     if match:
@@ -451,11 +466,7 @@ class MetricsSelector:
         if self.version_label == "le":
             raise BadInput("version_label", self.version_label,
                            "must not be the histogram label le")
-        if (
-            not isinstance(self.fqdn_suffix, str)
-            or len(self.fqdn_suffix) > 253
-            or not _DNS1123_SUBDOMAIN.fullmatch(self.fqdn_suffix)
-        ):
+        if not is_dns1123_subdomain(self.fqdn_suffix):
             raise BadInput("fqdn_suffix", self.fqdn_suffix,
                            "must be a DNS name such as svc.cluster.local")
         check_label_value("stable", self.stable)
@@ -586,41 +597,6 @@ def instant_metric(
     return VersionValues(metric, _by_version(selector, outcome), outcome)
 
 
-def request_rate(client: Client, selector: MetricsSelector, *, window_seconds: float,
-                 at: datetime | float) -> VersionValues:
-    """Requests per second per version."""
-    return instant_metric(client, selector, "request-rate", window_seconds=window_seconds, at=at)
-
-
-def error_rate(client: Client, selector: MetricsSelector, *, window_seconds: float,
-               at: datetime | float) -> VersionValues:
-    """5xx responses per second per version."""
-    return instant_metric(client, selector, "error-rate", window_seconds=window_seconds, at=at)
-
-
-def success_rate(client: Client, selector: MetricsSelector, *, window_seconds: float,
-                 at: datetime | float) -> VersionValues:
-    """Fraction of requests per version that were not 5xx."""
-    return instant_metric(client, selector, "success-rate", window_seconds=window_seconds, at=at)
-
-
-def traffic_share(client: Client, selector: MetricsSelector, *, window_seconds: float,
-                  at: datetime | float) -> VersionValues:
-    """Observed fraction of the service's requests that each version served."""
-    return instant_metric(client, selector, "traffic-share", window_seconds=window_seconds, at=at)
-
-
-def latency_quantiles(
-    client: Client, selector: MetricsSelector, *, window_seconds: float, at: datetime | float,
-    quantiles: Iterable[str] = ("latency-p50", "latency-p90", "latency-p99"),
-) -> dict[str, VersionValues]:
-    """Latency quantiles (ms) per version from the histogram, one query per quantile."""
-    return {
-        name: instant_metric(client, selector, name, window_seconds=window_seconds, at=at)
-        for name in quantiles
-    }
-
-
 # ---------------------------------------------------------------- raw counts
 
 
@@ -639,7 +615,7 @@ class RawCounts:
     def failure(self) -> QueryOutcome | None:
         """The first outcome saying Prometheus could not be reached or refused to answer."""
         for outcome in self.outcomes:
-            if outcome.status in (UNREACHABLE, HTTP_ERROR):
+            if outcome.status.failed:
                 return outcome
         return None
 
@@ -663,7 +639,7 @@ def raw_counts(
 
     requests_outcome = query_at(client, standard_query("requests", selector, window), finish)
     outcomes.append(requests_outcome)
-    if requests_outcome.status in (UNREACHABLE, HTTP_ERROR):
+    if requests_outcome.status.failed:
         return RawCounts({}, outcomes)
     for version, value in _by_version(selector, requests_outcome).items():
         entry(version)["requests"] = value if math.isfinite(value) else 0.0
@@ -755,7 +731,7 @@ class CustomMetric:
     critical: bool = True
 
     def validate(self) -> CustomMetric:
-        if not isinstance(self.name, str) or not _METRIC_NAME.fullmatch(self.name):
+        if not is_metric_name(self.name):
             raise BadInput("custom_metrics.name", self.name,
                            "must be lower-case letters, digits, '-' or '_'")
         field_name = f"custom_metrics.{self.name}"

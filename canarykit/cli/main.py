@@ -146,23 +146,23 @@ def run_status(args: argparse.Namespace) -> int:
 
     report = cluster.status(_connect(args), args.service)
     if args.output == "json":
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return ExitCode.OK
-    print(f"service {report['service']} in {report['namespace']} ({report['server']})")
-    print(f"VirtualService {report['virtualService']}  DestinationRule {report['destinationRule']}")
-    print("subsets: " + ", ".join(f"{s['name']} {s['labels']}" for s in report["subsets"]))
-    for route in report["routes"]:
+    print(f"service {report.service} in {report.namespace} ({report.server})")
+    print(f"VirtualService {report.virtual_service}  DestinationRule {report.destination_rule}")
+    print("subsets: " + ", ".join(f"{s.name} {s.labels}" for s in report.subsets))
+    for route in report.routes:
         split = ", ".join(
-            f"{d['subset'] or '-'}={d['weight'] if d['weight'] is not None else 100}"
-            for d in route["destinations"]
+            f"{d.subset or '-'}={d.weight if d.weight is not None else 100}"
+            for d in route.destinations
         )
-        match = " (match)" if route["match"] else ""
-        print(f"  http[{route['index']}] {route['name'] or '(unnamed)'}{match}: {split}")
-    rollout = report["rollout"]
+        match = " (match)" if route.match else ""
+        print(f"  http[{route.index}] {route.name or '(unnamed)'}{match}: {split}")
+    rollout = report.rollout
     if rollout:
         print(
-            f"rollout {rollout['release']}: {rollout['canary']} over {rollout['stable']}, "
-            f"phase {rollout['phase']}, step {rollout['step']}, since {rollout['started_at']}"
+            f"rollout {rollout.release}: {rollout.canary} over {rollout.stable}, "
+            f"phase {rollout.phase}, step {rollout.step}, since {rollout.started_at}"
         )
     else:
         print("no rollout in progress")

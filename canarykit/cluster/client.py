@@ -32,12 +32,14 @@ from canarykit.cluster.state import (
     with_state,
 )
 from canarykit.core.errors import BadInput, CanaryKitError, ClusterError, ConcurrentChangeError
+from canarykit.core.names import check_dns_label, check_service_host, service_name
 from canarykit.mesh import istio, validate
 from canarykit.mesh.traffic import Change, restore_managed_fields
 
 PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
 MAX_CONFLICT_RETRIES = 5
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+ROUTE_SETTINGS = ("mirror", "mirrorPercentage", "fault", "timeout", "retries")  # shown by status
 
 
 class InvalidChange(CanaryKitError):
@@ -77,6 +79,71 @@ class AppliedChange:
         }
 
 
+@dataclass(frozen=True)
+class DestinationStatus:
+    subset: str
+    weight: int | None  # None: not written (a lone destination then takes all the traffic)
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    index: int
+    name: str
+    match: list[dict[str, Any]]
+    destinations: list[DestinationStatus]
+    settings: dict[str, Any]  # the ROUTE_SETTINGS the route has, as written
+
+
+@dataclass(frozen=True)
+class SubsetStatus:
+    name: str | None
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """`status()`: the service's routes, weights, subsets and the rollout in progress."""
+
+    service: str
+    namespace: str
+    server: str
+    virtual_service: str
+    virtual_service_resource_version: str | None
+    destination_rule: str
+    subsets: list[SubsetStatus]
+    traffic_policy: dict[str, Any] | None
+    routes: list[RouteStatus]
+    rollout: RolloutState | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON `canarykit status --output json` prints (the rollout without its snapshot)."""
+        return {
+            "service": self.service,
+            "namespace": self.namespace,
+            "server": self.server,
+            "virtualService": self.virtual_service,
+            "virtualServiceResourceVersion": self.virtual_service_resource_version,
+            "destinationRule": self.destination_rule,
+            "subsets": [{"name": s.name, "labels": s.labels} for s in self.subsets],
+            "trafficPolicy": self.traffic_policy,
+            "routes": [
+                {
+                    "index": r.index,
+                    "name": r.name,
+                    "match": r.match,
+                    "destinations": [
+                        {"subset": d.subset, "weight": d.weight} for d in r.destinations
+                    ],
+                    **r.settings,
+                }
+                for r in self.routes
+            ],
+            "rollout": None
+            if self.rollout is None
+            else {k: v for k, v in self.rollout.to_dict().items() if k != "snapshot"},
+        }
+
+
 # --- connecting ---------------------------------------------------------------------------
 
 
@@ -110,7 +177,7 @@ def connect(
     except ConfigException as exc:
         raise ClusterError(f"cannot load Kubernetes configuration: {exc}") from exc
     namespace = namespace or context_namespace or "default"
-    istio.check_dns_label("--namespace", namespace)
+    check_dns_label("--namespace", namespace)
     server = api.configuration.host
     version = detect_istio_version(api, server)
     actor = who_am_i(api) or user or "unknown"
@@ -215,7 +282,7 @@ def find_destination_rule(cluster: Cluster, service: str) -> dict[str, Any]:
 
 
 def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
-    istio.check_dns_label("SERVICE", service)
+    check_service_host("SERVICE", service)
     matches = []
     for obj in list_objects(cluster, kind):
         spec = obj.get("spec") or {}
@@ -224,7 +291,7 @@ def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
             matches.append(obj)
     if not matches:
         raise ClusterError(f"no {kind} for host {service!r} in namespace {cluster.namespace}")
-    named = [m for m in matches if m["metadata"]["name"] == service]
+    named = [m for m in matches if m["metadata"]["name"] == service_name(service)]
     if named:
         return named[0]
     if len(matches) > 1:
@@ -410,22 +477,6 @@ def change_virtual_service(
     )
 
 
-def change_destination_rule(
-    cluster: Cluster,
-    service: str,
-    operation: Callable[[dict[str, Any]], Change],
-    *,
-    dry_run: bool = False,
-    audit_log: Path | str | None = None,
-) -> AppliedChange:
-    return apply_change(
-        cluster,
-        operation(find_destination_rule(cluster, service)),
-        dry_run=dry_run,
-        audit_log=audit_log,
-    )
-
-
 def rollback(
     cluster: Cluster, service: str, *, dry_run: bool = False, audit_log: Path | str | None = None
 ) -> list[AppliedChange]:
@@ -449,7 +500,8 @@ def rollback(
         restored_vs, operation="rollback", params=params, after=with_state(restored_vs.after, state)
     )
     applied = [apply_change(cluster, vs_change, dry_run=dry_run, audit_log=audit_log)]
-    dr = get_object(cluster, "DestinationRule", snapshot.get("destinationRuleName") or service)
+    dr_name = snapshot.get("destinationRuleName") or service_name(service)
+    dr = get_object(cluster, "DestinationRule", dr_name)
     dr_change = replace(
         restore_managed_fields(dr, snapshot["destinationRule"]), operation="rollback", params=params
     )
@@ -487,43 +539,35 @@ def set_weight(
     return change_virtual_service(cluster, service, operation, dry_run=dry_run, audit_log=audit_log)
 
 
-def status(cluster: Cluster, service: str) -> dict[str, Any]:
+def status(cluster: Cluster, service: str) -> ServiceStatus:
     """What the service's traffic looks like now: routes, weights, subsets, rollout."""
     vs = find_virtual_service(cluster, service)
     dr = find_destination_rule(cluster, service)
-    state = read_state(vs)
-    routes = []
-    for index, route in enumerate(vs.get("spec", {}).get("http") or []):
-        routes.append(
-            {
-                "index": index,
-                "name": route.get("name", ""),
-                "match": route.get("match", []),
-                "destinations": [
-                    {"subset": d["destination"].get("subset", ""), "weight": d.get("weight")}
-                    for d in istio.route_destinations(route)
-                ],
-                **{
-                    k: route[k]
-                    for k in ("mirror", "mirrorPercentage", "fault", "timeout", "retries")
-                    if k in route
-                },
-            }
+    routes = [
+        RouteStatus(
+            index=index,
+            name=route.get("name", ""),
+            match=route.get("match", []),
+            destinations=[
+                DestinationStatus((d.get("destination") or {}).get("subset", ""), d.get("weight"))
+                for d in istio.route_destinations(route)
+            ],
+            settings={k: route[k] for k in ROUTE_SETTINGS if k in route},
         )
-    return {
-        "service": service,
-        "namespace": cluster.namespace,
-        "server": cluster.server,
-        "virtualService": vs["metadata"]["name"],
-        "virtualServiceResourceVersion": vs["metadata"].get("resourceVersion"),
-        "destinationRule": dr["metadata"]["name"],
-        "subsets": [
-            {"name": s.get("name"), "labels": s.get("labels", {})}
+        for index, route in enumerate(vs.get("spec", {}).get("http") or [])
+    ]
+    return ServiceStatus(
+        service=service,
+        namespace=cluster.namespace,
+        server=cluster.server,
+        virtual_service=vs["metadata"]["name"],
+        virtual_service_resource_version=vs["metadata"].get("resourceVersion"),
+        destination_rule=dr["metadata"]["name"],
+        subsets=[
+            SubsetStatus(s.get("name"), s.get("labels", {}))
             for s in dr.get("spec", {}).get("subsets") or []
         ],
-        "trafficPolicy": dr.get("spec", {}).get("trafficPolicy"),
-        "routes": routes,
-        "rollout": None
-        if state is None
-        else {k: v for k, v in state.to_dict().items() if k != "snapshot"},
-    }
+        traffic_policy=dr.get("spec", {}).get("trafficPolicy"),
+        routes=routes,
+        rollout=read_state(vs),
+    )

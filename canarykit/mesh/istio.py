@@ -1,18 +1,21 @@
-"""Istio VirtualService and DestinationRule objects as plain dicts: load, dump, look up routes.
+"""Istio VirtualService and DestinationRule objects as plain dicts: dump, look up routes.
 
 canarykit writes only the managed fields (`MANAGED_FIELDS`); everything else in an object is
-carried through unchanged, so a load/dump round trip never changes what an object means.
+carried through unchanged.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from canarykit.core.errors import BadInput
+
+# Name checks live in core.names; these stay importable from here for older callers.
+from canarykit.core.names import check_dns_label as check_dns_label
+from canarykit.core.names import host_fqdn
+from canarykit.core.names import is_dns1123_label as is_dns1123_label
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -27,39 +30,6 @@ RETRY_ON_POLICIES = frozenset({
 })
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
 MANAGED_FIELDS = {"VirtualService": ("http",), "DestinationRule": ("trafficPolicy", "subsets")}
-
-_LIST_KINDS = {"List", "VirtualServiceList", "DestinationRuleList"}
-_CLUSTER_SUFFIX = ".svc.cluster.local"
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe YAML loading that keeps timestamps as strings (they must stay JSON-serialisable,
-    as Kubernetes sends them) and refuses duplicate keys (the last one silently wins otherwise).
-    """
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                    continue
-                key = (key_node.tag, key_node.value)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"found duplicate key {key_node.value!r}", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP_TAG]
-    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
-}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -82,77 +52,16 @@ def copy_object(obj: Any) -> Any:
     return obj
 
 
-def load_documents(text: str, source: str = "<input>") -> list[dict]:
-    """Parse multi-document YAML into plain dicts, checking Istio kinds' apiVersion.
-
-    Empty documents are skipped; `kind: List` documents are expanded into their items. Objects
-    of other kinds (Service, Deployment, ...) are returned unchanged.
-    """
-    objs: list[dict] = []
-    number = 0
-    try:
-        for number, doc in enumerate(yaml.load_all(text, Loader=_Loader), start=1):
-            if doc is None:
-                continue
-            where = f"{source} document {number}"
-            if isinstance(doc, dict) and doc.get("kind") in _LIST_KINDS and "items" in doc:
-                items = doc["items"]
-                if not isinstance(items, list):
-                    raise BadInput(f"{where} items", _short(items), "must be a list of objects")
-                for index, item in enumerate(items):
-                    objs.append(_checked(copy_object(item), f"{where} items[{index}]"))
-            else:
-                objs.append(_checked(copy_object(doc), where))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        place = f"line {mark.line + 1}, column {mark.column + 1}" if mark else f"document {number}"
-        problem = getattr(err, "problem", None) or str(err)
-        raise BadInput(source, place, f"is not valid YAML: {problem}") from None
-    return objs
-
-
-def _checked(doc: Any, where: str) -> dict:
-    if not isinstance(doc, dict):
-        raise BadInput(where, _short(doc), "must be a mapping (a Kubernetes object)")
-    kind = doc.get("kind")
-    if not isinstance(kind, str) or not kind:
-        raise BadInput(f"{where} kind", kind, "must name the object's kind")
-    if kind in KINDS:
-        api_version = doc.get("apiVersion")
-        if api_version not in API_VERSIONS:
-            raise BadInput(f"{where} apiVersion", api_version,
-                           f"{kind} must have apiVersion one of {', '.join(API_VERSIONS)}")
-        for key in ("metadata", "spec"):
-            if key in doc and not isinstance(doc[key], dict):
-                raise BadInput(f"{where} {key}", _short(doc[key]), "must be a mapping")
-    return doc
-
-
 def _short(value: Any, limit: int = 80) -> Any:
     """A value small enough to quote in an error message."""
     text = repr(value)
     return value if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_file(path: str | Path) -> list[dict]:
-    """`load_documents` of a file, naming the file in errors."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise BadInput("file", str(path), f"cannot be read: {err.strerror}") from None
-    return load_documents(text, source=str(path))
-
-
 def dump_object(obj: dict) -> str:
     """Block-style YAML with keys in their original order."""
     return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=4096)
-
-
-def dump_documents(objs: list[dict]) -> str:
-    """Multi-document YAML, `---` between documents."""
-    return "---\n".join(dump_object(obj) for obj in objs)
 
 
 def namespace_of(obj: dict) -> str:
@@ -200,35 +109,6 @@ def with_managed_fields(obj: dict, fields: dict) -> dict:
         else:
             spec.pop(name, None)
     return result
-
-
-def host_fqdn(host: str, namespace: str) -> str:
-    """The fully qualified name Istio resolves `host` to from `namespace`.
-
-    `reviews`, `reviews.default` and `reviews.default.svc` all mean
-    `reviews.default.svc.cluster.local` when written in namespace `default`.
-    """
-    name = host.strip().lower().rstrip(".")
-    if name.startswith("*") or name.endswith(_CLUSTER_SUFFIX):
-        return name
-    if name.endswith(".svc"):
-        return name + ".cluster.local"
-    parts = name.split(".")
-    if len(parts) == 1:
-        return f"{name}.{namespace}{_CLUSTER_SUFFIX}"
-    if len(parts) == 2:
-        return name + _CLUSTER_SUFFIX
-    return name
-
-
-def short_host(host: str, namespace: str) -> str:
-    """The shortest name of `host` as seen from `namespace` (`reviews`, `ratings.other`)."""
-    fqdn = host_fqdn(host, namespace)
-    if fqdn.endswith(f".{namespace}{_CLUSTER_SUFFIX}"):
-        return fqdn[: -len(f".{namespace}{_CLUSTER_SUFFIX}")]
-    if fqdn.endswith(_CLUSTER_SUFFIX):
-        return fqdn[: -len(_CLUSTER_SUFFIX)]
-    return fqdn
 
 
 def same_host(a: str, b: str, namespace: str) -> bool:
@@ -329,22 +209,3 @@ def destination_rule_subsets(dr: dict) -> list[str]:
     subsets = (dr.get("spec") or {}).get("subsets") or []
     return [s.get("name") for s in subsets if isinstance(s, dict)]
 
-
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
-def is_dns1123_label(text: Any) -> bool:
-    """Whether `text` is a DNS-1123 label (what Istio requires of subset names)."""
-    return isinstance(text, str) and len(text) <= 63 and DNS1123_LABEL.fullmatch(text) is not None
-
-
-def check_dns_label(field_name: str, value: Any) -> str:
-    """Refuse a service, namespace or subset name that is not a DNS-1123 label."""
-    if not is_dns1123_label(value):
-        raise BadInput(
-            field_name,
-            value,
-            "must be a DNS-1123 label: lower-case letters, digits and '-', at most 63 "
-            "characters, starting and ending with a letter or digit",
-        )
-    return value

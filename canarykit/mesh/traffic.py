@@ -18,16 +18,21 @@ import re2
 
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
+from canarykit.core.names import (
+    host_fqdn,
+    is_cookie_name,
+    is_dns1123_label,
+    is_header_name,
+    is_label_value,
+    is_query_parameter_name,
+    is_route_name,
+)
 from canarykit.mesh import istio
 
 HEADER_MATCH_KINDS = ("exact", "prefix", "regex")
 _MIRROR_KEYS = ("mirror", "mirrorPercentage", "mirrorPercent", "mirror_percent")
-_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
-_COOKIE_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$")
-_ROUTE_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-_QUERY_NAME = re.compile(r"^[^\s&=#?]+$")
+_COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_COOKIE_PATH = re.compile(r"/[^;\s\x00-\x1f]*")
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 # parameter -> (CRD field, largest value; None for a duration)
@@ -150,19 +155,19 @@ def _http_status(field: str, value: Any) -> int:
 
 
 def _header_name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+    if not is_header_name(value) or value != value.lower():
         raise BadInput(field, value, "must be a lowercase HTTP header name such as x-canary")
     return value
 
 
 def _subset_name(field: str, value: Any) -> str:
-    if not istio.is_dns1123_label(value):
+    if not is_dns1123_label(value):
         raise BadInput(field, value, "must be a subset name (a DNS-1123 label such as v2)")
     return value
 
 
 def _route_name(field: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) > 253 or not _ROUTE_NAME.match(value):
+    if not is_route_name(value):
         raise BadInput(field, value, "must be a route name of letters, digits, '-', '_' or '.'")
     return value
 
@@ -213,7 +218,7 @@ def _check_dr_host(dr: dict | None, vs: dict, host: str, label: str) -> None:
     if dr is None:
         return
     dr_host = (dr.get("spec") or {}).get("host") or ""
-    if istio.host_fqdn(dr_host, istio.namespace_of(dr)) != istio.host_fqdn(
+    if host_fqdn(dr_host, istio.namespace_of(dr)) != host_fqdn(
             host, istio.namespace_of(vs)):
         raise BadInput("dr", istio.object_ref(dr),
                        f"is for host {dr_host!r} but route {label} sends to {host!r}")
@@ -324,9 +329,9 @@ def _with_dr(params: dict, dr: dict | None) -> dict:
 
 def cookie_regex(name: str, value: str | None = None) -> str:
     """An RE2 pattern for the whole `cookie` header that holds cookie `name` (with `value`)."""
-    if not isinstance(name, str) or not _COOKIE_NAME.match(name):
+    if not is_cookie_name(name):
         raise BadInput("cookie", name, "must be a cookie name (letters, digits, - _ . etc.)")
-    if value is not None and (not isinstance(value, str) or not _COOKIE_VALUE.match(value)):
+    if value is not None and (not isinstance(value, str) or not _COOKIE_VALUE.fullmatch(value)):
         raise BadInput("value", value, "must be a cookie value without spaces, quotes, ; or ,")
     wanted = "[^;]*" if value is None else re2.escape(value)
     return rf"^(.*;\s*)?{re2.escape(name)}={wanted}(;.*)?$"
@@ -568,19 +573,18 @@ def set_session_affinity(dr: dict, *, header: str | None = None, cookie: str | N
     if header is not None:
         key, setting = "httpHeaderName", _header_name("header", header)
     elif cookie is not None:
-        if not isinstance(cookie, str) or not _COOKIE_NAME.match(cookie):
+        if not is_cookie_name(cookie):
             raise BadInput("cookie", cookie, "must be a cookie name (letters, digits, - _ . etc.)")
         setting = {"name": cookie}
         if cookie_ttl is not None:
             setting["ttl"] = _duration("cookie_ttl", cookie_ttl, minimum=0)
         if cookie_path is not None:
-            if not isinstance(cookie_path, str) or not re.match(r"^/[^;\s\x00-\x1f]*$",
-                                                                cookie_path):
+            if not isinstance(cookie_path, str) or not _COOKIE_PATH.fullmatch(cookie_path):
                 raise BadInput("cookie_path", cookie_path, "must be a URL path starting with /")
             setting["path"] = cookie_path
         key = "httpCookie"
     elif query_parameter is not None:
-        if not isinstance(query_parameter, str) or not _QUERY_NAME.match(query_parameter):
+        if not is_query_parameter_name(query_parameter):
             raise BadInput("query_parameter", query_parameter, "must be a query parameter name")
         key, setting = "httpQueryParameterName", query_parameter
     else:
@@ -688,7 +692,7 @@ def ensure_subset(dr: dict, name: str, version_label: str | None = None) -> Chan
     """
     _subset_name("name", name)
     label = name if version_label is None else version_label
-    if not isinstance(label, str) or len(label) > 63 or not _LABEL_VALUE.match(label) or not label:
+    if not is_label_value(label):
         raise BadInput("version_label", version_label, "must be a Kubernetes label value")
     istio.destination_rule_subsets(dr)
     after = istio.copy_object(dr)

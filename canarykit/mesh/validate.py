@@ -21,14 +21,8 @@ import yaml
 
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, CanaryKitError
-from canarykit.mesh.istio import (
-    API_VERSIONS,
-    HASH_KEYS,
-    KINDS,
-    RETRY_ON_POLICIES,
-    host_fqdn,
-    is_dns1123_label,
-)
+from canarykit.core.names import host_fqdn, is_dns1123_label
+from canarykit.mesh.istio import API_VERSIONS, HASH_KEYS, KINDS, RETRY_ON_POLICIES
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 SCHEMA_ERROR = "IST0106"  # SchemaValidationError

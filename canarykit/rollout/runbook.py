@@ -8,7 +8,6 @@ read back from the .ipynb with nbformat alone, with no recording library.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,34 +15,32 @@ from typing import Any
 import nbformat
 
 from canarykit.core.errors import BadInput
+from canarykit.core.names import looks_like_credential, names_a_credential
 
 RESULT_MIME = "application/vnd.canarykit.result+json"
 
-# Parameter names and values that look like credentials are refused, never recorded.
-_SECRET_NAME = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential|bearer)", re.I)
-_SECRET_VALUE = re.compile(
-    r"(^Bearer\s|^Basic\s|-----BEGIN|^eyJ[A-Za-z0-9_-]{10,}\.|"
-    r"^(ghp|gho|glpat|xox[abp]|sk|AKIA)[-_A-Za-z0-9]{8,}|client-key-data|token:|://[^/@\s:]+:[^/@\s]+@)"
-)
-_ALLOWED_SECRET_NAMES = re.compile(r".*_(env|file)$")  # names of a variable or a file holding one
-
 
 def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Refuse parameters that look like credentials: they would be saved in the notebook."""
+    """Refuse parameters that look like credentials: they would be saved in the notebook.
+
+    The error names the parameter and never repeats the value.
+    """
     for name, value in parameters.items():
-        if _SECRET_NAME.search(name) and not _ALLOWED_SECRET_NAMES.match(name) and value:
+        if names_a_credential(name) and value:
             raise BadInput(
                 name,
                 "<hidden>",
                 "looks like a credential; pass the name of an environment variable or file "
                 f"instead (e.g. {name}_env)",
             )
-        if isinstance(value, str) and _SECRET_VALUE.search(value.strip()):
+        if isinstance(value, str) and looks_like_credential(value):
             raise BadInput(
                 name, "<hidden>", "looks like a credential and would be saved in the notebook"
             )
         if isinstance(value, dict):
             check_parameters({f"{name}.{k}": v for k, v in value.items()})
+        if isinstance(value, list | tuple):
+            check_parameters({f"{name}[{i}]": v for i, v in enumerate(value)})
     return parameters
 
 

@@ -262,6 +262,15 @@ def test_a_server_slower_than_the_timeout_is_unreachable(fake_prometheus):
     assert "did not answer within 0.3s" in outcome.message
 
 
+def test_only_unreachable_and_http_errors_are_failures_to_ask():
+    assert [status.value for status in m.QueryStatus if status.failed] == [
+        "unreachable", "http-error"]
+    assert m.QueryOutcome("up", "empty").status is m.QueryStatus.EMPTY
+    assert json.dumps(m.QueryOutcome("up", m.UNREACHABLE).to_dict()["status"]) == '"unreachable"'
+    with pytest.raises(ValueError):
+        m.QueryOutcome("up", "timeout")
+
+
 def test_nobody_listening_is_unreachable_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}"
     outcome = m.query_at(client_for(url, retries=0), "up", END)
@@ -316,10 +325,10 @@ def test_selecting_by_fqdn_finds_the_same_series(prometheus_url):
 
 def test_the_reporter_is_part_of_the_selection(prometheus_url):
     client = client_for(prometheus_url)
-    destination = m.request_rate(client, m.MetricsSelector("sourced", "shop"),
-                                 window_seconds=WINDOW, at=END)
-    source = m.request_rate(client, m.MetricsSelector("sourced", "shop", reporter="source"),
-                            window_seconds=WINDOW, at=END)
+    destination = m.instant_metric(client, m.MetricsSelector("sourced", "shop"), "request-rate",
+                                   window_seconds=WINDOW, at=END)
+    source = m.instant_metric(client, m.MetricsSelector("sourced", "shop", reporter="source"),
+                              "request-rate", window_seconds=WINDOW, at=END)
     assert destination.outcome.status == m.EMPTY
     assert "has no series" in destination.outcome.message
     assert source.outcome.ok
@@ -329,14 +338,14 @@ def test_the_reporter_is_part_of_the_selection(prometheus_url):
 def test_instant_metrics_tell_the_versions_apart(prometheus_url):
     client = client_for(prometheus_url)
     slow = m.MetricsSelector("slow", "shop")
-    p99 = m.latency_quantiles(client, slow, window_seconds=WINDOW, at=END)["latency-p99"]
+    p99 = m.instant_metric(client, slow, "latency-p99", window_seconds=WINDOW, at=END)
     assert p99.get("v2") > 2 * p99.get("v1")
     errors = m.MetricsSelector("errors", "shop")
-    success = m.success_rate(client, errors, window_seconds=WINDOW, at=END)
+    success = m.instant_metric(client, errors, "success-rate", window_seconds=WINDOW, at=END)
     assert success.get("v1") > 0.99 and 0.88 < success.get("v2") < 0.96
-    five_xx = m.error_rate(client, errors, window_seconds=WINDOW, at=END)
+    five_xx = m.instant_metric(client, errors, "error-rate", window_seconds=WINDOW, at=END)
     assert five_xx.get("v2") > 3 * five_xx.get("v1")
-    share = m.traffic_share(client, errors, window_seconds=WINDOW, at=END)
+    share = m.instant_metric(client, errors, "traffic-share", window_seconds=WINDOW, at=END)
     assert abs(share.get("v2") - 0.25) < 0.03
     assert abs(share.get("v1") + share.get("v2") - 1) < 1e-9
 
@@ -344,8 +353,9 @@ def test_instant_metrics_tell_the_versions_apart(prometheus_url):
 def test_a_version_without_5xx_has_error_rate_zero_not_missing(prometheus_url):
     client = client_for(prometheus_url)
     better = m.MetricsSelector("better", "shop")
-    assert m.error_rate(client, better, window_seconds=WINDOW, at=END).get("v2") == 0
-    assert m.success_rate(client, better, window_seconds=WINDOW, at=END).get("v2") == 1
+    errors = m.instant_metric(client, better, "error-rate", window_seconds=WINDOW, at=END)
+    success = m.instant_metric(client, better, "success-rate", window_seconds=WINDOW, at=END)
+    assert errors.get("v2") == 0 and success.get("v2") == 1
 
 
 def test_range_frame_is_tidy_with_one_row_per_timestamp_version_and_metric(prometheus_url):

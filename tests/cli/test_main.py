@@ -22,7 +22,7 @@ def kubeconfig(apiserver, tmp_path, monkeypatch):
 
 def _weights(kubeconfig):
     report = cluster.status(cluster.connect(kubeconfig), "reviews")
-    return {d["subset"]: d["weight"] for d in report["routes"][1]["destinations"]}
+    return {d.subset: d.weight for d in report.routes[1].destinations}
 
 
 def test_weight_status_and_rollback(kubeconfig, tmp_path, capsys):

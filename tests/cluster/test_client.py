@@ -226,16 +226,12 @@ def test_rollback_restores_the_exact_pre_rollout_managed_fields(lab):
     cluster.change_virtual_service(
         kube, "reviews", lambda vs: traffic.set_mirror(vs, percentage=20), audit_log=log
     )
-    cluster.change_destination_rule(
-        kube,
-        "reviews",
-        lambda dr: traffic.set_session_affinity(dr, header="session-id"),
-        audit_log=log,
-    )
-    cluster.change_destination_rule(
-        kube, "reviews", lambda dr: traffic.ensure_subset(dr, "v3"), audit_log=log
-    )
+    dr = cluster.find_destination_rule(kube, "reviews")
+    cluster.apply_change(kube, traffic.set_session_affinity(dr, header="session-id"), audit_log=log)
+    dr = cluster.find_destination_rule(kube, "reviews")
+    cluster.apply_change(kube, traffic.ensure_subset(dr, "v3"), audit_log=log)
     assert istio.managed_fields(_read(kube)) != istio.managed_fields(original_vs)
+    assert istio.managed_fields(_read(kube, "DestinationRule")) != istio.managed_fields(original_dr)
 
     cluster.rollback(kube, "reviews", audit_log=log)
 
@@ -253,9 +249,8 @@ def test_a_rollback_killed_half_way_is_finished_by_the_next_one(lab):
     kube, log = lab
     original_dr = _read(kube, "DestinationRule")
     cluster.set_weight(kube, "reviews", 30, audit_log=log)
-    cluster.change_destination_rule(
-        kube, "reviews", lambda dr: traffic.ensure_subset(dr, "v3"), audit_log=log
-    )
+    dr = cluster.find_destination_rule(kube, "reviews")
+    cluster.apply_change(kube, traffic.ensure_subset(dr, "v3"), audit_log=log)
     state = read_state(_read(kube))
     # As if killed after the VirtualService was restored: state kept, DR not yet restored.
     vs = _read(kube)
@@ -287,13 +282,64 @@ def test_status_shows_routes_weights_subsets_and_the_rollout(lab):
     kube, log = lab
     cluster.set_weight(kube, "reviews", 5, audit_log=log)
     report = cluster.status(kube, "reviews")
-    assert [r["name"] for r in report["routes"]] == ["jason", "primary"]
-    assert report["routes"][1]["destinations"] == [
-        {"subset": "v1", "weight": 95},
-        {"subset": "v2", "weight": 5},
+    assert [r.name for r in report.routes] == ["jason", "primary"]
+    assert report.routes[1].destinations == [
+        cluster.DestinationStatus("v1", 95),
+        cluster.DestinationStatus("v2", 5),
     ]
-    assert [s["name"] for s in report["subsets"]] == ["v1", "v2"]
-    assert report["rollout"]["canary"] == "v2" and "snapshot" not in report["rollout"]
+    assert report.routes[0].destinations == [cluster.DestinationStatus("v1", None)]
+    assert [s.name for s in report.subsets] == ["v1", "v2"]
+    assert (report.rollout.stable, report.rollout.canary) == ("v1", "v2")
+
+
+def test_status_as_json_has_the_keys_and_values_scripts_read(lab):
+    kube, log = lab
+    change = cluster.set_weight(kube, "reviews", 5, audit_log=log)
+    report = cluster.status(kube, "reviews")
+    rollout = report.rollout.to_dict()
+    del rollout["snapshot"]
+    assert report.to_dict() == {
+        "service": "reviews",
+        "namespace": "default",
+        "server": kube.server,
+        "virtualService": "reviews",
+        "virtualServiceResourceVersion": change.result["metadata"]["resourceVersion"],
+        "destinationRule": "reviews",
+        "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ],
+        "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
+        "routes": [
+            {"index": 0, "name": "jason", "match": [{"headers": {"end-user": {"exact": "jason"}}}],
+             "destinations": [{"subset": "v1", "weight": None}]},
+            {"index": 1, "name": "primary", "match": [],
+             "destinations": [{"subset": "v1", "weight": 95}, {"subset": "v2", "weight": 5}]},
+        ],
+        "rollout": rollout,
+    }
+    assert list(report.to_dict()["rollout"]) == ["stable", "canary", "release", "started_at",
+                                                 "step", "phase", "history"]
+
+
+def test_status_shows_the_route_settings_it_finds(lab):
+    kube, log = lab
+    vs = cluster.find_virtual_service(kube, "reviews")
+    cluster.apply_change(kube, traffic.set_mirror(vs, percentage=20), audit_log=log)
+    route = cluster.status(kube, "reviews").to_dict()["routes"][1]
+    assert list(route) == ["index", "name", "match", "destinations", "mirror", "mirrorPercentage"]
+    assert route["mirror"] == {"host": "reviews", "subset": "v2"}
+
+
+@pytest.mark.parametrize("host", ["reviews.default.svc.cluster.local", "reviews.default"])
+def test_a_service_given_as_a_kubectl_style_host_is_found(lab, host):
+    kube, log = lab
+    assert cluster.find_virtual_service(kube, host)["metadata"]["name"] == "reviews"
+    assert cluster.status(kube, host).destination_rule == "reviews"
+    cluster.set_weight(kube, host, 10, audit_log=log)
+    assert cluster.status(kube, "reviews").routes[1].destinations[1].weight == 10
+    cluster.rollback(kube, host, audit_log=log)
+    assert cluster.status(kube, "reviews").rollout is None
 
 
 def test_a_service_name_that_is_not_a_dns_label_is_refused(lab):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import re2
+import yaml
 
 from canarykit.core.errors import BadInput
 from canarykit.mesh import istio, traffic
@@ -109,8 +110,7 @@ spec:
 
 
 def load(text: str) -> dict:
-    (obj,) = istio.load_documents(text)
-    return obj
+    return yaml.safe_load(text)
 
 
 @pytest.fixture
@@ -418,6 +418,31 @@ def test_match_route_cannot_take_the_name_of_the_split_route(vs):
 def test_bad_route_name_is_refused(vs):
     err = refused(traffic.add_match_route, vs, name="has space", header="x-c", value="1")
     assert (err.field, err.value) == ("name", "has space")
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"name": "canary-internal\n", "header": "x-c", "value": "1"}, "name"),
+    ({"name": "testers", "header": "x-canary\n", "value": "1"}, "header"),
+])
+def test_a_name_with_a_trailing_newline_is_refused(vs, kwargs, field):
+    # `re.match` with `^...$` let these through: `$` matches before a final newline.
+    assert refused(traffic.add_match_route, vs, **kwargs).field == field
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"cookie": "session\n"}, "cookie"),
+    ({"cookie": "session", "cookie_path": "/app\n"}, "cookie_path"),
+    ({"query_parameter": "user\n"}, "query_parameter"),
+    ({"header": "x-user\n"}, "header"),
+])
+def test_session_affinity_names_with_a_trailing_newline_are_refused(dr, kwargs, field):
+    assert refused(traffic.set_session_affinity, dr, **kwargs).field == field
+
+
+def test_subset_labels_and_cookie_parts_with_a_trailing_newline_are_refused(dr):
+    assert refused(traffic.ensure_subset, dr, "v4", "v4\n").field == "version_label"
+    assert refused(traffic.cookie_regex, "beta\n").field == "cookie"
+    assert refused(traffic.cookie_regex, "beta", "on\n").field == "value"
 
 
 def test_bad_cookie_name_for_the_regex_helper_is_refused():
