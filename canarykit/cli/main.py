@@ -52,17 +52,27 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("canarykit.rollout.driver",
                 "run a rollout plan: run, step, status, abort, promote"),
     "report": ("canarykit.rollout.report", "release reports: build"),
-    "demo": ("canarykit.lab.demo", "the main job: a rollout rehearsal against the local lab"),
-    "lab": ("canarykit.lab.cli", "the local lab: up, down, status, apiserver"),
 }
+# Optional parts (the lab) offer commands the same way through this entry-point group, so the
+# product never imports them.
+COMMANDS_ENTRY_POINT = "canarykit.commands"
 CLUSTER_COMMANDS: dict[str, str] = {
     "status": "show routes, weights, subsets and the rollout",
     "weight": "set the canary's share of traffic",
     "rollback": "restore the traffic as it was before the rollout",
 }
-ORDER = ("validate", "analyze", "status", "weight", "rollback", "audit", "demo", "rollout",
-         "report", "lab")
+ORDER = ("validate", "analyze", "status", "weight", "rollback", "audit", "rollout", "report")
 ALL = "*"
+
+
+def plugin_commands() -> dict[str, tuple[str, str]]:
+    """Commands of installed optional parts: name -> (module, help)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, tuple[str, str]] = {}
+    for entry in entry_points(group=COMMANDS_ENTRY_POINT):
+        found.update(entry.load())
+    return found
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -103,15 +113,16 @@ def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"canarykit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in ORDER:
-        if name in MODULE_COMMANDS:
-            module, text = MODULE_COMMANDS[name]
+    modules = {**MODULE_COMMANDS, **plugin_commands()}
+    for name in (*ORDER, *sorted(set(modules) - set(ORDER))):
+        if name in modules:
+            module, text = modules[name]
         else:
             text = CLUSTER_COMMANDS.get(name, "audit log tools")
         sub = commands.add_parser(name, help=text, description=text)
         if command not in (ALL, name):
             continue
-        if name in MODULE_COMMANDS:
+        if name in modules:
             importlib.import_module(module).add_arguments(sub)
             sub.set_defaults(module=module)
         elif name == "audit":
