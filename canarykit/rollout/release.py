@@ -3,7 +3,7 @@ the post-rollout notebook, so both show the same phases, numbers and figures.
 
 `read_release` reads what a release left behind (release.json, the executed notebooks' results,
 plan.yaml); `release_frames` turns that into pandas frames, `release_figures` draws them.
-pandas, plotly and nbformat (via runbook) are imported only by the functions that need them:
+pandas and plotly are imported only by the functions that need them:
 `canarykit report` imports this module to set up its arguments and should start quickly.
 """
 
@@ -21,6 +21,7 @@ from canarykit.cluster import audit
 from canarykit.core import times
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio
+from canarykit.rollout import runbook
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -144,12 +145,10 @@ def _read_phase(folder: Path, entry: dict[str, Any]) -> Phase:
     path = folder / str(notebook)
     if not path.is_file():
         return Phase(entry, None, f"notebook {notebook} is missing")
-    from canarykit.rollout import runbook
-
     try:
         result, error = runbook.read_notebook(path)
-    except Exception as exc:  # nbformat raises several kinds on a damaged file
-        return Phase(entry, None, f"notebook {notebook} is unreadable: {exc}")
+    except BadInput as exc:
+        return Phase(entry, None, f"notebook {notebook} is unreadable: {exc.problem}")
     if result is None and error is None:
         error = "the run recorded no result (it died before its last cell)"
     if result is not None and result.get("error"):

@@ -2,20 +2,20 @@
 
 A runbook ends with `record(result)`: the result dict is displayed as an output with its
 own MIME type, so it is saved inside the executed notebook (the audit record) and can be
-read back from the .ipynb with nbformat alone, with no recording library.
+read back from the .ipynb as plain JSON, with no recording library.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import nbformat
 
 from canarykit.core.errors import BadInput
 from canarykit.core.names import looks_like_credential, names_a_credential
+from canarykit.core.times import timestamp
 
 RESULT_MIME = "application/vnd.canarykit.result+json"
 
@@ -44,15 +44,11 @@ def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def new_result(runbook: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """The skeleton every runbook fills in; `outcome` stays "error" until the end is reached."""
     return {
         "runbook": runbook,
-        "started": now(),
+        "started": timestamp(),
         "finished": None,
         "parameters": check_parameters(dict(parameters)),
         "outcome": "error",
@@ -69,7 +65,7 @@ def record(result: dict[str, Any]) -> dict[str, Any]:
     """Display `result` in the notebook under RESULT_MIME (call once, in the last cell)."""
     from IPython.display import display
 
-    result = {**result, "finished": result.get("finished") or now()}
+    result = {**result, "finished": result.get("finished") or timestamp()}
     text = json.dumps(result, default=str)
     summary = f"{result['runbook']}: {result['outcome']}"
     if result.get("decision"):
@@ -82,17 +78,21 @@ def read_notebook(notebook: Path | str) -> tuple[dict[str, Any] | None, str | No
     """(the last result recorded, the error a failed run left) of an executed notebook.
 
     The result is None if the run never got that far; papermill keeps the traceback of a
-    failed run in the notebook, and the error is its first one.
+    failed run in the notebook, and the error is its first one. Read as JSON: nbformat's
+    schema validation would cost seconds of imports and adds nothing to reading outputs.
     """
-    nb = nbformat.read(str(notebook), as_version=4)
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells") or []
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BadInput("notebook", str(notebook), f"is not a readable notebook ({exc})") from None
     found, error = None, None
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if RESULT_MIME in output.get("data", {}):
+    for cell in cells:
+        for output in cell.get("outputs") or [] if cell.get("cell_type") == "code" else []:
+            if RESULT_MIME in (output.get("data") or {}):
                 found = output["data"][RESULT_MIME]
             if error is None and output.get("output_type") == "error":
                 error = f"{output.get('ename')}: {output.get('evalue')}"
-    return (dict(found) if found is not None else None), error
+    return (dict(found) if isinstance(found, dict) else None), error
 
 
 def read_result(notebook: Path | str) -> dict[str, Any] | None:
@@ -103,3 +103,18 @@ def read_result(notebook: Path | str) -> dict[str, Any] | None:
 def notebook_error(notebook: Path | str) -> str | None:
     """The error a failed run left in the notebook (papermill keeps the traceback there)."""
     return read_notebook(notebook)[1]
+
+
+def import_papermill() -> ModuleType:
+    """papermill, without the seconds jsonschema spends building an IRI grammar at import.
+
+    jsonschema imports `rfc3987_syntax` (when installed, as JupyterLab's extras do) only to
+    check the "iri" string format, which notebook schemas never use; marking it absent keeps
+    every other check and saves ~3 s on every driver start (measured by
+    benchmarks/startup.py).
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    import papermill
+
+    return papermill
