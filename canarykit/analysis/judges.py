@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from canarykit.core.errors import BadInput
 
@@ -329,7 +328,7 @@ def compare_samples(
         raise BadInput("metrics", metrics, "list at least one metric to compare")
     seen: set[str] = set()
     for metric in metrics:
-        _check_compare_metric(metric)
+        check_compare_metric(metric)
         if metric.name in seen:
             raise BadInput("metrics.name", metric.name, "is listed twice")
         seen.add(metric.name)
@@ -375,6 +374,8 @@ def mann_whitney_p_value(stable: np.ndarray, canary: np.ndarray) -> tuple[float,
     and the canary's U statistic; p is 1 when every value is the same."""
     if np.all(np.concatenate([stable, canary]) == stable[0]):
         return 1.0, len(stable) * len(canary) / 2.0
+    from scipy import stats  # here: scipy.stats takes ~1.5 s to import, most runs never need it
+
     result = stats.mannwhitneyu(canary, stable, alternative="two-sided", method="asymptotic")
     p_value = float(result.pvalue)
     return (1.0 if math.isnan(p_value) else p_value), float(result.statistic)
@@ -386,6 +387,8 @@ def hodges_lehmann(stable: np.ndarray, canary: np.ndarray, confidence: float
     interval from the order statistics of the pairwise differences (Mann-Whitney inversion)."""
     diffs = np.sort(np.subtract.outer(canary, stable).ravel())
     n1, n2 = len(canary), len(stable)
+    from scipy import stats
+
     z = stats.norm.ppf(0.5 + confidence / 2.0)
     k = int(math.floor(n1 * n2 / 2.0 - z * math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12.0)))
     k = min(max(k, 0), len(diffs) - 1)
@@ -450,21 +453,25 @@ def _clean_samples(values: Any, metric: CompareMetric, arm: str) -> np.ndarray:
     return array[~np.isnan(array)]
 
 
-def _check_compare_metric(metric: CompareMetric) -> None:
+def check_compare_metric(metric: CompareMetric, where: str = "metrics") -> None:
+    """Refuse a comparison that cannot be scored, naming `where`.NAME.FIELD."""
     if not isinstance(metric, CompareMetric):
-        raise BadInput("metrics", metric, "must be CompareMetric entries")
+        raise BadInput(where, metric, "must be CompareMetric entries")
     if not isinstance(metric.name, str) or not metric.name:
-        raise BadInput("metrics.name", metric.name, "must be a non-empty name")
+        raise BadInput(f"{where}.name", metric.name, "must be a non-empty name")
     if metric.direction not in DIRECTIONS:
-        raise BadInput(f"metrics.{metric.name}.direction", metric.direction,
+        raise BadInput(f"{where}.{metric.name}.direction", metric.direction,
                        f"must be one of {', '.join(DIRECTIONS)}")
     if metric.nan_strategy not in NAN_STRATEGIES:
-        raise BadInput(f"metrics.{metric.name}.nan_strategy", metric.nan_strategy,
+        raise BadInput(f"{where}.{metric.name}.nan_strategy", metric.nan_strategy,
                        f"must be one of {', '.join(NAN_STRATEGIES)}")
+    if not isinstance(metric.critical, bool):
+        raise BadInput(f"{where}.{metric.name}.critical", metric.critical,
+                       "must be true or false")
     if not _is_number(metric.weight) or metric.weight <= 0:
-        raise BadInput(f"metrics.{metric.name}.weight", metric.weight, "must be > 0")
+        raise BadInput(f"{where}.{metric.name}.weight", metric.weight, "must be > 0")
     if not _is_number(metric.allowed_increase_ratio) or metric.allowed_increase_ratio < 0:
-        raise BadInput(f"metrics.{metric.name}.allowed_increase_ratio",
+        raise BadInput(f"{where}.{metric.name}.allowed_increase_ratio",
                        metric.allowed_increase_ratio, "must be a number >= 0")
 
 

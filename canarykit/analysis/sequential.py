@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from canarykit.analysis.judges import Judgement, Verdict, _count, _is_number
 from canarykit.core.errors import BadInput
@@ -110,6 +109,8 @@ def error_log_bayes_factor(
 
     Works on numpy arrays of counts (canary_share and tolerance are scalars).
     """
+    from scipy import special  # here: importing scipy costs every runbook kernel ~0.1-1 s
+
     rho0 = null_share(canary_share, tolerance)
     a, b = concentration * rho0, concentration * (1.0 - rho0)
     x = np.asarray(canary_errors, dtype=float)
@@ -133,6 +134,8 @@ def split_log_bayes_factor(
     BF = B(a + X, b + Y) / B(a, b) / (rho^X (1 - rho)^Y) with (a, b) = k (rho, 1 - rho):
     a Beta-mixture of likelihood ratios, a test martingale under the null.
     """
+    from scipy import special
+
     a, b = concentration * canary_share, concentration * (1.0 - canary_share)
     x = np.asarray(canary_requests, dtype=float)
     y = np.asarray(stable_requests, dtype=float)
@@ -160,6 +163,8 @@ def retry_adjusted_split_log_bayes_factor(
     log BF is convex along each edge of the box and has no interior minimum, so the
     minimum over the four edges (each found by bisection on the derivative) is exact.
     """
+    from scipy import special
+
     a, b = concentration * canary_share, concentration * (1.0 - canary_share)
     x_hi = np.asarray(canary_requests, dtype=float)
     y_hi = np.asarray(stable_requests, dtype=float)
@@ -212,6 +217,8 @@ def cdf_band_halfwidth(requests: Any, alpha: float, *, edges: int,
 
 def _upper_tail(a: Any, b: Any, cut: float) -> Any:
     """P(theta > cut) for theta ~ Beta(a, b), via the symmetry I_{1-x}(b, a)."""
+    from scipy import special
+
     return special.betainc(b, a, 1.0 - cut)
 
 

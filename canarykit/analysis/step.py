@@ -15,7 +15,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,145 +23,11 @@ import yaml
 
 from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
+from canarykit.analysis.settings import CLI, AnalysisSettings, setting_names
 from canarykit.core.errors import BadInput
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
-JUDGE_NAMES = ("success-rate", "latency", "mann-whitney", "sequential")
 SEQUENTIAL_JUDGES = ("error-rate-sequential", "traffic-split", "latency-sequential")
-
-
-def _default_compare() -> list[judges.CompareMetric]:
-    return [
-        judges.CompareMetric("success-rate", direction="decrease"),
-        judges.CompareMetric("latency-p99", direction="increase", allowed_increase_ratio=0.1),
-    ]
-
-
-@dataclass
-class AnalysisConfig:
-    """Which judges run and their thresholds; round-trips to YAML/JSON."""
-
-    window: str = "10m"
-    interval: str = "1m"
-    judges: list[str] = field(default_factory=lambda: list(JUDGE_NAMES))
-    min_success_rate: float = 99.0  # percent, as Flagger's request-success-rate
-    max_p99_ms: float = 500.0
-    min_requests: int = 100
-    alpha: float = 0.05
-    error_tolerance: float = 0.0
-    latency_tolerance: float = 0.05
-    canary_weight: float | None = None  # configured canary weight in percent, when known
-    confidence: float = 0.95
-    pass_score: float = 95.0
-    marginal_score: float = 75.0
-    min_samples: int = 5
-    compare_metrics: list[judges.CompareMetric] = field(default_factory=_default_compare)
-    custom_metrics: list[m.CustomMetric] = field(default_factory=list)
-
-    @property
-    def window_seconds(self) -> float:
-        return m.parse_window(self.window, "window")
-
-    @property
-    def interval_seconds(self) -> float:
-        return m.parse_window(self.interval, "interval")
-
-    def validate(self) -> AnalysisConfig:
-        """Refuse a configuration that cannot be judged, naming the field."""
-        window, interval = self.window_seconds, self.interval_seconds
-        if interval > window:
-            raise BadInput("interval", self.interval,
-                           f"must not be longer than the window {self.window}")
-        if not isinstance(self.judges, list) or not self.judges:
-            raise BadInput("judges", self.judges,
-                           "must list at least one of " + ", ".join(JUDGE_NAMES))
-        for name in self.judges:
-            if name not in JUDGE_NAMES:
-                raise BadInput("judges", name, "must be one of " + ", ".join(JUDGE_NAMES))
-        _number("min_success_rate", self.min_success_rate, 0, 100)
-        _number("max_p99_ms", self.max_p99_ms, 0, None, open_low=True)
-        _number("alpha", self.alpha, 0, 1, open_low=True, open_high=True)
-        _number("confidence", self.confidence, 0, 1, open_low=True, open_high=True)
-        _number("error_tolerance", self.error_tolerance, 0, None)
-        _number("latency_tolerance", self.latency_tolerance, 0, 1)
-        _number("pass_score", self.pass_score, 0, 100)
-        _number("marginal_score", self.marginal_score, 0, self.pass_score)
-        if self.canary_weight is not None:
-            _number("canary_weight", self.canary_weight, 0, 100, open_low=True, open_high=True)
-        for name in ("min_requests", "min_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BadInput(name, value, "must be a whole number of at least 1")
-        names = [metric.name for metric in self.custom_metrics]
-        for metric in self.custom_metrics:
-            metric.validate()
-            if names.count(metric.name) > 1:
-                raise BadInput("custom_metrics.name", metric.name, "is used twice")
-        known = set(m.STANDARD_METRICS) | set(names)
-        for metric in self.compare_metrics:
-            if metric.name not in known:
-                raise BadInput("compare_metrics.name", metric.name,
-                               "must be a standard metric (" + ", ".join(m.STANDARD_METRICS)
-                               + ") or the name of a custom metric")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["compare_metrics"] = [asdict(metric) for metric in self.compare_metrics]
-        data["custom_metrics"] = [metric.to_dict() for metric in self.custom_metrics]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
-        if not isinstance(data, dict):
-            raise BadInput("analysis", data, "must be a mapping")
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise BadInput(unknown[0], data[unknown[0]], "is not a known analysis setting")
-        values = dict(data)
-        if "compare_metrics" in values:
-            items = _list("compare_metrics", values["compare_metrics"])
-            values["compare_metrics"] = [_compare_metric(item) for item in items]
-        if "custom_metrics" in values:
-            values["custom_metrics"] = [
-                m.CustomMetric.from_dict(item) if isinstance(item, dict)
-                else _not_mapping("custom_metrics", item)
-                for item in _list("custom_metrics", values["custom_metrics"])
-            ]
-        return cls(**values).validate()
-
-
-def _list(field_name: str, value: Any) -> list:
-    if not isinstance(value, list):
-        raise BadInput(field_name, value, "must be a list")
-    return value
-
-
-def _not_mapping(field_name: str, value: Any):
-    raise BadInput(field_name, value, "each entry must be a mapping")
-
-
-def _compare_metric(item: Any) -> judges.CompareMetric:
-    if not isinstance(item, dict):
-        _not_mapping("compare_metrics", item)
-    known = set(judges.CompareMetric.__dataclass_fields__)
-    unknown = sorted(set(item) - known)
-    if unknown:
-        raise BadInput(f"compare_metrics.{unknown[0]}", item[unknown[0]], "is not a known field")
-    return judges.CompareMetric(**item)
-
-
-def _number(name: str, value: Any, low: float, high: float | None, *,
-            open_low: bool = False, open_high: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and (
-            high is None or (value < high if open_high else value <= high)
-        )
-    if not ok:
-        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
-        span = f"{lo}{low:g}, {'inf' if high is None else format(high, 'g')}{hi}"
-        raise BadInput(name, value, f"must be a number in {span}")
 
 
 # ---------------------------------------------------------------- the analysis
@@ -183,7 +49,7 @@ def _counts(counts: m.RawCounts, version: str) -> dict[str, Any] | None:
 def run_analysis(
     settings: m.PrometheusSettings,
     selector: m.MetricsSelector,
-    config: AnalysisConfig,
+    config: AnalysisSettings,
     *,
     end: datetime | float | None = None,
     segments: list[sequential.Segment] | None = None,
@@ -426,20 +292,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
     parser.add_argument("--stable", default="v1", help="stable version label value (default v1)")
     parser.add_argument("--canary", default="v2", help="canary version label value (default v2)")
-    parser.add_argument("--window", help="analysis window, e.g. 10m (default 10m)")
-    parser.add_argument("--interval", help="per-interval sample length, e.g. 1m (default 1m)")
     parser.add_argument("--at", metavar="TIME",
                         help="end of the window: RFC 3339 or Unix seconds (default now)")
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML analysis settings (thresholds, judges, custom metrics)")
-    parser.add_argument("--canary-weight", type=float, metavar="PERCENT",
-                        help="configured canary weight, for the traffic split test")
-    parser.add_argument("--min-success-rate", type=float,
-                        help="minimum canary success rate in percent, e.g. 99")
-    parser.add_argument("--max-p99-ms", type=float, help="e.g. 500")
-    parser.add_argument("--min-requests", type=int, help="fewer canary requests is inconclusive")
-    parser.add_argument("--alpha", type=float, help="error probability of the sequential tests")
+                        help="YAML analysis settings (any setting below, compare_metrics, "
+                             "custom_metrics); flags override it")
+    _add_setting_flags(parser)
     parser.add_argument("--reporter", choices=("destination", "source"), default="destination")
     parser.add_argument("--version-label", default="destination_version")
     parser.add_argument("--fqdn", action="store_true",
@@ -456,7 +315,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
 
 
-def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per analysis setting the CLI takes, its help and default from the model."""
+    defaults = AnalysisSettings()
+    for item in fields(AnalysisSettings):
+        if CLI not in item.metadata["where"] or item.name.endswith("_metrics"):
+            continue  # the metric lists are set in --config FILE only
+        default = getattr(defaults, item.name)
+        kind = {"int": int, "float": float, "float | None": float}.get(item.type, str)
+        shown = "none" if default is None else (
+            ",".join(default) if isinstance(default, list) else f"{default:g}"
+            if isinstance(default, float) else default)
+        parser.add_argument("--" + item.name.replace("_", "-"), type=kind,
+                            help=f"{item.metadata['help']} (default {shown})")
+
+
+def _config_from_args(args: argparse.Namespace) -> AnalysisSettings:
     data: dict[str, Any] = {}
     if args.config:
         try:
@@ -468,12 +342,11 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisConfig:
             raise BadInput("--config", args.config, f"is not valid YAML ({exc})") from None
         if not isinstance(data, dict):
             raise BadInput("--config", args.config, "must hold a mapping of analysis settings")
-    for flag in ("window", "interval", "canary_weight", "min_success_rate", "max_p99_ms",
-                 "min_requests", "alpha"):
-        value = getattr(args, flag, None)
+    for name in setting_names(CLI):
+        value = getattr(args, name, None)
         if value is not None:
-            data[flag] = value
-    return AnalysisConfig.from_dict(data)
+            data[name] = value
+    return AnalysisSettings.from_dict(data)
 
 
 def _headers(items: list[str]) -> dict[str, str]:

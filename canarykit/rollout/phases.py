@@ -17,18 +17,16 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
-
-import pandas as pd
-from kubernetes import client as k8s
+from typing import TYPE_CHECKING, Any
 
 from canarykit.analysis import metrics as m
 from canarykit.analysis.judges import Decision, Judgement, Verdict, decide
 from canarykit.analysis.sequential import Segment
-from canarykit.analysis.step import AnalysisConfig, run_analysis
+from canarykit.analysis.settings import AnalysisSettings
+from canarykit.analysis.step import run_analysis
 from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
 from canarykit.cluster.state import AUDIT_HEAD_ANNOTATION, read_state, with_state
@@ -36,6 +34,12 @@ from canarykit.core.durations import format_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio, traffic, validate
 from canarykit.rollout import runbook
+from canarykit.rollout.parameters import (  # noqa: F401 - given_parameters, RUNBOOK_PARAMETERS:
+    RUNBOOK_PARAMETERS,  # importable from here as before (the driver, older notebooks)
+    analysis_settings,
+    default,
+    given_parameters,
+)
 from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the runbooks
     Target,
     _flag,
@@ -45,6 +49,9 @@ from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the r
     prometheus_client,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
 # Seconds after a weight change before its traffic counts: Envoy takes the new routes and
 # Prometheus scrapes at least once (the lab scrapes every second).
@@ -53,56 +60,8 @@ SETTLE_SECONDS = 2.0
 MIN_SPAN_SECONDS = 5.0
 BASELINE_MIN_REQUESTS = 10
 
-COMMON_PARAMETERS = (
-    "service", "namespace", "stable", "canary", "kubeconfig", "context", "prometheus_url",
-    "prometheus_bearer_token_env", "audit_log", "release",
-)
-ANALYSIS_PARAMETERS = (
-    "window", "interval", "min_success_rate", "max_p99_ms", "min_requests", "alpha", "judges",
-)
-RUNBOOK_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "preflight": (*COMMON_PARAMETERS, "min_baseline_success_rate", "baseline_window"),
-    "internal-canary": (*COMMON_PARAMETERS, "header", "header_value", "cookie_name",
-                        "cookie_value"),
-    "shadow": (*COMMON_PARAMETERS, "percentage", *ANALYSIS_PARAMETERS, "keep_mirror"),
-    "shift-traffic": (*COMMON_PARAMETERS, "canary_weight"),
-    "analyze": (*COMMON_PARAMETERS, *ANALYSIS_PARAMETERS, "until_verdict", "max_duration",
-                "check_every", "canary_weight"),
-    "promote": COMMON_PARAMETERS,
-    "rollback": (*COMMON_PARAMETERS, "reason"),
-    "blue-green": (*COMMON_PARAMETERS, "to_subset"),
-    "post-rollout-analysis": ("service", "reports", "release_folder"),
-}
-# Variables the runbooks themselves define after their parameters (not parameters).
-_RUNBOOK_VARIABLES = {"result", "target", "decision", "frames", "figure", "parameters"}
-
-
 class PhaseFailed(CanaryKitError):
     """A phase could not do its job (for example preflight found the baseline unhealthy)."""
-
-
-# ---------------------------------------------------------------- parameters and target
-
-
-def given_parameters(runbook_name: str, namespace: dict[str, Any],
-                     before: set[str]) -> dict[str, Any]:
-    """The parameters a run was given: names bound since `before` (the parameters cell and the
-    cell papermill injects). Credential-looking and unknown names are refused, so a typo or a
-    secret passed as a parameter stops the run before anything is changed."""
-    if runbook_name not in RUNBOOK_PARAMETERS:
-        raise BadInput("runbook", runbook_name,
-                       "is not a runbook (known: " + ", ".join(RUNBOOK_PARAMETERS) + ")")
-    given = {
-        name: value for name, value in namespace.items()
-        if name not in before and not name.startswith("_") and name not in _RUNBOOK_VARIABLES
-        and not callable(value) and type(value).__name__ != "module"
-    }
-    runbook.check_parameters(given)
-    known = RUNBOOK_PARAMETERS[runbook_name]
-    for name in sorted(set(given) - set(known)):
-        raise BadInput(name, given[name], f"is not a parameter of the {runbook_name} runbook "
-                       f"(parameters: {', '.join(known)})")
-    return {name: given[name] for name in known if name in given}
 
 
 # ---------------------------------------------------------------- recording
@@ -261,6 +220,8 @@ def _ready_replicas(deployment: Any) -> tuple[int, str]:
 def _check_subsets(target: Target, dr: dict | None) -> Judgement:
     if dr is None:
         return _judgement("subsets", Verdict.INCONCLUSIVE, "not checked: no DestinationRule")
+    from kubernetes import client as k8s  # here: not every runbook kernel needs it
+
     api = target.cluster.api
     try:
         selector = dict(k8s.CoreV1Api(api).read_namespaced_service(
@@ -335,8 +296,9 @@ def _check_baseline(target: Target, client: m.Client, minimum: float, window: st
 
 
 @_phase
-def preflight(target: Target, result: dict[str, Any], *, min_baseline_success_rate: float = 99.0,
-              baseline_window: str = "1m") -> Decision:
+def preflight(target: Target, result: dict[str, Any], *,
+              min_baseline_success_rate: float = default("preflight", "min_baseline_success_rate"),
+              baseline_window: str = default("preflight", "baseline_window")) -> Decision:
     """Everything a rollout relies on, checked before it starts; raises unless all PASS."""
     _percentage("min_baseline_success_rate", min_baseline_success_rate)
     seconds = m.parse_window(baseline_window, "baseline_window")
@@ -379,9 +341,11 @@ def _percentage(field: str, value: Any) -> float:
 
 
 @_phase
-def internal_canary(target: Target, result: dict[str, Any], *, header: str = "x-canary-user",
-                    header_value: str = "true", cookie_name: str = "beta",
-                    cookie_value: str = "true") -> None:
+def internal_canary(target: Target, result: dict[str, Any], *,
+                    header: str = default("internal-canary", "header"),
+                    header_value: str = default("internal-canary", "header_value"),
+                    cookie_name: str = default("internal-canary", "cookie_name"),
+                    cookie_value: str = default("internal-canary", "cookie_value")) -> None:
     """Route internal users (a header, a cookie) to the canary only, ahead of the split."""
     for name, value in (("header", header), ("header_value", header_value),
                         ("cookie_name", cookie_name), ("cookie_value", cookie_value)):
@@ -492,7 +456,8 @@ def promote(target: Target, result: dict[str, Any]) -> None:
 
 
 @_phase
-def rollback(target: Target, result: dict[str, Any], *, reason: str = "") -> None:
+def rollback(target: Target, result: dict[str, Any], *,
+             reason: str = default("rollback", "reason")) -> None:
     """Restore the pre-rollout VirtualService and DestinationRule and end the rollout."""
     _text("reason", reason)
     if reason:
@@ -521,23 +486,6 @@ def rollback(target: Target, result: dict[str, Any], *, reason: str = "") -> Non
 # ---------------------------------------------------------------- analysis
 
 
-def _analysis_config(*, window: str, interval: str, min_success_rate: float,
-                     max_p99_ms: float, min_requests: int, alpha: float, judges: Any,
-                     canary_weight: float | None = None) -> AnalysisConfig:
-    if isinstance(judges, str):
-        names = [name.strip() for name in judges.split(",") if name.strip()]
-    elif isinstance(judges, list | tuple):
-        names = list(judges)
-    else:
-        raise BadInput("judges", judges, "must be a comma-separated list of judge names")
-    m.parse_window(window, "window")
-    m.parse_window(interval, "interval")
-    return AnalysisConfig(window=window, interval=interval, judges=names,
-                          min_success_rate=min_success_rate, max_p99_ms=max_p99_ms,
-                          min_requests=min_requests, alpha=alpha,
-                          canary_weight=canary_weight).validate()
-
-
 def _metric_rows(client: m.Client, target: Target, start: float, end: float,
                  step: float) -> list[dict[str, Any]]:
     """Tidy rows of the standard metrics over [start, end], one point per step."""
@@ -552,8 +500,25 @@ def _parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+@dataclass
+class WeightPeriod:
+    """A stretch of the rollout at one configured canary weight (Unix seconds; `end` None while
+    it lasts). `share_known` is False while routes for matched users or a mirror send the
+    canary more than its weight."""
+
+    start: float
+    end: float | None
+    weight: int
+    share_known: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the recorded evidence: times as RFC 3339."""
+        return {**asdict(self), "start": _iso(self.start),
+                "end": _iso(self.end) if self.end is not None else None}
+
+
 def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, namespace: str,
-                   stable: str, canary: str, release: str) -> list[dict[str, Any]]:
+                   stable: str, canary: str, release: str) -> list[WeightPeriod]:
     """The rollout's periods of constant canary weight, oldest first, from its audit records.
 
     Starts at the `begin_rollout` record of `release` on `virtual_service` (e.g.
@@ -566,7 +531,7 @@ def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, names
               and (r.get("params") or {}).get("release") == release]
     if not begins:
         return []
-    periods: list[dict[str, Any]] = []
+    periods: list[WeightPeriod] = []
     for record in mine[begins[-1]:]:
         if record is not mine[begins[-1]] and record.get("operation") == "begin_rollout":
             break
@@ -581,28 +546,28 @@ def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, names
             continue
         at = _parse_time(record["time"])
         weight = weights[canary]
-        if periods and periods[-1]["weight"] == weight and periods[-1]["share_known"] == known:
+        if periods and (periods[-1].weight, periods[-1].share_known) == (weight, known):
             continue
         if periods:
-            periods[-1]["end"] = at
-        periods.append({"start": at, "end": None, "weight": weight, "share_known": known})
+            periods[-1].end = at
+        periods.append(WeightPeriod(start=at, end=None, weight=weight, share_known=known))
         if record.get("operation") in ("rollback", "promote"):
             break
     return periods
 
 
 def period_segments(client: m.Client, selector: m.MetricsSelector,
-                    periods: list[dict[str, Any]]) -> tuple[list[Segment], list[str]]:
+                    periods: list[WeightPeriod]) -> tuple[list[Segment], list[str]]:
     """A sequential-test Segment of the counts of each finished period (and notes on the
     periods left out): the evidence gathered at earlier weights."""
     segments, notes = [], []
     for period in periods:
-        if period["end"] is None:
+        if period.end is None:
             continue
-        if period["share_known"] and not 0 < period["weight"] < 100:
+        if period.share_known and not 0 < period.weight < 100:
             continue  # all traffic on one version: nothing to compare
-        start, end = period["start"] + SETTLE_SECONDS, period["end"]
-        label = f"weight {period['weight']} from {_iso(period['start'])}"
+        start, end = period.start + SETTLE_SECONDS, period.end
+        label = f"weight {period.weight} from {_iso(period.start)}"
         if end - start < MIN_SPAN_SECONDS:
             notes.append(f"{label}: too short to measure")
             continue
@@ -613,7 +578,7 @@ def period_segments(client: m.Client, selector: m.MetricsSelector,
             notes.append(f"{label}: no counts for both versions")
             continue
         total = stable["requests"] + canary["requests"]
-        share = (period["weight"] / 100 if period["share_known"]
+        share = (period.weight / 100 if period.share_known
                  else canary["requests"] / total if total else 0.0)
         if not 0 < share < 1:
             continue
@@ -640,7 +605,7 @@ def _check_record(decision: Decision, start: float, end: float, covered: bool) -
             "p_value": evidence.get("p_value"), "bayes_factor": evidence.get("bayes_factor")}
 
 
-def _judge(target: Target, client: m.Client, config: AnalysisConfig, *, start: float,
+def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start: float,
            window: float, until_verdict: bool, deadline: float, check_every: float,
            segments: list[Segment], checks: list[dict]) -> tuple[Decision, float]:
     """Judge [start, now] until FAIL, or PASS over at least `window`, or the deadline.
@@ -658,8 +623,9 @@ def _judge(target: Target, client: m.Client, config: AnalysisConfig, *, start: f
             now = time.time()
         span = now - start
         if span >= MIN_SPAN_SECONDS:
-            current = replace(config, window=m.promql_duration(span),
-                              interval=m.promql_duration(min(interval, span)))
+            current = replace(config, window=m.promql_duration(span),  # one check: no repeats
+                              interval=m.promql_duration(min(interval, span)),
+                              until_verdict=False)
             last = run_analysis(target.prometheus, target.selector, current, end=now,
                                 segments=segments)
             covered = span >= window - 0.5
@@ -681,8 +647,8 @@ def _judge(target: Target, client: m.Client, config: AnalysisConfig, *, start: f
     return last, now
 
 
-def _fit_config(config: AnalysisConfig, result: dict[str, Any], weight: int | None,
-                share_known: bool) -> AnalysisConfig:
+def _fit_config(config: AnalysisSettings, result: dict[str, Any], weight: int | None,
+                share_known: bool) -> AnalysisSettings:
     """The analysis the current routing allows: the configured weight is the canary's share
     only without routes for matched users and mirrors; with all traffic on the canary there is
     no stable traffic to compare with, so only the threshold judges can decide."""
@@ -705,28 +671,30 @@ def _fit_config(config: AnalysisConfig, result: dict[str, Any], weight: int | No
     return config
 
 
+def _settings(runbook_name: str, given: AnalysisSettings | Mapping[str, Any]
+              ) -> AnalysisSettings:
+    if isinstance(given, AnalysisSettings):
+        return given.validate()
+    return analysis_settings(runbook_name, dict(given))
+
+
 @_phase
-def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", interval: str = "10s",
-            until_verdict: bool = False, max_duration: str = "5m", check_every: str = "5s",
-            canary_weight: float = -1, min_success_rate: float = 99.0, max_p99_ms: float = 500.0,
-            min_requests: int = 50, alpha: float = 0.05,
-            judges: str = "success-rate,latency,sequential") -> Decision:
+def analyze(target: Target, result: dict[str, Any],
+            settings: AnalysisSettings | Mapping[str, Any], *, canary_weight: float) -> Decision:
     """Judge the canary at its current weight, chaining evidence from earlier weights.
 
+    `settings` is an AnalysisSettings or the run's parameters (its analysis settings are read,
+    the rest of it ignored); `canary_weight` -1 reads the weight from the VirtualService.
     The window never reaches back before the last weight change (plus SETTLE_SECONDS): a run
     right after a shift waits until `window` at the new weight is covered (with
     `until_verdict` it checks every `check_every` meanwhile and may FAIL early).
     """
-    _flag("until_verdict", until_verdict)
-    wanted = None if canary_weight == -1 else canary_weight
-    config = _analysis_config(window=window, interval=interval, min_success_rate=min_success_rate,
-                              max_p99_ms=max_p99_ms, min_requests=min_requests, alpha=alpha,
-                              judges=judges, canary_weight=wanted)
+    config = _settings("analyze", settings)
+    if canary_weight != -1:
+        config = AnalysisSettings.from_dict({"canary_weight": canary_weight}, base=config)
     window_s = config.window_seconds
-    limit = m.parse_window(max_duration, "max_duration")
-    every = m.parse_window(check_every, "check_every")
-    if until_verdict and limit < window_s:
-        raise BadInput("max_duration", max_duration, f"must be at least the window {window}")
+    limit = m.parse_window(config.max_duration, "max_duration")
+    every = m.parse_window(config.check_every, "check_every")
     client = prometheus_client(target)
     began = time.time()
     vs = _set_weights(target, result)
@@ -734,7 +702,7 @@ def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", inter
     share_known = not _canary_match_routes(vs, target.canary) and not _mirrors(vs)
     config = _fit_config(config, result, weight, share_known)
     state = read_state(vs)
-    periods: list[dict[str, Any]] = []
+    periods: list[WeightPeriod] = []
     if state is not None and target.audit_log.is_file():
         periods = weight_periods(audit.read_records(target.audit_log),
                                  virtual_service=istio.object_ref(vs),
@@ -742,8 +710,8 @@ def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", inter
                                  canary=target.canary, release=state.release)
     start = began - window_s
     segments: list[Segment] = []
-    if periods and periods[-1]["weight"] == weight:
-        start = max(start, periods[-1]["start"] + SETTLE_SECONDS)
+    if periods and periods[-1].weight == weight:
+        start = max(start, periods[-1].start + SETTLE_SECONDS)
         segments, skipped = period_segments(client, target.selector, periods)
         result["notes"].extend(skipped)
         result["notes"].append(f"evidence chained over {len(segments)} earlier weight "
@@ -755,14 +723,13 @@ def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", inter
         result["notes"].append(f"evidence restarted at the current weight: {why}")
     checks: list[dict] = []
     decision, end = _judge(target, client, config, start=start, window=window_s,
-                           until_verdict=until_verdict,
+                           until_verdict=config.until_verdict,
                            deadline=max(began + limit, start + window_s),
                            check_every=every, segments=segments, checks=checks)
     result["decision"] = decision.to_dict()
     result["evidence"] = {
         "window": {"start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3)},
-        "weight_periods": [{**p, "start": _iso(p["start"]),
-                            "end": _iso(p["end"]) if p["end"] else None} for p in periods],
+        "weight_periods": [period.to_dict() for period in periods],
         "segments": [asdict(segment) for segment in segments],
         "checks": checks,
     }
@@ -771,19 +738,17 @@ def analyze(target: Target, result: dict[str, Any], *, window: str = "1m", inter
 
 
 @_phase
-def shadow(target: Target, result: dict[str, Any], *, percentage: float = 10.0,
-           window: str = "1m", interval: str = "10s", min_success_rate: float = 99.0,
-           max_p99_ms: float = 500.0, min_requests: int = 50, alpha: float = 0.05,
-           judges: str = "success-rate,latency,sequential", keep_mirror: bool = False) -> Decision:
-    """Mirror `percentage` of requests to the canary and judge it on that copy: users only ever
-    get the stable answer, so a bad canary costs them nothing."""
+def shadow(target: Target, result: dict[str, Any], settings: AnalysisSettings | Mapping[str, Any],
+           *, percentage: float = default("shadow", "percentage"),
+           keep_mirror: bool = default("shadow", "keep_mirror")) -> Decision:
+    """Mirror `percentage` of requests to the canary and judge it on that copy (once, over the
+    window of `settings`): users only ever get the stable answer, so a bad canary costs them
+    nothing."""
     if (isinstance(percentage, bool) or not isinstance(percentage, int | float)
             or not 0 < percentage <= 100):
         raise BadInput("percentage", percentage, "must be a percentage above 0, at most 100")
     _flag("keep_mirror", keep_mirror)
-    config = _analysis_config(window=window, interval=interval, min_success_rate=min_success_rate,
-                              max_p99_ms=max_p99_ms, min_requests=min_requests, alpha=alpha,
-                              judges=judges)
+    config = _settings("shadow", settings)
     client = prometheus_client(target)
     vs, dr = _objects(target)
     operation = functools.partial(traffic.set_mirror, subset=target.canary,
@@ -808,6 +773,8 @@ def shadow(target: Target, result: dict[str, Any], *, percentage: float = 10.0,
 
 def judgement_table(decision: Decision) -> pd.DataFrame:
     """The decision's judgements as a table, for reading in the notebook."""
+    import pandas as pd  # here: the other phases do without it
+
     return pd.DataFrame(
         [{"judge": j.judge, "verdict": j.verdict.value, "critical": j.critical,
           "required": j.required, "reason": j.reason} for j in decision.judgements],

@@ -10,7 +10,6 @@ a runbook notebook with its papermill parameters.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -20,18 +19,15 @@ from typing import Any
 
 import yaml
 
-from canarykit.analysis import step as analysis
+from canarykit.analysis.settings import PLAN, AnalysisSettings
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
 from canarykit.mesh import istio
 from canarykit.rollout import runbook
+from canarykit.rollout.parameters import analysis_values, default
 
 STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "promote")
-# The shadow runbook judges once over its window: it takes these analysis settings only.
-SHADOW_ANALYSIS = ("window", "interval", "min_success_rate", "max_p99_ms", "min_requests", "alpha",
-                   "judges")
 INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
-DEFAULT_JUDGES = ["success-rate", "latency", "sequential"]
 # What each step kind may set (beside `analysis` and `pause`), with the type it must have.
 STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "internal-canary": {"header": str, "header_value": str, "cookie_name": str,
@@ -43,26 +39,6 @@ STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 @dataclass
-class AnalysisSettings:
-    """How the canary is judged after a step (the analyze runbook's parameters)."""
-
-    window: str = "1m"
-    interval: str = "10s"
-    check_every: str = "5s"
-    max_duration: str = "3m"
-    until_verdict: bool = True
-    min_success_rate: float = 99.0
-    max_p99_ms: float = 500.0
-    min_requests: int = 50
-    alpha: float = 0.05
-    judges: list[str] = field(default_factory=lambda: list(DEFAULT_JUDGES))
-
-    def parameters(self) -> dict[str, Any]:
-        """As runbook parameters: judges as one comma-separated string."""
-        return {**asdict(self), "judges": ",".join(self.judges)}
-
-
-@dataclass
 class PrometheusRef:
     url: str = ""  # "" = the running lab's Prometheus
     bearer_token_env: str = ""  # NAME of the environment variable holding the token
@@ -70,8 +46,8 @@ class PrometheusRef:
 
 @dataclass
 class PreflightSettings:
-    baseline_window: str = "1m"
-    min_baseline_success_rate: float = 99.0
+    baseline_window: str = default("preflight", "baseline_window")
+    min_baseline_success_rate: float = default("preflight", "min_baseline_success_rate")
 
 
 @dataclass
@@ -95,7 +71,7 @@ class Step:
         value: Any = self.settings.get("weight") if self.kind == "weight" else self.settings
         out: dict[str, Any] = {self.kind: value}
         if self.kind != "promote":
-            out["analysis"] = asdict(self.analysis) if self.analysis else False
+            out["analysis"] = self.analysis.to_dict(PLAN) if self.analysis else False
         out["pause"] = self.pause
         return out
 
@@ -119,6 +95,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["analysis"] = self.analysis.to_dict(PLAN)
         out["steps"] = [step.to_dict() for step in self.steps]
         return out
 
@@ -269,31 +246,12 @@ def _inconclusive(values: dict[str, Any]) -> InconclusivePolicy:
 
 
 def parse_analysis(path: str, raw: Any, base: AnalysisSettings) -> AnalysisSettings:
-    """`base` with the settings in `raw` applied, checked as the analysis module checks them."""
+    """`base` with the settings in `raw` applied, checked by the settings model."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise BadInput(path, raw, "must be a mapping of analysis settings (or false for none)")
-    _known(path, raw, AnalysisSettings.__dataclass_fields__)
-    settings = AnalysisSettings(**{**asdict(base), **copy.deepcopy(raw)})
-    for name in ("window", "interval", "check_every", "max_duration"):
-        if _duration(f"{path}.{name}", getattr(settings, name)) <= 0:
-            raise BadInput(f"{path}.{name}", getattr(settings, name), "must be above 0")
-    if not isinstance(settings.until_verdict, bool):
-        raise BadInput(f"{path}.until_verdict", settings.until_verdict, "must be true or false")
-    if not isinstance(settings.judges, list):
-        raise BadInput(f"{path}.judges", settings.judges, "must be a list of judge names")
-    try:
-        analysis.AnalysisConfig(
-            window=settings.window, interval=settings.interval, judges=list(settings.judges),
-            min_success_rate=settings.min_success_rate, max_p99_ms=settings.max_p99_ms,
-            min_requests=settings.min_requests, alpha=settings.alpha,
-        ).validate()
-    except BadInput as exc:
-        raise BadInput(f"{path}.{exc.field}", exc.value, exc.problem) from None
-    except TypeError as exc:  # a string where a number belongs
-        raise BadInput(path, raw, f"has a value of the wrong type ({exc})") from None
-    return settings
+    return AnalysisSettings.from_dict(raw, base=base, where=PLAN, path=path)
 
 
 def _steps(raw: Any, plan: Plan) -> list[Step]:
@@ -339,6 +297,8 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
             raise BadInput(f"{path}.analysis", False, "a shadow step always judges the canary")
         return step
     step.analysis = parse_analysis(f"{path}.analysis", raw_analysis, plan.analysis)
+    if "window" in step.settings:  # the shadow step's own window, checked with its analysis
+        parse_analysis(f"{path}.{kind}", {"window": step.settings["window"]}, step.analysis)
     return step
 
 
@@ -359,7 +319,7 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
             raise BadInput(f"{path}.{key}", value, f"must be a {names}")
         settings[key] = value
     if kind == "shadow":
-        settings.setdefault("percentage", 10.0)
+        settings.setdefault("percentage", default("shadow", "percentage"))
         _number(f"{path}.percentage", settings["percentage"], 0, 100, open_low=True)
         settings["percentage"] = float(settings["percentage"])
         if "window" in settings and _duration(f"{path}.window", settings["window"]) <= 0:
@@ -407,8 +367,7 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
         label = "internal"
     elif step.kind == "shadow":
         percentage = step.settings["percentage"]
-        judging = _analysis_parameters(step.analysis or plan.analysis)
-        parameters = {k: v for k, v in judging.items() if k in SHADOW_ANALYSIS}
+        parameters = analysis_values("shadow", step.analysis or plan.analysis)
         parameters.update(step.settings)
         found = [PhaseSpec(f"shadow-{_slug(percentage)}", "shadow", parameters, index,
                            judged=True)]
@@ -425,15 +384,8 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
     else:
         return [PhaseSpec("promote", "promote", {}, index, pause=_duration("pause", step.pause))]
     if step.analysis is not None and label:
-        parameters = {**_analysis_parameters(step.analysis), "canary_weight": float(weight)}
+        parameters = {**analysis_values("analyze", step.analysis),
+                      "canary_weight": float(weight)}
         found.append(PhaseSpec(f"analyze-{label}", "analyze", parameters, index, judged=True))
     found[-1].pause = _duration("pause", step.pause)
     return found
-
-
-def _analysis_parameters(settings: AnalysisSettings) -> dict[str, Any]:
-    out = settings.parameters()
-    out["min_success_rate"] = float(out["min_success_rate"])
-    out["max_p99_ms"] = float(out["max_p99_ms"])
-    out["alpha"] = float(out["alpha"])
-    return out

@@ -14,6 +14,7 @@ from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
 from canarykit.analysis import step as analysis
 from canarykit.analysis.judges import Verdict
+from canarykit.analysis.settings import JUDGE_NAMES, AnalysisSettings
 from canarykit.core.errors import BadInput
 from tests.prometheus_fixture import END, WEIRD_ROUTE, WEIRD_ROUTE_PER_STEP, free_port
 
@@ -27,9 +28,10 @@ CHECKOUT = m.CustomMetric(
 
 
 def analyze(url: str, service: str, **config) -> judges.Decision:
+    """Every judge (Mann-Whitney too) over the default 10m window of 1m intervals."""
     return analysis.run_analysis(
         m.PrometheusSettings(url), m.MetricsSelector(service, "shop"),
-        analysis.AnalysisConfig(**config), end=END,
+        AnalysisSettings(**{"judges": list(JUDGE_NAMES), **config}), end=END,
     )
 
 
@@ -113,7 +115,7 @@ def test_prometheus_down_is_inconclusive_naming_the_url():
 def test_no_data_at_the_time_asked_for_is_inconclusive(prometheus_url):
     decision = analysis.run_analysis(
         m.PrometheusSettings(prometheus_url), m.MetricsSelector("healthy", "shop"),
-        analysis.AnalysisConfig(), end=END + 86_400)
+        AnalysisSettings(), end=END + 86_400)
     assert decision.verdict == Verdict.INCONCLUSIVE
     assert "no series for the canary version v2 or the stable version v1" in decision.reason
 
@@ -131,7 +133,7 @@ def test_earlier_segments_are_chained_with_the_window(prometheus_url):
                                  canary_requests=1000, canary_errors=40, started_at=END - 3600)
     decision = analysis.run_analysis(
         m.PrometheusSettings(prometheus_url), m.MetricsSelector("healthy", "shop"),
-        analysis.AnalysisConfig(canary_weight=25), end=END, segments=[earlier])
+        AnalysisSettings(canary_weight=25), end=END, segments=[earlier])
     errors = by_judge(decision)["error-rate-sequential"]
     assert errors.verdict == Verdict.FAIL
     assert len(errors.evidence["segments"]) == 2
@@ -150,7 +152,7 @@ def test_a_service_name_with_quotes_and_braces_is_refused_before_any_query():
     with pytest.raises(BadInput) as refused:
         analysis.run_analysis(
             m.PrometheusSettings(nobody_listening()),
-            m.MetricsSelector('reviews"} or vector(1) #', "shop"), analysis.AnalysisConfig(),
+            m.MetricsSelector('reviews"} or vector(1) #', "shop"), AnalysisSettings(),
             end=END)
     assert refused.value.field == "service"
 
@@ -175,8 +177,8 @@ def test_label_value_with_quotes_and_braces_is_escaped_and_matches_only_itself(p
 
 
 def test_config_round_trips_through_yaml():
-    config = analysis.AnalysisConfig(window="5m", canary_weight=10, custom_metrics=[CHECKOUT])
-    again = analysis.AnalysisConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())))
+    config = AnalysisSettings(window="5m", canary_weight=10, custom_metrics=[CHECKOUT])
+    again = AnalysisSettings.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())))
     assert again == config
 
 
@@ -195,7 +197,7 @@ def test_config_round_trips_through_yaml():
 )
 def test_bad_config_is_refused_naming_the_field(data, field_name):
     with pytest.raises(BadInput) as refused:
-        analysis.AnalysisConfig.from_dict(data)
+        AnalysisSettings.from_dict(data)
     assert refused.value.field == field_name
 
 
@@ -286,7 +288,7 @@ def test_cli_refuses_an_injected_service_name_with_exit_2(capsys):
 def test_cli_reads_thresholds_and_custom_metrics_from_a_config_file(
     prometheus_url, tmp_path, capsys
 ):
-    config = analysis.AnalysisConfig(custom_metrics=[CHECKOUT], judges=["success-rate"]).to_dict()
+    config = AnalysisSettings(custom_metrics=[CHECKOUT], judges=["success-rate"]).to_dict()
     config["custom_metrics"][0]["min_value"] = 0.99  # the healthy canary's checkouts are ~97%
     path = tmp_path / "analysis.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -301,7 +303,7 @@ def test_default_end_is_now(prometheus_url):
     before = datetime.now(UTC).strftime("%Y-%m-%d")
     decision = analysis.run_analysis(m.PrometheusSettings(prometheus_url),
                                      m.MetricsSelector("healthy", "shop"),
-                                     analysis.AnalysisConfig())
+                                     AnalysisSettings())
     after = datetime.now(UTC).strftime("%Y-%m-%d")
     assert decision.verdict == Verdict.INCONCLUSIVE  # the synthetic data end in 2023
     assert before in decision.reason or after in decision.reason

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from canarykit.analysis.settings import AnalysisSettings
 from canarykit.cluster import audit
 from canarykit.core.errors import BadInput
 from canarykit.mesh import traffic
-from canarykit.rollout import phases, runbook
-from canarykit.rollout import target as rollout_target
+from canarykit.rollout import parameters, phases, runbook
 
 VS_REF = "VirtualService default/reviews"
 
@@ -44,7 +44,7 @@ def _record(log: Path, time: str, operation: str, before: dict, after: dict, *,
                               "baseResourceVersion": "1"})
 
 
-def _periods(log: Path, release: str = "r1") -> list[dict]:
+def _periods(log: Path, release: str = "r1") -> list[phases.WeightPeriod]:
     return phases.weight_periods(audit.read_records(log), virtual_service=VS_REF,
                                  namespace="default", stable="v1", canary="v2", release=release)
 
@@ -54,37 +54,43 @@ def _periods(log: Path, release: str = "r1") -> list[dict]:
 
 def test_given_parameters_are_the_names_bound_after_the_snapshot():
     before = {"phases", "runbook", "In", "Out"}
-    namespace = {"phases": phases, "runbook": object(), "In": [], "Out": {}, "_": None,
+    namespace = {"phases": phases, "parameters": parameters, "runbook": object(), "In": [],
+                 "Out": {}, "_": None,
                  "_i3": "x", "os": os, "helper": len, "service": "reviews",
                  "canary_weight": 25}
-    assert phases.given_parameters("shift-traffic", namespace, before) == {
+    assert parameters.given_parameters("shift-traffic", namespace, before) == {
         "service": "reviews", "canary_weight": 25}
 
 
 def test_an_unknown_parameter_is_refused_naming_it_and_the_runbook():
     namespace = {"service": "reviews", "canary_wieght": 25}
     with pytest.raises(BadInput) as refused:
-        phases.given_parameters("shift-traffic", namespace, set())
+        parameters.given_parameters("shift-traffic", namespace, set())
     assert refused.value.field == "canary_wieght"
     assert "shift-traffic" in str(refused.value) and "canary_weight" in str(refused.value)
+
+
+def test_phases_still_offers_the_names_that_moved_to_parameters():
+    assert phases.given_parameters is parameters.given_parameters
+    assert phases.RUNBOOK_PARAMETERS is parameters.RUNBOOK_PARAMETERS
 
 
 def test_a_credential_looking_parameter_is_refused_without_its_value():
     namespace = {"service": "reviews", "prometheus_bearer_token": "abc"}
     with pytest.raises(BadInput) as refused:
-        phases.given_parameters("shift-traffic", namespace, set())
+        parameters.given_parameters("shift-traffic", namespace, set())
     assert refused.value.field == "prometheus_bearer_token"
     assert "abc" not in str(refused.value) and "<hidden>" in str(refused.value)
 
 
 def test_the_name_of_the_variable_holding_a_token_is_a_fine_parameter():
     namespace = {"prometheus_bearer_token_env": "PROM_TOKEN"}
-    assert phases.given_parameters("analyze", namespace, set()) == namespace
+    assert parameters.given_parameters("analyze", namespace, set()) == namespace
 
 
 def test_variables_of_a_previous_run_in_jupyterlab_are_not_parameters():
     namespace = {"service": "reviews", "result": {"outcome": "ok"}, "target": object()}
-    assert phases.given_parameters("promote", namespace, set()) == {"service": "reviews"}
+    assert parameters.given_parameters("promote", namespace, set()) == {"service": "reviews"}
 
 
 @pytest.mark.parametrize(("arguments", "field", "value"), [
@@ -100,18 +106,12 @@ def test_variables_of_a_previous_run_in_jupyterlab_are_not_parameters():
 ])
 def test_bad_common_parameters_are_refused_before_connecting(arguments, field, value,
                                                               monkeypatch, tmp_path):
-    monkeypatch.setenv(rollout_target.LAB_DIR_ENV, str(tmp_path / "no-lab"))
     monkeypatch.delenv("CANARYKIT_TEST_UNSET_TOKEN", raising=False)
     common = {"service": "reviews", "namespace": "default", "stable": "v1", "canary": "v2"}
     with pytest.raises(BadInput) as refused:
         phases.connect_target(**{**common, **arguments})
     assert refused.value.field == field
     assert refused.value.value == value
-
-
-def test_lab_defaults_are_empty_without_a_running_lab(monkeypatch, tmp_path):
-    monkeypatch.setenv(rollout_target.LAB_DIR_ENV, str(tmp_path))
-    assert rollout_target.lab_defaults() == {}
 
 
 @pytest.mark.parametrize(("changes", "field", "value"), [
@@ -121,14 +121,29 @@ def test_lab_defaults_are_empty_without_a_running_lab(monkeypatch, tmp_path):
     ({"judges": "success-rate,vibes"}, "judges", "vibes"),
     ({"min_success_rate": 120.0}, "min_success_rate", 120.0),
     ({"min_requests": 0}, "min_requests", 0),
-    ({"canary_weight": 100.0}, "canary_weight", 100.0),
+    ({"until_verdict": True, "max_duration": "30s"}, "max_duration", "30s"),
 ])
-def test_bad_analysis_settings_are_refused_naming_the_field(changes, field, value):
-    settings = {"window": "1m", "interval": "10s", "min_success_rate": 99.0, "max_p99_ms": 500.0,
-                "min_requests": 50, "alpha": 0.05, "judges": "success-rate,latency,sequential"}
+def test_bad_analysis_parameters_are_refused_naming_the_field(changes, field, value):
+    given = {"service": "reviews", "window": "1m", "interval": "10s", **changes}
     with pytest.raises(BadInput) as refused:
-        phases._analysis_config(**{**settings, **changes})
+        parameters.analysis_settings("analyze", given)
     assert (refused.value.field, refused.value.value) == (field, value)
+
+
+def test_the_analysis_parameters_of_a_run_become_its_settings():
+    settings = parameters.analysis_settings("analyze", {
+        "service": "reviews", "window": "30s", "interval": "5s", "judges": "latency, sequential",
+        "min_success_rate": 98, "canary_weight": 25.0})
+    assert settings.window == "30s" and settings.judges == ["latency", "sequential"]
+    assert settings.min_success_rate == 98.0 and isinstance(settings.min_success_rate, float)
+    assert settings.canary_weight is None  # analyze's -1 sentinel is not a setting
+    assert settings.min_requests == AnalysisSettings().min_requests
+
+
+def test_the_shadow_runbook_takes_no_repeat_settings():
+    with pytest.raises(BadInput) as refused:
+        parameters.given_parameters("shadow", {"until_verdict": True}, set())
+    assert refused.value.field == "until_verdict"
 
 
 # ---------------------------------------------------------------- weights and their history
@@ -155,9 +170,11 @@ def test_weight_periods_follow_the_rollouts_weight_changes(tmp_path):
     _record(log, "2024-05-01T12:02:00Z", "set_canary_weight", five, quarter)
     periods = _periods(log)
     t0 = pd.Timestamp("2024-05-01T12:00:00Z").timestamp()
-    assert [(p["start"] - t0, None if p["end"] is None else p["end"] - t0, p["weight"])
+    assert [(p.start - t0, None if p.end is None else p.end - t0, p.weight)
             for p in periods] == [(0, 10, 0), (10, 120, 5), (120, None, 25)]
-    assert all(p["share_known"] for p in periods)
+    assert all(p.share_known for p in periods)
+    assert periods[-1].to_dict() == {"start": "2024-05-01T12:02:00Z", "end": None,
+                                     "weight": 25, "share_known": True}
 
 
 def test_weight_periods_start_at_the_begin_record_of_the_release(tmp_path):
@@ -168,8 +185,8 @@ def test_weight_periods_start_at_the_begin_record_of_the_release(tmp_path):
     _record(log, "2024-05-01T12:00:20Z", "rollback", half, seed)
     _record(log, "2024-05-01T13:00:00Z", "begin_rollout", seed, seed, params={"release": "r1"})
     _record(log, "2024-05-01T13:00:30Z", "set_canary_weight", seed, _vs({"v1": 90, "v2": 10}))
-    assert [p["weight"] for p in _periods(log)] == [0, 10]
-    assert [p["weight"] for p in _periods(log, "old")] == [0, 50, 0]
+    assert [p.weight for p in _periods(log)] == [0, 10]
+    assert [p.weight for p in _periods(log, "old")] == [0, 50, 0]
     assert _periods(log, "unknown") == []
 
 
@@ -183,7 +200,7 @@ def test_routes_for_matched_users_or_a_mirror_make_the_share_unknown(tmp_path):
     _record(log, "2024-05-01T12:00:20Z", "remove_match_route", internal, mirrored)
     _record(log, "2024-05-01T12:00:30Z", "set_canary_weight", mirrored,
             _vs({"v1": 80, "v2": 20}))
-    assert [(p["weight"], p["share_known"]) for p in _periods(log)] == [
+    assert [(p.weight, p.share_known) for p in _periods(log)] == [
         (0, True), (0, False), (20, True)]
 
 
@@ -196,10 +213,8 @@ def test_judgement_table_lists_each_judge():
 # ---------------------------------------------------------------- what the routing allows
 
 
-def _config(**changes):
-    settings = {"window": "1m", "interval": "10s", "min_success_rate": 99.0, "max_p99_ms": 500.0,
-                "min_requests": 50, "alpha": 0.05, "judges": "success-rate,latency,sequential"}
-    return phases._analysis_config(**{**settings, **changes})
+def _config(**changes) -> AnalysisSettings:
+    return AnalysisSettings.from_dict({"judges": "success-rate,latency,sequential", **changes})
 
 
 def test_the_configured_weight_is_the_share_only_without_internal_routes_or_mirrors():

@@ -14,7 +14,7 @@ from canarykit.rollout import plan
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plans"
 BASE = {
     "service": "reviews",
-    "analysis": {"window": "30s", "interval": "5s", "max_duration": "2m"},
+    "analysis": {"window": "30s", "interval": "5s", "until_verdict": True, "max_duration": "2m"},
     "steps": [{"internal-canary": {}}, {"shadow": {"percentage": 10}}, {"weight": 5},
               {"weight": 25, "analysis": {"max_duration": "1m"}}, {"promote": {}}],
 }
@@ -62,6 +62,11 @@ def refused(data) -> BadInput:
     (with_changes(analysis={"min_success_rate": 120}), "analysis.min_success_rate", 120),
     (with_changes(analysis={"check_every": "0s"}), "analysis.check_every", "0s"),
     (with_changes(analysis={"colour": "red"}), "analysis.colour", "red"),
+    (with_changes(analysis={"until_verdict": "yes"}), "analysis.until_verdict", "yes"),
+    (with_changes(analysis={"until_verdict": True, "max_duration": "10s"}),
+     "analysis.max_duration", "10s"),
+    (with_changes(analysis={"canary_weight": 25}), "analysis.canary_weight", 25),
+    (with_changes(steps=[{"shadow": {"window": "2s"}}]), "steps[0].shadow.interval", "5s"),
     (with_changes(inconclusive={"hold_steps": 2, "then": "promote"}), "inconclusive.then",
      "promote"),
     (with_changes(inconclusive={"hold_steps": -1}), "inconclusive.hold_steps", -1),
@@ -161,6 +166,7 @@ def test_each_phase_carries_its_runbook_parameters_with_step_overrides_applied()
     shadow = phases["shadow-10"].parameters
     assert shadow["percentage"] == 10.0 and shadow["window"] == "30s"
     assert "max_duration" not in shadow  # the shadow runbook judges once over its window
+    assert "until_verdict" not in shadow
     assert phases["preflight"].parameters == {"min_baseline_success_rate": 99.0,
                                               "baseline_window": "1m"}
 

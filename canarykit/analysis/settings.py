@@ -1,0 +1,274 @@
+"""The analysis settings, declared once: each field's default, help text and check.
+
+The plan's `analysis` sections, `canarykit analyze` (its flags and its `--config FILE`) and the
+analysis parameters of the analyze and shadow runbooks are all this one dataclass, so a
+default or a limit cannot differ between them. Each field says where it applies
+(`metadata["where"]`): the one-shot CLI has no use for re-checking until a verdict, and a plan
+step sets the canary weight itself.
+
+Defaults are chosen for a real mesh (Prometheus scraping every 15-30 s): a 10 minute window of
+1 minute intervals, at least 100 canary requests, and the three judges that decide from counts
+and histograms (Mann-Whitney needs many intervals, so it is opt-in).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from canarykit.analysis import judges as j
+from canarykit.analysis import metrics as m
+from canarykit.core.durations import parse_duration
+from canarykit.core.errors import BadInput
+
+JUDGE_NAMES = ("success-rate", "latency", "mann-whitney", "sequential")
+CLI, PLAN, RUNBOOK = "cli", "plan", "runbook"  # the CLI means its flags and its --config file
+EVERYWHERE = (CLI, PLAN, RUNBOOK)
+REPEAT = (PLAN, RUNBOOK)  # re-checking until a verdict: the analyze runbook only
+
+Check = Callable[[str, Any], None]
+
+
+def _setting(default: Any, help: str, check: Check, where: tuple[str, ...] = EVERYWHERE) -> Any:
+    metadata = {"help": help, "check": check, "where": where}
+    if isinstance(default, list):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------- checks of one value
+
+
+def _duration(name: str, value: Any) -> None:
+    if not isinstance(value, str) or parse_duration(value, name) <= 0:
+        raise BadInput(name, value, "must be a positive duration such as 30s, 1m or 10m")
+
+
+def _number(low: float, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Check:
+    def check(name: str, value: Any) -> None:
+        ok = (isinstance(value, int | float) and not isinstance(value, bool)
+              and math.isfinite(value)
+              and (value > low if open_low else value >= low)
+              and (high is None or (value < high if open_high else value <= high)))
+        if not ok:
+            lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+            span = f"{lo}{low:g}, {'inf' if high is None else format(high, 'g')}{hi}"
+            raise BadInput(name, value, f"must be a number in {span}")
+    return check
+
+
+def _whole(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInput(name, value, "must be a whole number of at least 1")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise BadInput(name, value, "must be true or false")
+
+
+def _judges(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not value:
+        raise BadInput(name, value, "must list at least one of " + ", ".join(JUDGE_NAMES))
+    for judge in value:
+        if judge not in JUDGE_NAMES:
+            raise BadInput(name, judge, "must be one of " + ", ".join(JUDGE_NAMES))
+        if value.count(judge) > 1:
+            raise BadInput(name, judge, "is listed twice")
+
+
+def _canary_weight(name: str, value: Any) -> None:
+    if value is not None:
+        _number(0, 100, open_low=True, open_high=True)(name, value)
+
+
+def _compare_metrics(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise BadInput(name, value, "must be a list")
+    for metric in value:
+        j.check_compare_metric(metric, name)
+
+
+def _custom_metrics(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise BadInput(name, value, "must be a list")
+    names = []
+    for metric in value:
+        if not isinstance(metric, m.CustomMetric):
+            raise BadInput(name, metric, "each entry must be a mapping")
+        metric.validate()
+        if metric.name in names:
+            raise BadInput(f"{name}.name", metric.name, "is used twice")
+        names.append(metric.name)
+
+
+def _default_compare() -> list[j.CompareMetric]:
+    return [
+        j.CompareMetric("success-rate", direction="decrease"),
+        j.CompareMetric("latency-p99", direction="increase", allowed_increase_ratio=0.1),
+    ]
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@dataclass
+class AnalysisSettings:
+    """How a canary is judged; `from_dict` / `to_dict` round-trip through YAML."""
+
+    window: str = _setting("10m", "analysis window, a duration such as 30s, 1m or 10m",
+                           _duration)
+    interval: str = _setting("1m", "per-interval sample length and metrics resolution",
+                             _duration)
+    judges: list[str] = _setting(["success-rate", "latency", "sequential"],
+                                 "judges to run; mann-whitney is the fourth",
+                                 _judges)
+    min_success_rate: float = _setting(99.0, "minimum canary success rate in percent (non-5xx)",
+                                       _number(0, 100))
+    max_p99_ms: float = _setting(500.0, "maximum canary p99 latency in milliseconds",
+                                 _number(0, open_low=True))
+    min_requests: int = _setting(100, "fewer canary requests is INCONCLUSIVE, never PASS",
+                                 _whole)
+    alpha: float = _setting(0.05, "false-rollback probability of the sequential judges",
+                            _number(0, 1, open_low=True, open_high=True))
+    error_tolerance: float = _setting(0.0, "sequential: tolerated rise of the canary 5xx rate",
+                                      _number(0))
+    latency_tolerance: float = _setting(0.05, "sequential: tolerated latency CDF shift (0-1)",
+                                        _number(0, 1))
+    confidence: float = _setting(0.95, "Mann-Whitney: confidence of the comparison",
+                                 _number(0, 1, open_low=True, open_high=True))
+    pass_score: float = _setting(95.0, "Mann-Whitney: lowest score (0-100) that passes",
+                                 _number(0, 100))
+    marginal_score: float = _setting(75.0, "Mann-Whitney: below this score fails",
+                                     _number(0, 100))
+    min_samples: int = _setting(5, "Mann-Whitney: fewest intervals per version", _whole)
+    canary_weight: float | None = _setting(
+        None, "configured canary weight in percent (empty: the observed share stands in)",
+        _canary_weight, (CLI,))
+    compare_metrics: list[j.CompareMetric] = field(
+        default_factory=_default_compare,
+        metadata={"help": "Mann-Whitney: metrics compared interval by interval",
+                  "check": _compare_metrics, "where": (CLI,)})
+    custom_metrics: list[m.CustomMetric] = _setting(
+        [], "business metrics from PromQL templates, each with its limits", _custom_metrics,
+        (CLI,))
+    until_verdict: bool = _setting(False, "re-check until PASS or FAIL (or max_duration)",
+                                   _flag, REPEAT)
+    check_every: str = _setting("30s", "time between checks with until_verdict", _duration,
+                                REPEAT)
+    max_duration: str = _setting("20m", "with until_verdict: longest wait for a verdict",
+                                 _duration, REPEAT)
+
+    @property
+    def window_seconds(self) -> float:
+        return parse_duration(self.window, "window")
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval, "interval")
+
+    def validate(self) -> AnalysisSettings:
+        """Refuse settings that cannot be judged, naming the field and the value."""
+        for item in fields(self):
+            item.metadata["check"](item.name, getattr(self, item.name))
+        if self.interval_seconds > self.window_seconds:
+            raise BadInput("interval", self.interval,
+                           f"must not be longer than the window {self.window}")
+        if self.marginal_score > self.pass_score:
+            raise BadInput("marginal_score", self.marginal_score,
+                           f"must not be above pass_score {self.pass_score:g}")
+        if self.until_verdict and parse_duration(self.max_duration) < self.window_seconds:
+            raise BadInput("max_duration", self.max_duration,
+                           f"must be at least the window {self.window}")
+        known = set(m.STANDARD_METRICS) | {metric.name for metric in self.custom_metrics}
+        for metric in self.compare_metrics:
+            if metric.name not in known:
+                raise BadInput("compare_metrics.name", metric.name,
+                               "must be a standard metric (" + ", ".join(m.STANDARD_METRICS)
+                               + ") or the name of a custom metric")
+        return self
+
+    def to_dict(self, where: str | None = None) -> dict[str, Any]:
+        """Plain YAML/JSON values; with `where`, only the settings that apply there."""
+        out = {}
+        for name in setting_names(where):
+            value = getattr(self, name)
+            if name in ("compare_metrics", "custom_metrics"):
+                value = [asdict(metric) for metric in value]
+            out[name] = copy.deepcopy(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base: AnalysisSettings | None = None,
+                  where: str | None = None, path: str = "") -> AnalysisSettings:
+        """`base` (default: the defaults) with `data` applied, checked. Errors name the field,
+        prefixed with `path` (e.g. "steps[2].analysis.window")."""
+        if not isinstance(data, dict):
+            raise BadInput(path or "analysis", data, "must be a mapping of analysis settings")
+        try:
+            return cls._from_dict(data, base or cls(), where)
+        except BadInput as exc:
+            if not path:
+                raise
+            raise BadInput(f"{path}.{exc.field}", exc.value, exc.problem) from None
+
+    @classmethod
+    def _from_dict(cls, data: dict, base: AnalysisSettings, where: str | None) -> AnalysisSettings:
+        known = setting_names(where)
+        for key, value in data.items():
+            if key not in known:
+                raise BadInput(str(key), value, "is not an analysis setting"
+                               + (f" of the {where}" if where else "")
+                               + f" (known: {', '.join(known)})")
+        values = {**base.to_dict(), **copy.deepcopy(data)}
+        if isinstance(values["judges"], str):  # "success-rate,latency", as a flag or parameter
+            values["judges"] = [name.strip() for name in values["judges"].split(",")
+                                if name.strip()]
+        values["compare_metrics"] = [
+            _compare_metric(item) for item in _list("compare_metrics", values["compare_metrics"])]
+        values["custom_metrics"] = [
+            m.CustomMetric.from_dict(_mapping("custom_metrics", item))
+            for item in _list("custom_metrics", values["custom_metrics"])]
+        for item in fields(cls):
+            value = values[item.name]
+            if item.type in ("float", "float | None") and type(value) is int:
+                values[item.name] = float(value)
+        return cls(**values).validate()
+
+
+def setting_names(where: str | None = None) -> tuple[str, ...]:
+    """The settings, in declaration order; with `where`, those that apply there."""
+    return tuple(item.name for item in fields(AnalysisSettings)
+                 if where is None or where in item.metadata["where"])
+
+
+def setting_help(name: str) -> str:
+    return AnalysisSettings.__dataclass_fields__[name].metadata["help"]
+
+
+def _list(name: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise BadInput(name, value, "must be a list")
+    return value
+
+
+def _mapping(name: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise BadInput(name, value, "each entry must be a mapping")
+    return value
+
+
+def _compare_metric(item: Any) -> j.CompareMetric:
+    if isinstance(item, j.CompareMetric):
+        return item
+    known = set(j.CompareMetric.__dataclass_fields__)
+    unknown = sorted(set(_mapping("compare_metrics", item)) - known)
+    if unknown:
+        raise BadInput(f"compare_metrics.{unknown[0]}", item[unknown[0]], "is not a known field")
+    if "name" not in item:
+        raise BadInput("compare_metrics.name", None, "is required")
+    return j.CompareMetric(**item)

@@ -1,0 +1,88 @@
+"""Runbook parameters declared once; the notebooks are rendered from the declarations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from canarykit.analysis.settings import AnalysisSettings
+from canarykit.rollout import parameters
+
+RUNBOOKS = Path(__file__).resolve().parents[2] / "canarykit" / "runbooks"
+
+
+def test_every_runbook_notebook_matches_its_declaration():
+    stale = parameters.stale_runbooks(RUNBOOKS)
+    assert stale == [], ("regenerate with: python -m canarykit.rollout.parameters --write; "
+                         f"stale: {stale}")
+
+
+def test_every_notebook_is_declared_and_every_declaration_has_a_notebook():
+    assert {p.stem for p in RUNBOOKS.glob("*.ipynb")} == set(parameters.DECLARED)
+
+
+@pytest.mark.parametrize("name", sorted(parameters.DECLARED))
+def test_the_notebooks_are_tidy_nbformat_4_without_outputs(name):
+    notebook = json.loads((RUNBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+    assert (notebook["nbformat"], notebook["metadata"]["kernelspec"]["name"]) == (4, "python3")
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None
+    code = "".join(c for cell in notebook["cells"] for c in cell["source"])
+    assert f'parameters.given_parameters("{name}"' in code
+
+
+def test_a_changed_notebook_is_reported_and_rewritten(tmp_path):
+    for path in RUNBOOKS.glob("*.ipynb"):
+        shutil.copy(path, tmp_path / path.name)
+    notebook = tmp_path / "analyze.ipynb"
+    notebook.write_text(notebook.read_text().replace('window: str = \\"10m\\"',
+                                                     'window: str = \\"1m\\"'))
+    preflight = tmp_path / "preflight.ipynb"
+    preflight.write_text(preflight.read_text().replace("- `namespace`", "- `name_space`"))
+    assert parameters.stale_runbooks(tmp_path) == ["preflight", "analyze"]
+    assert parameters.stale_runbooks(tmp_path, write=True) == ["preflight", "analyze"]
+    assert parameters.stale_runbooks(tmp_path) == []
+    assert notebook.read_text() == (RUNBOOKS / "analyze.ipynb").read_text()
+
+
+def test_the_parameters_cell_and_the_list_say_the_same_for_each_parameter():
+    cell = parameters.parameters_cell("rollback").splitlines()
+    listed = parameters.parameter_list("rollback").splitlines()
+    assert cell[-1] == 'reason: str = ""  # why, for the record (e.g. the failed analysis)'
+    assert listed[-1] == ('- `reason` (str, default `""`): why, for the record '
+                          '(e.g. the failed analysis)')
+    assert len(cell) == len(listed) == len(parameters.RUNBOOK_PARAMETERS["rollback"])
+
+
+@pytest.mark.parametrize("name", sorted(parameters.DECLARED))
+def test_parameter_lines_fit_the_line_length(name):
+    assert all(len(line) <= 100 for line in parameters.parameters_cell(name).splitlines())
+
+
+def test_the_common_parameters_say_how_the_cluster_and_prometheus_are_found():
+    helps = {p.name: p.help for p in parameters.COMMON}
+    assert "$KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)" in helps[
+        "kubeconfig"]
+    assert "required (no implicit lab)" in helps["prometheus_url"]
+
+
+def test_analysis_parameters_come_from_the_settings_model():
+    declared = {p.name: p for p in parameters.DECLARED["analyze"]}
+    defaults = AnalysisSettings()
+    assert declared["window"].default == defaults.window
+    assert declared["min_requests"].default == defaults.min_requests
+    assert declared["judges"].default == ",".join(defaults.judges)
+    assert declared["judges"].type == "str"
+    assert "until_verdict" not in parameters.RUNBOOK_PARAMETERS["shadow"]
+
+
+def test_a_plan_passes_the_runbook_its_analysis_settings_as_parameters():
+    settings = AnalysisSettings(window="30s", interval="5s", judges=["latency"])
+    values = parameters.analysis_values("shadow", settings)
+    assert set(values) <= set(parameters.RUNBOOK_PARAMETERS["shadow"])
+    assert values["judges"] == "latency" and values["window"] == "30s"
+    assert parameters.analysis_settings("shadow", values) == settings
