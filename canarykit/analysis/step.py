@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -24,6 +24,7 @@ import yaml
 from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
 from canarykit.analysis.settings import CLI, AnalysisSettings, setting_names
+from canarykit.core import times
 from canarykit.core.errors import BadInput
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -115,7 +116,7 @@ def run_analysis(
 
 
 def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, tz=UTC).isoformat().replace("+00:00", "Z")
+    return times.timestamp(unix)
 
 
 def _success_rate(canary, config, queries, missing_reason) -> judges.Judgement:

@@ -16,9 +16,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from canarykit.core import times
 
 GENESIS = "0" * 64
 DEFAULT_AUDIT_LOG = "reports/audit.jsonl"
@@ -65,7 +66,7 @@ class AuditLog:
         prev, count = _last_hash(self._handle)
         record = {
             "seq": count + 1,
-            "time": entry.get("time") or datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": entry.get("time") or times.timestamp(timespec="milliseconds"),
             **{k: v for k, v in entry.items() if k != "time"},
             "prev": prev,
         }

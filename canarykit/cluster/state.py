@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from canarykit.core import times
 from canarykit.core.errors import BadInput
 
 ROLLOUT_ANNOTATION = "canarykit.io/rollout"
@@ -43,7 +43,7 @@ class RolloutState:
 def new_state(
     stable: str, canary: str, snapshot: dict[str, Any], release: str = ""
 ) -> RolloutState:
-    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    started = times.timestamp()
     return RolloutState(
         stable=stable,
         canary=canary,

@@ -19,7 +19,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from canarykit.analysis import metrics as m
@@ -30,6 +29,7 @@ from canarykit.analysis.step import run_analysis
 from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
 from canarykit.cluster.state import AUDIT_HEAD_ANNOTATION, read_state, with_state
+from canarykit.core import times
 from canarykit.core.durations import format_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio, traffic, validate
@@ -497,7 +497,7 @@ def _metric_rows(client: m.Client, target: Target, start: float, end: float,
 
 
 def _parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return times.parse_timestamp(text).timestamp()
 
 
 @dataclass
@@ -593,7 +593,7 @@ def period_segments(client: m.Client, selector: m.MetricsSelector,
 
 
 def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return times.timestamp(unix)
 
 
 def _check_record(decision: Decision, start: float, end: float, covered: bool) -> dict:
