@@ -1,11 +1,11 @@
 """What the runbooks do: one function per rollout phase, called from a thin notebook.
 
-Each phase function takes the connected `Target` and the runbook's `result` (from
+Each phase function takes the connected `Target` and the runbook's `RunbookResult` (from
 `runbook.new_result`), refuses bad parameters before it changes anything, appends every change
-it applies to `result["changes"]`, sets `result["weights"]` (the configured split afterwards),
-`result["decision"]` where it judges, and `result["outcome"] = "ok"` when it gets to the end.
-When a phase fails it records the result with `outcome: "error"` (and whatever it had already
-applied) and raises, so papermill stops with one clear error in the executed notebook.
+it applies to `result.changes`, sets `result.weights` (the configured split afterwards) and
+`result.decision` where it judges; the outcome becomes OK when it gets to the end. When a phase
+fails it records the result with outcome ERROR (and whatever it had already applied) and
+raises, so papermill stops with one clear error in the executed notebook.
 
 Evidence is chained across weight changes: `analyze` rebuilds the rollout's weight periods from
 the audit log (the `begin_rollout` record of this rollout and every later change to the
@@ -76,16 +76,16 @@ def _phase(function: Callable[..., Any]) -> Callable[..., Any]:
     """Mark the result ok at the end; on failure record what was done, then raise."""
 
     @functools.wraps(function)
-    def run(target: Target, result: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def run(target: Target, result: runbook.RunbookResult, *args: Any, **kwargs: Any) -> Any:
         try:
             value = function(target, result, *args, **kwargs)
         except Exception as exc:
-            result["outcome"] = "error"
-            result["error"] = _error_text(exc)
+            result.outcome = runbook.Outcome.ERROR
+            result.error = _error_text(exc)
             runbook.record(result)
             raise
-        result["outcome"] = "ok"
-        result["error"] = None
+        result.outcome = runbook.Outcome.OK
+        result.error = None
         return value
 
     return run
@@ -121,31 +121,31 @@ def _mirrors(vs: dict[str, Any]) -> bool:
     return any("mirror" in r or "mirrors" in r for r in istio.http_routes(vs))
 
 
-def _record_change(result: dict[str, Any], applied: cluster.AppliedChange) -> None:
+def _record_change(result: runbook.RunbookResult, applied: cluster.AppliedChange) -> None:
     if applied.change.changed:
-        result["changes"].append(applied.to_dict())
+        result.changes.append(applied.to_dict())
     else:
-        result["notes"].append(f"{applied.change.operation} on {applied.change.target}: "
+        result.notes.append(f"{applied.change.operation} on {applied.change.target}: "
                                "nothing to change")
 
 
-def _set_weights(target: Target, result: dict[str, Any]) -> dict[str, Any]:
+def _set_weights(target: Target, result: runbook.RunbookResult) -> dict[str, Any]:
     vs = cluster.find_virtual_service(target.cluster, target.service)
-    result["weights"] = configured_weights(vs, target.stable, target.canary)
+    result.weights = configured_weights(vs, target.stable, target.canary)
     return vs
 
 
-def _ensure_rollout(target: Target, result: dict[str, Any]) -> None:
+def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
     """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running."""
     vs = cluster.find_virtual_service(target.cluster, target.service)
     running = read_state(vs)
     state = cluster.begin_rollout(target.cluster, target.service, stable=target.stable,
                                   canary=target.canary, release=target.release,
                                   audit_log=target.audit_log)
-    result["release"] = state.release
+    result.release = state.release
     if running is not None:
         if target.release and target.release != state.release:
-            result["notes"].append(f"release {state.release} is in progress; continuing it "
+            result.notes.append(f"release {state.release} is in progress; continuing it "
                                    f"(release parameter {target.release} not used)")
         return
     after = cluster.find_virtual_service(target.cluster, target.service)
@@ -153,11 +153,11 @@ def _ensure_rollout(target: Target, result: dict[str, Any]) -> None:
                                               "release": state.release},
                             istio.copy_object(vs), with_state(vs, state))
     head = (after["metadata"].get("annotations") or {}).get(AUDIT_HEAD_ANNOTATION)
-    result["changes"].append(
+    result.changes.append(
         cluster.AppliedChange(change, after, False, 1, {"hash": head}).to_dict())
 
 
-def _apply(target: Target, result: dict[str, Any],
+def _apply(target: Target, result: runbook.RunbookResult,
            operation: Callable[[dict[str, Any]], traffic.Change]) -> cluster.AppliedChange:
     applied = cluster.change_virtual_service(target.cluster, target.service, operation,
                                              audit_log=target.audit_log)
@@ -296,7 +296,7 @@ def _check_baseline(target: Target, client: m.Client, minimum: float, window: st
 
 
 @_phase
-def preflight(target: Target, result: dict[str, Any], *,
+def preflight(target: Target, result: runbook.RunbookResult, *,
               min_baseline_success_rate: float = default("preflight", "min_baseline_success_rate"),
               baseline_window: str = default("preflight", "baseline_window")) -> Decision:
     """Everything a rollout relies on, checked before it starts; raises unless all PASS."""
@@ -316,12 +316,12 @@ def preflight(target: Target, result: dict[str, Any], *,
         found.append(_check_baseline(target, client, min_baseline_success_rate, baseline_window,
                                      seconds))
         now = time.time()
-        result["metrics"] = _metric_rows(client, target, now - seconds, now,
+        result.metrics = _metric_rows(client, target, now - seconds, now,
                                          min(seconds, 10.0))
     decision = decide(found)
-    result["decision"] = decision.to_dict()
+    result.decision = decision.to_dict()
     if vs is not None:
-        result["weights"] = configured_weights(vs, target.stable, target.canary)
+        result.weights = configured_weights(vs, target.stable, target.canary)
     if not reachable:
         raise BadInput("prometheus_url", settings.url, f"Prometheus does not answer: "
                        f"{probe.message}")
@@ -341,7 +341,7 @@ def _percentage(field: str, value: Any) -> float:
 
 
 @_phase
-def internal_canary(target: Target, result: dict[str, Any], *,
+def internal_canary(target: Target, result: runbook.RunbookResult, *,
                     header: str = default("internal-canary", "header"),
                     header_value: str = default("internal-canary", "header_value"),
                     cookie_name: str = default("internal-canary", "cookie_name"),
@@ -386,7 +386,7 @@ def _refuse_invalid(vs: dict[str, Any]) -> None:
 
 
 @_phase
-def shift_traffic(target: Target, result: dict[str, Any], *, canary_weight: int) -> None:
+def shift_traffic(target: Target, result: runbook.RunbookResult, *, canary_weight: int) -> None:
     """Send `canary_weight`% of the canary route to the canary (starting the rollout)."""
     vs, dr = _objects(target)
     traffic.set_canary_weight(vs, canary_weight, stable=target.stable, canary=target.canary,
@@ -400,7 +400,7 @@ def shift_traffic(target: Target, result: dict[str, Any], *, canary_weight: int)
 
 
 @_phase
-def blue_green_switch(target: Target, result: dict[str, Any], *, to_subset: str) -> None:
+def blue_green_switch(target: Target, result: runbook.RunbookResult, *, to_subset: str) -> None:
     """Send all of the canary route's traffic to one subset (blue-green)."""
     vs, dr = _objects(target)
     known = istio.destination_rule_subsets(dr)
@@ -436,7 +436,7 @@ def _promote_change(vs: dict[str, Any], dr: dict[str, Any], stable: str,
 
 
 @_phase
-def promote(target: Target, result: dict[str, Any]) -> None:
+def promote(target: Target, result: runbook.RunbookResult) -> None:
     """All traffic to the canary, temporary routes gone, the rollout ended: one atomic write,
     so a promote that dies half-way never leaves a half-promoted VirtualService."""
     vs, dr = _objects(target)
@@ -446,22 +446,22 @@ def promote(target: Target, result: dict[str, Any]) -> None:
                        f"over {state.stable} (release {state.release})")
     release = state.release if state else target.release
     if state is None:
-        result["notes"].append("no rollout in progress; switching all traffic to "
+        result.notes.append("no rollout in progress; switching all traffic to "
                                f"{target.canary} anyway")
     _apply(target, result, lambda fresh: _promote_change(fresh, dr, target.stable,
                                                           target.canary, release))
-    result["release"] = release
+    result.release = release
     _set_weights(target, result)
-    result["notes"].append(f"{target.canary} is now the stable version of {target.service}")
+    result.notes.append(f"{target.canary} is now the stable version of {target.service}")
 
 
 @_phase
-def rollback(target: Target, result: dict[str, Any], *,
+def rollback(target: Target, result: runbook.RunbookResult, *,
              reason: str = default("rollback", "reason")) -> None:
     """Restore the pre-rollout VirtualService and DestinationRule and end the rollout."""
     _text("reason", reason)
     if reason:
-        result["notes"].append(f"reason: {reason}")
+        result.notes.append(f"reason: {reason}")
     vs = cluster.find_virtual_service(target.cluster, target.service)
     state = read_state(vs)
     if state is None:
@@ -473,10 +473,10 @@ def rollback(target: Target, result: dict[str, Any], *,
                 f"no rollout in progress on {istio.object_ref(vs)} (no snapshot to restore) "
                 f"and traffic is not all on {target.stable} (weights {weights}); use the "
                 "blue-green or shift-traffic runbook to move it")
-        result["notes"].append(f"nothing to roll back: no rollout in progress and all traffic "
+        result.notes.append(f"nothing to roll back: no rollout in progress and all traffic "
                                f"is on {target.stable}")
     else:
-        result["release"] = state.release
+        result.release = state.release
         for applied in cluster.rollback(target.cluster, target.service,
                                         audit_log=target.audit_log):
             _record_change(result, applied)
@@ -647,22 +647,22 @@ def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start:
     return last, now
 
 
-def _fit_config(config: AnalysisSettings, result: dict[str, Any], weight: int | None,
+def _fit_config(config: AnalysisSettings, result: runbook.RunbookResult, weight: int | None,
                 share_known: bool) -> AnalysisSettings:
     """The analysis the current routing allows: the configured weight is the canary's share
     only without routes for matched users and mirrors; with all traffic on the canary there is
     no stable traffic to compare with, so only the threshold judges can decide."""
     if not share_known:
         if config.canary_weight is not None:
-            result["notes"].append(f"canary_weight {config.canary_weight:g} not taken as the "
+            result.notes.append(f"canary_weight {config.canary_weight:g} not taken as the "
                                    "canary's share of traffic")
-        result["notes"].append("routes for matched users or a mirror send the canary more "
+        result.notes.append("routes for matched users or a mirror send the canary more "
                                "than its weight: the observed share stands in for it")
         return replace(config, canary_weight=None)
     if weight == 100:
         alone = [name for name in config.judges if name in ("success-rate", "latency")]
         if alone and alone != config.judges:
-            result["notes"].append("all traffic is on the canary: nothing to compare it with, "
+            result.notes.append("all traffic is on the canary: nothing to compare it with, "
                                    "so only " + ", ".join(alone) + " judge it")
             return replace(config, judges=alone, canary_weight=None)
         return replace(config, canary_weight=None)
@@ -679,7 +679,7 @@ def _settings(runbook_name: str, given: AnalysisSettings | Mapping[str, Any]
 
 
 @_phase
-def analyze(target: Target, result: dict[str, Any],
+def analyze(target: Target, result: runbook.RunbookResult,
             settings: AnalysisSettings | Mapping[str, Any], *, canary_weight: float) -> Decision:
     """Judge the canary at its current weight, chaining evidence from earlier weights.
 
@@ -698,7 +698,7 @@ def analyze(target: Target, result: dict[str, Any],
     client = prometheus_client(target)
     began = time.time()
     vs = _set_weights(target, result)
-    weight = (result["weights"] or {}).get(target.canary)
+    weight = (result.weights or {}).get(target.canary)
     share_known = not _canary_match_routes(vs, target.canary) and not _mirrors(vs)
     config = _fit_config(config, result, weight, share_known)
     state = read_state(vs)
@@ -713,33 +713,34 @@ def analyze(target: Target, result: dict[str, Any],
     if periods and periods[-1].weight == weight:
         start = max(start, periods[-1].start + SETTLE_SECONDS)
         segments, skipped = period_segments(client, target.selector, periods)
-        result["notes"].extend(skipped)
-        result["notes"].append(f"evidence chained over {len(segments)} earlier weight "
+        result.notes.extend(skipped)
+        result.notes.append(f"evidence chained over {len(segments)} earlier weight "
                                f"period(s) of release {state.release}")
     else:
         why = ("no rollout in progress" if state is None else
                f"no audit records of release {state.release} in {target.audit_log}"
                if not periods else "the audit log disagrees with the VirtualService's weight")
-        result["notes"].append(f"evidence restarted at the current weight: {why}")
+        result.notes.append(f"evidence restarted at the current weight: {why}")
     checks: list[dict] = []
     decision, end = _judge(target, client, config, start=start, window=window_s,
                            until_verdict=config.until_verdict,
                            deadline=max(began + limit, start + window_s),
                            check_every=every, segments=segments, checks=checks)
-    result["decision"] = decision.to_dict()
-    result["evidence"] = {
+    result.decision = decision.to_dict()
+    result.evidence = {
         "window": {"start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3)},
         "weight_periods": [period.to_dict() for period in periods],
         "segments": [asdict(segment) for segment in segments],
         "checks": checks,
     }
-    result["metrics"] = _metric_rows(client, target, start, end, config.interval_seconds)
+    result.metrics = _metric_rows(client, target, start, end, config.interval_seconds)
     return decision
 
 
 @_phase
-def shadow(target: Target, result: dict[str, Any], settings: AnalysisSettings | Mapping[str, Any],
-           *, percentage: float = default("shadow", "percentage"),
+def shadow(target: Target, result: runbook.RunbookResult,
+           settings: AnalysisSettings | Mapping[str, Any], *,
+           percentage: float = default("shadow", "percentage"),
            keep_mirror: bool = default("shadow", "keep_mirror")) -> Decision:
     """Mirror `percentage` of requests to the canary and judge it on that copy (once, over the
     window of `settings`): users only ever get the stable answer, so a bad canary costs them
@@ -761,9 +762,9 @@ def shadow(target: Target, result: dict[str, Any], settings: AnalysisSettings | 
     decision, end = _judge(target, client, config, start=start, window=config.window_seconds,
                            until_verdict=False, deadline=start, check_every=1.0, segments=[],
                            checks=checks)
-    result["decision"] = decision.to_dict()
-    result["evidence"] = {"window": {"start": _iso(start), "end": _iso(end)}, "checks": checks}
-    result["metrics"] = _metric_rows(client, target, start, end, config.interval_seconds)
+    result.decision = decision.to_dict()
+    result.evidence = {"window": {"start": _iso(start), "end": _iso(end)}, "checks": checks}
+    result.metrics = _metric_rows(client, target, start, end, config.interval_seconds)
     if not keep_mirror:
         _apply(target, result, functools.partial(traffic.clear_mirror, stable=target.stable,
                                                  canary=target.canary))

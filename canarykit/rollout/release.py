@@ -493,7 +493,7 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:500]}"
 
 
-def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
+def post_rollout_analysis(result: runbook.RunbookResult, *, release_folder: str = "",
                           reports: str = "reports",
                           service: str = "reviews") -> dict[str, pd.DataFrame]:
     """Load a past release for exploration and note what it holds in the result."""
@@ -501,18 +501,16 @@ def post_rollout_analysis(result: dict[str, Any], *, release_folder: str = "",
         folder = find_release(release_folder, reports=reports, service=service)
         frames = load_release(folder)
         phases_frame = frames["phases"]
-        result["notes"].append(f"release folder {folder}")
-        result["notes"].append(
+        result.notes.append(f"release folder {folder}")
+        result.notes.append(
             f"{len(phases_frame)} phases, {len(frames['decisions'])} judgements, "
             f"{len(frames['changes'])} changes, {len(frames['metrics'])} metric rows")
         verdicts = [v for v in phases_frame.get("decision", []) if isinstance(v, str)]
         if verdicts:
-            result["notes"].append("decisions: " + ", ".join(verdicts))
+            result.notes.append("decisions: " + ", ".join(verdicts))
     except Exception as exc:
-        from canarykit.rollout import runbook
-
-        result["outcome"], result["error"] = "error", _error_text(exc)
+        result.outcome, result.error = runbook.Outcome.ERROR, _error_text(exc)
         runbook.record(result)
         raise
-    result["outcome"] = "ok"
+    result.outcome = runbook.Outcome.OK
     return frames

@@ -7,8 +7,10 @@ read back from the .ipynb as plain JSON, with no recording library.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,33 +46,73 @@ def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
-def new_result(runbook: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """The skeleton every runbook fills in; `outcome` stays "error" until the end is reached."""
-    return {
-        "runbook": runbook,
-        "started": timestamp(),
-        "finished": None,
-        "parameters": check_parameters(dict(parameters)),
-        "outcome": "error",
-        "error": None,
-        "decision": None,
-        "changes": [],
-        "weights": None,
-        "metrics": [],
-        "notes": [],
-    }
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
 
 
-def record(result: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class RunbookResult:
+    """What one runbook run did and decided: recorded in its notebook, read back by the driver
+    and the report. `outcome` stays ERROR until the runbook reaches its end."""
+
+    runbook: str
+    parameters: dict[str, Any]
+    started: str = field(default_factory=timestamp)
+    finished: str | None = None
+    outcome: Outcome = Outcome.ERROR
+    error: str | None = None
+    release: str = ""
+    decision: dict[str, Any] | None = None  # analysis.judges.Decision.to_dict()
+    evidence: dict[str, Any] | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, int] | None = None  # the configured split afterwards
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str | None:
+        return (self.decision or {}).get("verdict")
+
+    @property
+    def reason(self) -> str:
+        return (self.decision or {}).get("reason") or ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "outcome": self.outcome.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunbookResult:
+        """A recorded result; fields a newer or older canarykit wrote are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values.setdefault("runbook", "")
+        values.setdefault("parameters", {})
+        for key in ("changes", "metrics", "notes"):
+            values[key] = list(values.get(key) or [])
+        values["release"] = values.get("release") or ""
+        try:
+            values["outcome"] = Outcome(values.get("outcome") or "error")
+        except ValueError:
+            values["outcome"] = Outcome.ERROR
+        return cls(**values)
+
+
+def new_result(runbook: str, parameters: dict[str, Any]) -> RunbookResult:
+    """The result every runbook fills in; its parameters are checked for credentials first."""
+    return RunbookResult(runbook, check_parameters(dict(parameters)))
+
+
+def record(result: RunbookResult) -> RunbookResult:
     """Display `result` in the notebook under RESULT_MIME (call once, in the last cell)."""
     from IPython.display import display
 
-    result = {**result, "finished": result.get("finished") or timestamp()}
-    text = json.dumps(result, default=str)
-    summary = f"{result['runbook']}: {result['outcome']}"
-    if result.get("decision"):
-        summary += f", decision {result['decision']['verdict']}: {result['decision']['reason']}"
-    display({RESULT_MIME: json.loads(text), "text/plain": summary}, raw=True)
+    result.finished = result.finished or timestamp()
+    data = json.loads(json.dumps(result.to_dict(), default=str))
+    summary = f"{result.runbook}: {result.outcome.value}"
+    if result.decision:
+        summary += f", decision {result.verdict}: {result.reason}"
+    display({RESULT_MIME: data, "text/plain": summary}, raw=True)
     return result
 
 

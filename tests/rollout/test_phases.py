@@ -222,7 +222,7 @@ def test_the_configured_weight_is_the_share_only_without_internal_routes_or_mirr
     assert phases._fit_config(_config(), result, 25, True).canary_weight == 25.0
     hidden = phases._fit_config(_config(canary_weight=25.0), result, 25, False)
     assert hidden.canary_weight is None
-    assert any("not taken as the canary's share" in note for note in result["notes"])
+    assert any("not taken as the canary's share" in note for note in result.notes)
 
 
 def test_with_all_traffic_on_the_canary_only_threshold_judges_decide():

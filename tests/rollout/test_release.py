@@ -112,9 +112,9 @@ def test_find_release_takes_the_newest_folder_of_the_service(release, tmp_path):
 def test_post_rollout_analysis_records_what_it_loaded(release, tmp_path):
     result = runbook.new_result("post-rollout-analysis", {"release_folder": str(release)})
     frames = release_folder.post_rollout_analysis(result, release_folder=str(release))
-    assert result["outcome"] == "ok"
-    assert str(release) in result["notes"][0]
-    assert "decisions: PASS, FAIL" in result["notes"]
+    assert result.outcome == runbook.Outcome.OK
+    assert str(release) in result.notes[0]
+    assert "decisions: PASS, FAIL" in result.notes
     assert isinstance(frames["phases"], pd.DataFrame)
 
 

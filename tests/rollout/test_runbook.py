@@ -1,3 +1,5 @@
+import json
+
 import nbformat
 import papermill
 import pytest
@@ -50,8 +52,8 @@ def test_a_recorded_result_is_read_back_from_the_executed_notebook(tmp_path):
         _notebook(
             "from canarykit.rollout import runbook\n"
             "result = runbook.new_result('shift-traffic', {'weight': weight})\n"
-            "result['weights'] = {'v1': 100 - weight, 'v2': weight}\n"
-            "result['outcome'] = 'ok'\n"
+            "result.weights = {'v1': 100 - weight, 'v2': weight}\n"
+            "result.outcome = runbook.Outcome.OK\n"
             "runbook.record(result)\n"
         ),
         source,
@@ -76,3 +78,21 @@ def test_a_failed_run_has_no_result_and_its_error_is_read_back(tmp_path):
         papermill.execute_notebook(str(source), str(executed), progress_bar=False)
     assert runbook.read_result(executed) is None
     assert runbook.notebook_error(executed) == "ValueError: weight: must be 0..100 (got 130)"
+
+
+def test_a_result_round_trips_through_its_recorded_json():
+    result = runbook.new_result("analyze", {"service": "reviews"})
+    result.decision = {"verdict": "PASS", "reason": "every required judge passed"}
+    result.weights, result.outcome = {"v1": 75, "v2": 25}, runbook.Outcome.OK
+    recorded = json.loads(json.dumps(result.to_dict()))
+    assert recorded["outcome"] == "ok"
+    again = runbook.RunbookResult.from_dict(recorded)
+    assert again == result
+    assert (again.verdict, again.reason) == ("PASS", "every required judge passed")
+
+
+def test_a_result_from_another_version_keeps_what_it_knows():
+    again = runbook.RunbookResult.from_dict(
+        {"runbook": "promote", "parameters": {}, "outcome": "maybe", "future_field": 1})
+    assert again.outcome is runbook.Outcome.ERROR  # unknown outcome: never taken as ok
+    assert again.changes == [] and again.verdict is None
