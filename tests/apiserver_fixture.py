@@ -5,7 +5,6 @@ tests/conftest.py imports `apiserver` from here; `kube_client` and `seed` are pl
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-REPO = Path(__file__).resolve().parent.parent
 START_SECONDS = 30
 
 
@@ -40,13 +38,11 @@ def start_apiserver(work_dir: Path, data_dir: Path | None = None) -> ApiServerPr
     kubeconfig = work_dir / "kubeconfig"
     kubeconfig.unlink(missing_ok=True)
     log = work_dir / "apiserver.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "canarykit.lab.apiserver", "--port", "0",
              "--data", str(data_dir), "--kubeconfig", str(kubeconfig)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            cwd=work_dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + START_SECONDS
     while not kubeconfig.exists():
         if process.poll() is not None or time.monotonic() > deadline:

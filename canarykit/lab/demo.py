@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -65,8 +64,11 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _write_plan(path: Path, reports: Path) -> Path:
-    path.write_text(yaml.safe_dump({**PLAN, "reports": str(reports.resolve())}, sort_keys=False))
+def _write_plan(path: Path, reports: Path, state: lab.LabState) -> Path:
+    """The plan names the lab's kubeconfig and Prometheus: nothing finds the lab by itself."""
+    plan = {**PLAN, "kubeconfig": state.kubeconfig,
+            "prometheus": {"url": state.prometheus_url}, "reports": str(reports.resolve())}
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path
 
 
@@ -75,10 +77,10 @@ def _releases(reports: Path) -> set[Path]:
 
 
 def _canary_weight(kubeconfig: str) -> int | None:
-    routes = cluster.status(cluster.connect(kubeconfig), "reviews")["routes"]
-    for destination in routes[-1]["destinations"]:
-        if destination["subset"] == "v2":
-            return destination["weight"]
+    routes = cluster.status(cluster.connect(kubeconfig), "reviews").routes
+    for destination in routes[-1].destinations:
+        if destination.subset == "v2":
+            return destination.weight
     return None
 
 
@@ -109,11 +111,10 @@ def run(args: argparse.Namespace) -> int:
     before = _releases(reports)
     with tempfile.TemporaryDirectory(prefix="canarykit-demo-") as tmp:
         data_dir = Path(tmp) / "lab"
-        os.environ["CANARYKIT_LAB_DIR"] = str(data_dir)
         state = lab.up(lab.LabConfig(data_dir=str(data_dir), rate=args.rate))
         _say(f"lab up: Envoy {state.envoy_url}, Prometheus {state.prometheus_url}")
         try:
-            plan = _write_plan(Path(tmp) / "plan.yaml", reports)
+            plan = _write_plan(Path(tmp) / "plan.yaml", reports, state)
             first = _healthy_release(plan)
             lab.reset(state)
             second = _bad_release(plan, state, reports)

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -41,7 +42,6 @@ from canarykit.mesh.istio import ISTIO_GROUP, check_dns_label
 
 STATE_FILE = "lab.json"
 DEFAULT_DATA_DIR = ".canarykit-lab"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # What `up` removes before starting afresh (only these: the data dir may hold other files).
 RUN_PATHS = ("apiserver", "xds", "history", "prometheus", "run", "kubeconfig",
              "endpoints.json", "envoy-bootstrap.yaml")
@@ -352,8 +352,8 @@ def stop_parts(parts: list[Part], grace: float = STOP_GRACE_SECONDS) -> list[Par
 
 
 def _child_env() -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    """Ours, unbuffered: the children run the installed canarykit with this interpreter."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _start(state: LabState, name: str, kind: str, argv: list[str], **info: Any) -> Part:
@@ -1036,9 +1036,19 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"prometheus:  {state.prometheus_url}")
     print(f"envoy:       {state.envoy_url}  (admin {state.envoy_admin_url})")
     print(f"loadgen:     {state.loadgen_url}/stats")
-    print(f"try:         canarykit weight {state.service} --canary 10 "
-          f"--kubeconfig {state.kubeconfig}")
+    print("to use it (nothing finds the lab by itself):")
+    for line in use_lines(state):
+        print(f"  {line}")
     return 0
+
+
+def use_lines(state: LabState) -> list[str]:
+    """The shell lines that point kubectl and canarykit at this lab, and only when run."""
+    from canarykit.rollout.target import PROMETHEUS_URL_ENV  # its pandas only when needed
+
+    return [f"export KUBECONFIG={shlex.quote(state.kubeconfig)}",
+            f"export {PROMETHEUS_URL_ENV}={shlex.quote(state.prometheus_url)}",
+            f"canarykit weight {state.service} --canary 10"]
 
 
 def run_down(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.resources
 import json
 import os
 import socket
@@ -42,9 +43,8 @@ from canarykit.core.errors import BadInput, CanaryKitError, ClusterError
 from canarykit.core.files import write_atomically
 from canarykit.rollout import runbook
 from canarykit.rollout.plan import PhaseSpec, Plan, expand, load_plan
+from canarykit.rollout.target import PROMETHEUS_URL_ENV, resolve_prometheus_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNBOOKS = REPO_ROOT / "runbooks"
 DRIVER_ANNOTATION = "canarykit.io/driver"
 DEFAULT_LEASE_SECONDS = 60
 KERNEL = "python3"
@@ -298,39 +298,52 @@ class Driver:
     kube: Any
     runbooks: Path
     reports: Path
-    kubeconfig: str  # the path the driver and the notebooks both use ("" = their default)
-    lab_dir: str  # the lab found from the current folder, passed on to the notebooks
+    kubeconfig: str  # absolute path the driver and the notebooks both use ("" = the default)
+    prometheus_url: str  # the plan's, else $CANARYKIT_PROMETHEUS_URL ("" = none given)
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     runner: str = field(default_factory=runner_id)
     say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
 
 
-def find_lab(kubeconfig: str) -> tuple[str, str]:
-    """(kubeconfig, lab dir): the plan's kubeconfig, else the running lab's (CANARYKIT_LAB_DIR
-    or ./.canarykit-lab from here), else "" for ~/.kube/config. The lab dir goes to the
-    notebooks too, so they find the same lab (or none) although they run in the repo root."""
-    from canarykit.lab import processes as lab
-
-    if kubeconfig:
-        return str(Path(kubeconfig).expanduser().resolve()), ""
-    lab_dir = Path(os.environ.get("CANARYKIT_LAB_DIR") or lab.DEFAULT_DATA_DIR).resolve()
-    state = None
-    with contextlib.suppress(CanaryKitError):
-        state = lab.read_state(lab_dir)
-    return (state.kubeconfig if state else "") or "", str(lab_dir)
+def packaged_runbooks() -> Path:
+    """The runbooks installed with canarykit (package data), wherever it is installed."""
+    return Path(str(importlib.resources.files("canarykit") / "runbooks"))
 
 
-def open_driver(args: argparse.Namespace) -> Driver:
-    """Load and check the plan and the runbooks it needs, then connect: BadInput on a bad plan."""
+def absolute_kubeconfig(kubeconfig: str) -> str:
+    """The plan's kubeconfig, else $KUBECONFIG, as an absolute path (relative to where the
+    command runs), so the notebooks use the same file; "" leaves ~/.kube/config or the
+    in-cluster config to the client, as kubectl would."""
+    chosen = kubeconfig or os.environ.get("KUBECONFIG", "")
+    return str(Path(chosen).expanduser().resolve()) if chosen else ""
+
+
+# Runbooks that query Prometheus: a plan with any of them needs a Prometheus URL.
+PROMETHEUS_RUNBOOKS = ("preflight", "analyze", "shadow")
+
+
+def require_prometheus(driver: Driver) -> None:
+    """Refuse, before anything changes, a plan whose phases query Prometheus without a URL."""
+    needing = [spec.name for spec in driver.phases if spec.runbook in PROMETHEUS_RUNBOOKS]
+    if needing and not driver.prometheus_url:
+        raise BadInput("prometheus.url", "", f"is required (phases {', '.join(needing)} query "
+                       f"Prometheus): give it in the plan or set ${PROMETHEUS_URL_ENV}")
+
+
+def open_driver(args: argparse.Namespace, *, executes: bool = False) -> Driver:
+    """Load and check the plan and the runbooks it needs, then connect: BadInput on a bad plan.
+    `executes`: the command runs the plan's phases, so their Prometheus must be given."""
     from canarykit.cluster import client as cluster
 
     plan = load_plan(args.plan)
     phases = expand(plan)
-    runbooks = Path(args.runbooks).resolve()
-    kubeconfig, lab_dir = find_lab(plan.kubeconfig)
+    runbooks = Path(args.runbooks or packaged_runbooks()).resolve()
+    kubeconfig = absolute_kubeconfig(plan.kubeconfig)
     driver = Driver(plan, phases, None, runbooks, Path(plan.reports).resolve(), kubeconfig,
-                    lab_dir, args.lease_seconds)
+                    resolve_prometheus_url(plan.prometheus.url), args.lease_seconds)
     check_runbooks(driver)
+    if executes:
+        require_prometheus(driver)
     driver.kube = cluster.connect(kubeconfig or None, plan.context or None, plan.namespace)
     return driver
 
@@ -380,7 +393,7 @@ def common_parameters(driver: Driver, release: str, folder: Path) -> dict[str, A
         "canary": plan.canary,
         "kubeconfig": driver.kubeconfig,
         "context": plan.context,
-        "prometheus_url": plan.prometheus.url,
+        "prometheus_url": driver.prometheus_url,
         "prometheus_bearer_token_env": plan.prometheus.bearer_token_env,
         "audit_log": str(folder / "audit.jsonl"),
         "release": release,
@@ -471,20 +484,19 @@ def kernel_stderr(path: Path) -> Iterator[None]:
 
 
 def execute(driver: Driver, state: DriverState, spec: PhaseSpec, notebook: Path) -> dict[str, Any]:
-    """Run the runbook into `notebook`; what it recorded: outcome, verdict, reason, error."""
+    """Run the runbook into `notebook`; what it recorded: outcome, verdict, reason, error.
+    The kernel works in the release folder; every path it is given is already absolute."""
     import papermill
 
     folder = Path(state.folder)
     parameters = {**common_parameters(driver, state.release, folder), **spec.parameters}
     env = {"CANARYKIT_AUDIT_LOG": str(folder / "audit.jsonl")}
-    if driver.lab_dir:
-        env["CANARYKIT_LAB_DIR"] = driver.lab_dir
     error = None
     try:
         with environment(env), kernel_stderr(folder / "kernels.log"):
             papermill.execute_notebook(
                 str(driver.runbooks / f"{spec.runbook}.ipynb"), str(notebook),
-                parameters=parameters, kernel_name=KERNEL, cwd=str(REPO_ROOT),
+                parameters=parameters, kernel_name=KERNEL, cwd=str(folder),
                 progress_bar=False, log_output=False, request_save_on_cell_execute=True)
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
@@ -687,7 +699,7 @@ def take_lease(driver: Driver, otherwise: str) -> Lease | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole plan in this process: phase after phase until promoted or rolled back."""
-    driver = open_driver(args)
+    driver = open_driver(args, executes=True)
     lease = take_lease(driver, "not starting")
     if lease is None:
         return EXIT_NOT_PROMOTED
@@ -711,7 +723,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_step(args: argparse.Namespace) -> int:
     """At most one phase: the next due one. Safe from cron, from several machines at once."""
-    driver = open_driver(args)
+    driver = open_driver(args, executes=True)
     lease = take_lease(driver, "nothing to do")
     if lease is None:
         return 0
@@ -806,7 +818,7 @@ def status_report(driver: Driver) -> dict[str, Any]:
             out["release"]["next"] = f"none: {exc}"
         out["release"]["planChanged"] = state.plan_digest != driver.plan.digest()
     try:
-        out["cluster"] = cluster.status(driver.kube, driver.plan.service)
+        out["cluster"] = cluster.status(driver.kube, driver.plan.service).to_dict()
     except CanaryKitError as exc:
         out["cluster"] = {"error": str(exc)}
     return out
@@ -860,8 +872,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (handler, text) in COMMANDS.items():
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("plan", type=Path, metavar="PLAN", help="the rollout plan (YAML)")
-        sub.add_argument("--runbooks", type=Path, default=RUNBOOKS,
-                         help=f"folder of runbook notebooks (default {RUNBOOKS})")
+        sub.add_argument("--runbooks", type=Path, default=None,
+                         help="folder of runbook notebooks (default: the runbooks installed "
+                         "with canarykit)")
         sub.add_argument("--lease-seconds", type=int, default=DEFAULT_LEASE_SECONDS,
                          metavar="N", help="how long the lease lasts without renewal "
                          f"(default {DEFAULT_LEASE_SECONDS})")

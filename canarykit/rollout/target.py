@@ -13,22 +13,14 @@ from canarykit.cluster import client as cluster
 from canarykit.core.errors import BadInput
 from canarykit.mesh import istio
 
-LAB_DIR_ENV = "CANARYKIT_LAB_DIR"
-DEFAULT_LAB_DIR = ".canarykit-lab"
+# Where a Prometheus URL comes from when neither the plan nor the runbook gives one.
+PROMETHEUS_URL_ENV = "CANARYKIT_PROMETHEUS_URL"
 
 
-def lab_defaults(data_dir: str | Path | None = None) -> dict[str, str]:
-    """Kubeconfig and Prometheus URL of the running lab (env CANARYKIT_LAB_DIR, else
-    ./.canarykit-lab), or {} when there is none, so runbook defaults work against the lab."""
-    from canarykit.lab import processes as lab
-
-    folder = Path(data_dir or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR)
-    state = lab.read_state(folder) if (folder / lab.STATE_FILE).is_file() else None
-    if state is None:
-        return {}
-    found = {"kubeconfig": state.kubeconfig, "prometheus_url": state.prometheus_url,
-             "data_dir": str(state.data_dir)}
-    return {key: value for key, value in found.items() if value}
+def resolve_prometheus_url(given: str = "") -> str:
+    """The URL given, else $CANARYKIT_PROMETHEUS_URL, else "": never guessed, so a leftover
+    local lab cannot stand in for the production Prometheus."""
+    return given or os.environ.get(PROMETHEUS_URL_ENV, "")
 
 
 @dataclass
@@ -76,7 +68,9 @@ def connect_target(
     audit_log: str = "",
     release: str = "",
 ) -> Target:
-    """Check the common parameters and connect; "" means the running lab's (or the default)."""
+    """Check the common parameters and connect. An empty kubeconfig means what it means to
+    kubectl ($KUBECONFIG, ~/.kube/config, or the in-cluster config); an empty prometheus_url
+    means $CANARYKIT_PROMETHEUS_URL, or no Prometheus (refused where one is queried)."""
     istio.check_dns_label("service", service)
     istio.check_dns_label("namespace", namespace)
     istio.check_dns_label("stable", stable)
@@ -88,12 +82,10 @@ def connect_target(
                         ("prometheus_bearer_token_env", prometheus_bearer_token_env),
                         ("release", release)):
         _text(name, value)
-    lab = lab_defaults() if not (kubeconfig and prometheus_url) else {}
-    kubeconfig = kubeconfig or lab.get("kubeconfig", "")
     if kubeconfig and not os.path.isfile(kubeconfig):
         raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
     prometheus = None
-    url = prometheus_url or lab.get("prometheus_url", "")
+    url = resolve_prometheus_url(prometheus_url)
     if url:
         settings = m.PrometheusSettings(url=url,
                                         bearer_token_env=prometheus_bearer_token_env or None)
@@ -119,7 +111,9 @@ def connect_target(
 
 
 def prometheus_client(target: Target) -> m.Client:
+    """The target's Prometheus; refused, never guessed, when no URL was given."""
     if target.prometheus is None:
-        raise BadInput("prometheus_url", "", "no Prometheus: give its URL (no lab is running "
-                       f"in ${LAB_DIR_ENV} or ./{DEFAULT_LAB_DIR})")
+        raise BadInput("prometheus_url", "", "is required to query Prometheus: give its URL "
+                       "(the runbook parameter prometheus_url, the plan's prometheus.url, or "
+                       f"${PROMETHEUS_URL_ENV})")
     return m.connect(target.prometheus)

@@ -7,7 +7,6 @@ checked against binomial tolerance (4 sigma); counts against Prometheus exactly.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,20 +23,20 @@ from canarykit.lab.envoy_config import Translation
 from canarykit.lab.processes import LabConfig, LabError, VersionSettings
 from canarykit.mesh import traffic
 from canarykit.mesh.istio import ISTIO_GROUP
+from canarykit.rollout.target import PROMETHEUS_URL_ENV
 from tests import lab_fixture
 from tests.lab_fixture import FAST, burst, counted, envoy_stats, kube, wait_until, within
 
 lab_state = lab_fixture.lab_state  # fixture: one lab for the module
 fresh_lab = lab_fixture.fresh_lab  # fixture: that lab back to the seed
 
-ROOT = Path(__file__).resolve().parents[2]
 V1_CLUSTER = "outbound|9080|v1|reviews.default.svc.cluster.local"
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m ARGS` from `cwd`, as a user would run it there (the installed canarykit)."""
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=180)
+                          cwd=cwd, timeout=180)
 
 
 def change_vs(state, operation, tmp_path):
@@ -61,7 +60,7 @@ def set_weight(state, canary: int, tmp_path):
 def test_canarykit_weight_25_sends_a_quarter_to_v2_by_client_counts_and_prometheus(
         fresh_lab, tmp_path):
     done = run_cli("canarykit", "weight", "reviews", "--canary", "25", "--kubeconfig",
-                   fresh_lab.kubeconfig, "--audit-log", str(tmp_path / "audit.jsonl"))
+                   fresh_lab.kubeconfig, "--audit-log", str(tmp_path / "audit.jsonl"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lab.wait_for_routing(fresh_lab)
     n = 1000
@@ -266,17 +265,20 @@ def gone(pids: list[int]) -> list[int]:
 
 
 def test_lab_up_and_down_leave_no_process_and_a_second_up_is_refused(tmp_path):
-    data = tmp_path / "lab"
+    data = tmp_path / "lab"  # given relative to where `up` runs
     config_file = tmp_path / "lab.yaml"
     config_file.write_text(yaml.safe_dump({"rate": 5, "versions": {"v1": FAST, "v2": FAST}}))
     up = run_cli("canarykit.lab.processes", "up", "--config", str(config_file),
-                 "--data-dir", str(data))
+                 "--data-dir", "lab", cwd=tmp_path)
     try:
         assert up.returncode == 0, up.stderr
         status = json.loads(run_cli("canarykit.lab.processes", "status", "--data-dir", str(data),
-                                    "--output", "json").stdout)
+                                    "--output", "json", cwd=tmp_path).stdout)
         assert status["healthy"] and status["kubeconfig"] in up.stdout
         assert status["prometheus_url"] in up.stdout and status["envoy_url"] in up.stdout
+        told = up.stdout.splitlines()
+        assert f"  export KUBECONFIG={data / 'kubeconfig'}" in told
+        assert f"  export {PROMETHEUS_URL_ENV}={status['prometheus_url']}" in told
         pids = [p["pid"] for p in status["parts"]]
         assert {p["name"] for p in status["parts"]} == {
             "apiserver", "reviews-v1-0", "reviews-v2-0", "controlplane", "envoy", "prometheus",
@@ -285,18 +287,19 @@ def test_lab_up_and_down_leave_no_process_and_a_second_up_is_refused(tmp_path):
                                 "reviews")
         assert vs["apiVersion"] == f"{ISTIO_GROUP}/v1"
 
-        again = run_cli("canarykit.lab.processes", "up", "--data-dir", str(data))
+        again = run_cli("canarykit.lab.processes", "up", "--data-dir", str(data), cwd=tmp_path)
         assert again.returncode == 1
         assert "a lab is already running" in again.stderr and "lab down" in again.stderr
         assert gone(pids) == pids
     finally:
-        down = run_cli("canarykit.lab.processes", "down", "--data-dir", str(data))
+        down = run_cli("canarykit.lab.processes", "down", "--data-dir", str(data), cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert gone(pids) == []
     assert not (data / lab.STATE_FILE).exists()
-    down = run_cli("canarykit.lab.processes", "down", "--data-dir", str(data))
+    down = run_cli("canarykit.lab.processes", "down", "--data-dir", str(data), cwd=tmp_path)
     assert "no lab running" in down.stdout
-    assert run_cli("canarykit.lab.processes", "status", "--data-dir", str(data)).returncode == 1
+    stopped = run_cli("canarykit.lab.processes", "status", "--data-dir", str(data), cwd=tmp_path)
+    assert stopped.returncode == 1
 
 
 def test_a_part_that_fails_to_start_is_named_with_its_log_and_the_rest_is_stopped(tmp_path):

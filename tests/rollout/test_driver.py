@@ -26,6 +26,7 @@ from canarykit.cluster import state as rollout_state
 from canarykit.lab import processes as lab
 from canarykit.rollout import driver as rollout
 from canarykit.rollout import plan
+from canarykit.rollout.target import PROMETHEUS_URL_ENV
 from tests.lab_fixture import kube, lab_state, request_counts, wait_until  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +86,9 @@ def command(*args: str) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "CANARYKIT_LAB_DIR": "/nonexistent"}
+    """Ours without the defaults a plan may fall back to: the plans name what they use."""
+    dropped = ("KUBECONFIG", PROMETHEUS_URL_ENV)
+    return {k: v for k, v in os.environ.items() if k not in dropped}
 
 
 def rollout_cli(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -113,13 +116,13 @@ def weights_in_audit(folder: Path) -> list[int]:
             if r["operation"] == "set_canary_weight"]
 
 
-def routes(state) -> list[dict]:
-    return cluster.status(kube(state), state.service)["routes"]
+def routes(state) -> list[cluster.RouteStatus]:
+    return cluster.status(kube(state), state.service).routes
 
 
 def all_on_stable(state) -> bool:
     vs = cluster.find_virtual_service(kube(state), state.service)
-    split = {d["subset"]: d["weight"] for d in routes(state)[0]["destinations"]}
+    split = {d.subset: d.weight for d in routes(state)[0].destinations}
     return split == {"v1": 100, "v2": 0} and rollout_state.read_state(vs) is None
 
 
@@ -241,9 +244,27 @@ def test_rollback_and_promote_end_the_release():
 @pytest.mark.parametrize("name", ["reviews-canary.yaml", "reviews-blue-green.yaml"])
 def test_every_phase_passes_only_parameters_its_runbook_declares(name):
     loaded = plan.load_plan(REPO / "examples" / "plans" / name)
-    driver = rollout.Driver(loaded, plan.expand(loaded), None, rollout.RUNBOOKS,
+    driver = rollout.Driver(loaded, plan.expand(loaded), None, rollout.packaged_runbooks(),
                             Path("reports"), "", "")
     rollout.check_runbooks(driver)  # raises BadInput naming phase.parameter otherwise
+
+
+def test_the_packaged_runbooks_are_found_from_the_installed_package_not_the_cwd(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    found = rollout.packaged_runbooks()
+    assert found.is_absolute() and found == Path(rollout.__file__).parent.parent / "runbooks"
+    assert {"preflight.ipynb", "analyze.ipynb", "rollback.ipynb", "promote.ipynb"} <= {
+        p.name for p in found.iterdir()}
+
+
+def test_kubeconfig_is_the_plans_else_kubeconfig_env_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", "from-env/config")
+    assert rollout.absolute_kubeconfig("plan/config") == str(tmp_path / "plan" / "config")
+    assert rollout.absolute_kubeconfig("") == str(tmp_path / "from-env" / "config")
+    monkeypatch.delenv("KUBECONFIG")
+    assert rollout.absolute_kubeconfig("") == ""  # the client's default, as kubectl's
 
 
 def test_a_bad_plan_exits_2_naming_the_field_and_touches_nothing(tmp_path):
@@ -273,7 +294,7 @@ def test_run_of_a_healthy_canary_ends_promoted_with_a_report(tmp_path, lab_now):
     assert f"report: {folder / 'report.html'}" in done.stdout.splitlines()
     assert (folder / "report.html").stat().st_size > 0
     assert plan.load_plan(folder / "plan.yaml").steps[0].settings == {"weight": 25}
-    served = {d["subset"] for d in routes(lab_now)[0]["destinations"] if d["weight"] != 0}
+    served = {d.subset for d in routes(lab_now)[0].destinations if d.weight != 0}
     assert served == {"v2"}
     assert weights_in_audit(folder) == [25]
     assert chain_intact(folder, lab_now)
@@ -324,6 +345,7 @@ def test_step_executes_one_due_phase_at_a_time_until_the_release_is_over(tmp_pat
     status = rollout_cli(tmp_path, "status", str(path), "--output", "json")
     report = json.loads(status.stdout)
     assert report["release"]["status"] == "promoted" and report["release"]["next"] is None
+    assert report["cluster"]["routes"][0]["destinations"] == [{"subset": "v2", "weight": None}]
 
 
 def test_step_waits_for_the_pause_and_two_runners_at_once_act_only_once(tmp_path, lab_now):
@@ -363,7 +385,7 @@ def test_promote_skips_the_remaining_steps_and_makes_the_canary_stable(tmp_path,
     assert summary["status"] == "promoted"
     assert [p["name"] for p in summary["phases"]] == ["preflight", "shift-25", "promote"]
     assert weights_in_audit(release_folder(tmp_path)) == [25]  # 50 % was never applied
-    served = {d["subset"] for d in routes(lab_now)[0]["destinations"] if d["weight"] != 0}
+    served = {d.subset for d in routes(lab_now)[0].destinations if d.weight != 0}
     assert served == {"v2"}
     assert rollout_state.read_state(cluster.find_virtual_service(kube(lab_now), "reviews")) is None
     again = rollout_cli(tmp_path, "promote", str(path))

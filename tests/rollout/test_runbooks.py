@@ -24,21 +24,23 @@ from canarykit.cluster.state import AUDIT_HEAD_ANNOTATION, ROLLOUT_ANNOTATION
 from canarykit.lab import processes as lab
 from canarykit.lab.processes import LabState
 from canarykit.mesh import istio, traffic
-from canarykit.rollout import phases, runbook
+from canarykit.rollout import driver, phases, runbook
 from canarykit.rollout import target as rollout_target
 from tests import release_fixture
 from tests.lab_fixture import lab_state  # noqa: F401 - the module's lab
 
-RUNBOOKS = Path(__file__).resolve().parents[2] / "canarykit" / "runbooks"
+RUNBOOKS = driver.packaged_runbooks()
 LOAD_RATE = 80  # requests/s asked of the load generator
 
 
 @pytest.fixture(scope="module")
 def running_lab(lab_state: LabState) -> Iterator[LabState]:  # noqa: F811
-    """The module lab with steady load; runbook defaults find it through CANARYKIT_LAB_DIR."""
+    """The module lab with steady load, named the way `canarykit lab up` tells a user to:
+    $KUBECONFIG and $CANARYKIT_PROMETHEUS_URL, which the kernels inherit."""
     lab.set_rate(lab_state, LOAD_RATE)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(rollout_target.LAB_DIR_ENV, lab_state.data_dir)
+        patch.setenv("KUBECONFIG", lab_state.kubeconfig)
+        patch.setenv(rollout_target.PROMETHEUS_URL_ENV, lab_state.prometheus_url)
         yield lab_state
 
 
@@ -90,7 +92,8 @@ def versions(state: LabState) -> tuple[str, str]:
 def in_process(state: LabState, audit_log: Path) -> rollout_target.Target:
     """A target for setting the scene without a notebook (the same functions)."""
     return phases.connect_target(service=state.service, namespace=state.namespace, stable="v1",
-                                 canary="v2", audit_log=str(audit_log))
+                                 canary="v2", kubeconfig=state.kubeconfig,
+                                 prometheus_url=state.prometheus_url, audit_log=str(audit_log))
 
 
 def scene(target: rollout_target.Target, name: str, function, **arguments) -> dict:
