@@ -100,7 +100,7 @@ def once(state: lab.LabState, plan: Path, work: Path, healthy: float) -> dict:
     log = open(work / "rollout.log", "a")  # noqa: SIM115 - closed below
     runner = subprocess.Popen(
         [sys.executable, "-m", "canarykit.rollout.driver", "run", str(plan)], cwd=work,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT)
     try:
         wait(lambda: analysing(kube, state.service), "the analysis at 25%", 120)
         time.sleep(healthy)  # the analysis watches a healthy canary for a while

@@ -19,5 +19,6 @@ def timestamp(moment: datetime | float | None = None, timespec: str = "seconds")
 
 
 def parse_timestamp(text: str) -> datetime:
-    """The inverse of `timestamp` (also accepts +00:00 offsets)."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    """The inverse of `timestamp` (also accepts offsets; no offset is taken as UTC)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)

@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import jsonpatch
 import yaml
 
+from canarykit.core import names
 from canarykit.core.files import write_atomically
 
 USER = "canarykit-admin"
@@ -170,8 +171,6 @@ def cause(field: str, reason: str, message: str) -> dict:
 # ---------------------------------------------------------------- validation
 
 
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def _invalid_value(value: Any, detail: str) -> str:
@@ -184,11 +183,12 @@ def schema_causes(res: Resource, obj: dict) -> list[dict]:
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     label_only = res.plural in ("namespaces", "services")
-    pattern, limit = (_DNS1123_LABEL, 63) if label_only else (_DNS1123_SUBDOMAIN, 253)
+    valid, limit = ((names.is_dns1123_label, 63) if label_only
+                    else (names.is_dns1123_subdomain, 253))
     if not name:
         causes.append(cause("metadata.name", "FieldValueRequired", "Required value: name or "
                             "generateName is required"))
-    elif not isinstance(name, str) or len(name) > limit or not pattern.fullmatch(name):
+    elif not valid(name):
         causes.append(cause("metadata.name", "FieldValueInvalid", _invalid_value(
             name, f"a lowercase RFC 1123 {'label' if label_only else 'subdomain'} must consist "
             "of lower case alphanumeric characters, '-' or '.', and must start and end with an "
@@ -954,12 +954,13 @@ def ensure_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
     if cert.exists() and key.exists():
         return cert, key
     data_dir.mkdir(parents=True, exist_ok=True)
-    names = ["IP:127.0.0.1", "DNS:localhost"]
+    alt_names = ["IP:127.0.0.1", "DNS:localhost"]
     if host not in ("127.0.0.1", "localhost"):
-        names.append(f"IP:{host}" if re.fullmatch(r"[\d.]+|[\da-fA-F:]+", host) else f"DNS:{host}")
+        is_ip = re.fullmatch(r"[\d.]+|[\da-fA-F:]+", host)
+        alt_names.append(f"IP:{host}" if is_ip else f"DNS:{host}")
     command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650",
-               "-subj", "/CN=canarykit-lab", "-addext", "subjectAltName=" + ",".join(names),
+               "-subj", "/CN=canarykit-lab", "-addext", "subjectAltName=" + ",".join(alt_names),
                "-keyout", str(key), "-out", str(cert)]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)

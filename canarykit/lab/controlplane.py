@@ -28,9 +28,10 @@ from kubernetes import client, config, watch
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
+from canarykit.core.names import host_fqdn
 from canarykit.lab import envoy_config, process_main
 from canarykit.lab.envoy_config import Endpoint, Translation
-from canarykit.mesh.istio import ISTIO_GROUP, host_fqdn
+from canarykit.mesh.istio import ISTIO_GROUP
 
 STATUS_FILE = "status.json"
 PROBLEMS_FILE = "problems.json"

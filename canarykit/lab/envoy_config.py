@@ -27,7 +27,7 @@ import yaml
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.mesh.istio import host_fqdn
+from canarykit.core.names import host_fqdn
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"

@@ -36,9 +36,10 @@ from kubernetes import client, config
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
+from canarykit.core.names import check_dns_label
 from canarykit.lab import controlplane, envoy_config, workload
 from canarykit.lab.loadgen import DEFAULT_MIX, LoadStats, parse_mix
-from canarykit.mesh.istio import ISTIO_GROUP, check_dns_label
+from canarykit.mesh.istio import ISTIO_GROUP
 
 STATE_FILE = "lab.json"
 DEFAULT_DATA_DIR = ".canarykit-lab"

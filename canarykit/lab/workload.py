@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
+from canarykit.core.names import check_dns_label
 from canarykit.lab import process_main
-from canarykit.mesh.istio import check_dns_label
 
 # Envoy's default histogram buckets, which Istio's istio_request_duration_milliseconds uses.
 ENVOY_BUCKETS_MS = (

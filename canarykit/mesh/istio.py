@@ -13,9 +13,7 @@ import yaml
 from canarykit.core.errors import BadInput
 
 # Name checks live in core.names; these stay importable from here for older callers.
-from canarykit.core.names import check_dns_label as check_dns_label
 from canarykit.core.names import host_fqdn
-from canarykit.core.names import is_dns1123_label as is_dns1123_label
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")

@@ -33,12 +33,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from canarykit.core import times
 from canarykit.core.errors import BadInput, CanaryKitError, ClusterError
 from canarykit.core.files import write_atomically
 from canarykit.rollout import runbook
@@ -57,21 +58,20 @@ class LeaseLost(ClusterError):
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    return times.utc_now()
 
 
 def stamp(moment: datetime | None = None) -> str:
-    return (moment or now()).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return times.timestamp(moment)
 
 
 def parse_stamp(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return times.parse_timestamp(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def runner_id() -> str:
@@ -121,7 +121,7 @@ def lease_name(service: str) -> str:
 
 
 def _micro(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return times.timestamp(moment, timespec="microseconds")
 
 
 def lease_expired(lease: dict[str, Any], at: datetime | None = None) -> bool:
@@ -365,7 +365,7 @@ def safe_text(text: str) -> str:
 
 def check_runbooks(driver: Driver) -> None:
     """Every runbook the plan needs exists and declares every parameter the driver passes."""
-    import papermill
+    papermill = runbook.import_papermill()
 
     needed = [*driver.phases, terminal_phase("rollback"), terminal_phase("promote")]
     declared: dict[str, dict[str, Any]] = {}
@@ -486,7 +486,7 @@ def kernel_stderr(path: Path) -> Iterator[None]:
 def execute(driver: Driver, state: DriverState, spec: PhaseSpec, notebook: Path) -> dict[str, Any]:
     """Run the runbook into `notebook`; what it recorded: outcome, verdict, reason, error.
     The kernel works in the release folder; every path it is given is already absolute."""
-    import papermill
+    papermill = runbook.import_papermill()
 
     folder = Path(state.folder)
     parameters = {**common_parameters(driver, state.release, folder), **spec.parameters}
@@ -510,11 +510,10 @@ def execute(driver: Driver, state: DriverState, spec: PhaseSpec, notebook: Path)
     if result is None:
         return {"outcome": "error", "verdict": None,
                 "error": error or "the runbook recorded no result", "reason": ""}
-    decision = result.get("decision") or {}
-    outcome = "ok" if result.get("outcome") == "ok" and not error else "error"
-    return {"outcome": outcome, "verdict": decision.get("verdict"),
-            "error": None if outcome == "ok" else (result.get("error") or error),
-            "reason": decision.get("reason") or "", "weights": result.get("weights")}
+    outcome = "ok" if result.outcome is runbook.Outcome.OK and not error else "error"
+    return {"outcome": outcome, "verdict": result.verdict,
+            "error": None if outcome == "ok" else (result.error or error),
+            "reason": result.reason, "weights": result.weights}
 
 
 def settle(state: DriverState, spec: PhaseSpec, record: dict[str, Any], hold_steps: int,

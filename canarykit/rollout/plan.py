@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 
 from canarykit.analysis.settings import PLAN, AnalysisSettings
+from canarykit.core import names
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
-from canarykit.mesh import istio
 from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_values, default
 
@@ -40,7 +40,7 @@ STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 @dataclass
 class PrometheusRef:
-    url: str = ""  # "" = the running lab's Prometheus
+    url: str = ""  # "" = $CANARYKIT_PROMETHEUS_URL; required where metrics are read
     bearer_token_env: str = ""  # NAME of the environment variable holding the token
 
 
@@ -82,7 +82,7 @@ class Plan:
     namespace: str = "default"
     stable: str = "v1"
     canary: str = "v2"
-    kubeconfig: str = ""  # a path; "" = the lab's, else ~/.kube/config
+    kubeconfig: str = ""  # a path; "" = as kubectl: $KUBECONFIG, ~/.kube/config, in-cluster
     context: str = ""
     release: str = ""  # "" = CANARY-TIMESTAMP, chosen when the release starts
     reports: str = "reports"
@@ -148,10 +148,10 @@ def parse_plan(data: Any) -> Plan:
         if name in values:
             setattr(plan, name, _text(name, values[name]))
     for name in ("service", "namespace", "stable", "canary"):
-        istio.check_dns_label(name, getattr(plan, name))
+        names.check_dns_label(name, getattr(plan, name))
     if plan.stable == plan.canary:
         raise BadInput("canary", plan.canary, "must differ from the stable subset")
-    if plan.release and not istio.is_dns1123_label(plan.release.lower()):
+    if plan.release and not names.is_dns1123_label(plan.release.lower()):
         raise BadInput("release", plan.release, "must be a folder name of letters, digits and "
                        "'-' (a DNS-1123 label, upper case allowed)")
     if not plan.reports:
@@ -326,7 +326,7 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
             raise BadInput(f"{path}.window", settings["window"], "must be above 0")
     if kind == "blue-green":
         settings.setdefault("to_subset", plan.canary)
-        istio.check_dns_label(f"{path}.to_subset", settings["to_subset"])
+        names.check_dns_label(f"{path}.to_subset", settings["to_subset"])
         if settings["to_subset"] not in (plan.stable, plan.canary):
             raise BadInput(f"{path}.to_subset", settings["to_subset"],
                            f"must be the stable ({plan.stable}) or canary ({plan.canary}) subset")

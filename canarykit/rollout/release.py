@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from canarykit.cluster import audit
-from canarykit.core import times
+from canarykit.core import names, times
 from canarykit.core.errors import BadInput, CanaryKitError
-from canarykit.mesh import istio
 from canarykit.rollout import runbook
 
 if TYPE_CHECKING:
@@ -51,13 +50,13 @@ class Phase:
     """One phase: the driver's entry in release.json plus what its notebook recorded."""
 
     entry: dict[str, Any]
-    result: dict[str, Any] | None
+    result: runbook.RunbookResult | None
     error: str | None
 
     def get(self, key: str) -> Any:
         """A field from release.json's entry, else from the recorded result."""
         value = self.entry.get(key)
-        return value if value is not None else (self.result or {}).get(key)
+        return value if value is not None else getattr(self.result, key, None)
 
     @property
     def label(self) -> str:
@@ -65,7 +64,7 @@ class Phase:
 
     @property
     def decision(self) -> dict[str, Any] | None:
-        return (self.result or {}).get("decision")
+        return self.result.decision if self.result else None
 
 
 @dataclass
@@ -86,7 +85,7 @@ def find_release(release_folder: str = "", *, reports: str = "reports",
         if not folder.is_dir():
             raise BadInput("release_folder", release_folder, "is not a folder")
         return folder
-    istio.check_dns_label("service", service)
+    names.check_dns_label("service", service)
     root = Path(reports) / service
     found = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     if not found:
@@ -151,8 +150,8 @@ def _read_phase(folder: Path, entry: dict[str, Any]) -> Phase:
         return Phase(entry, None, f"notebook {notebook} is unreadable: {exc.problem}")
     if result is None and error is None:
         error = "the run recorded no result (it died before its last cell)"
-    if result is not None and result.get("error"):
-        error = str(result["error"])
+    if result is not None and result.error:
+        error = result.error
     return Phase(entry, result, error)
 
 
@@ -161,8 +160,8 @@ def audit_check(release: Release) -> dict[str, Any]:
     expected = {
         change["auditHash"]
         for phase in release.phases
-        for change in (phase.result or {}).get("changes") or []
-        if isinstance(change, dict) and change.get("auditHash") and not change.get("dryRun")
+        for change in (phase.result.changes if phase.result else [])
+        if change.get("auditHash") and not change.get("dryRun")
     }
     path = release.folder / "audit.jsonl"
     check = audit.verify_chain(path, expected_heads=expected)
@@ -200,18 +199,16 @@ def release_frames(release: Release) -> dict[str, pd.DataFrame]:
 
     phases, metric_rows, decisions, changes, weights = [], [], [], [], []
     for phase in release.phases:
-        result = phase.result or {}
+        result = phase.result or runbook.RunbookResult("", {})
         tag = {"phase": phase.entry.get("name"), "notebook": phase.entry.get("notebook")}
         finished = moment(phase.get("finished"))
-        decision = result.get("decision") or {}
+        decision = result.decision or {}
         phases.append({**phase.entry, "started": moment(phase.get("started")),
                        "finished": finished, "recorded": phase.result is not None,
                        "error": phase.error, "decision": decision.get("verdict"),
                        "decision_reason": decision.get("reason"),
-                       "weights": result.get("weights"), "notes": result.get("notes") or []})
-        for row in result.get("metrics") or []:
-            if not isinstance(row, dict):
-                continue
+                       "weights": result.weights, "notes": result.notes})
+        for row in result.metrics:
             at, value = moment(row.get("timestamp")), row.get("value")
             if at and isinstance(value, int | float) and math.isfinite(value):
                 metric_rows.append({**row, "timestamp": at, "value": float(value), **tag})
@@ -229,11 +226,10 @@ def release_frames(release: Release) -> dict[str, pd.DataFrame]:
                               "bayes_factor": evidence.get("bayes_factor"),
                               "values": judgement.get("values"),
                               "thresholds": judgement.get("thresholds")})
-        for change in result.get("changes") or []:
-            if isinstance(change, dict):
-                changes.append({**tag, "finished": finished,
-                                **{k: change.get(k) for k in CHANGE_FIELDS}})
-        for version, weight in (result.get("weights") or {}).items():
+        for change in result.changes:
+            changes.append({**tag, "finished": finished,
+                            **{k: change.get(k) for k in CHANGE_FIELDS}})
+        for version, weight in (result.weights or {}).items():
             if finished and isinstance(weight, int | float):
                 weights.append({**tag, "timestamp": finished, "version": str(version),
                                 "weight": float(weight)})

@@ -58,7 +58,7 @@ def render(release: releases.Release, figures: dict[str, go.Figure],
            audit: dict[str, Any]) -> str:
     """The whole page as a string."""
     changes = [(phase, change) for phase in release.phases
-               for change in (phase.result or {}).get("changes") or []
+               for change in (phase.result.changes if phase.result else [])
                if isinstance(change, dict)]
     charts = [{"id": f"chart-{name}", "figure": json.loads(figure.to_json())}
               for name, figure in figures.items()]

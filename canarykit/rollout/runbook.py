@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,19 +83,25 @@ class RunbookResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunbookResult:
-        """A recorded result; fields a newer or older canarykit wrote are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        values.setdefault("runbook", "")
-        values.setdefault("parameters", {})
-        for key in ("changes", "metrics", "notes"):
-            values[key] = list(values.get(key) or [])
-        values["release"] = values.get("release") or ""
+        """A recorded result read back from a notebook (data, not trusted code): fields of the
+        wrong type are dropped, unknown ones ignored, an unknown outcome is ERROR."""
+        def typed(key: str, kind: type, default: Any) -> Any:
+            value = data.get(key)
+            return value if isinstance(value, kind) else default
+
         try:
-            values["outcome"] = Outcome(values.get("outcome") or "error")
+            outcome = Outcome(data.get("outcome"))
         except ValueError:
-            values["outcome"] = Outcome.ERROR
-        return cls(**values)
+            outcome = Outcome.ERROR
+        return cls(
+            runbook=typed("runbook", str, ""), parameters=typed("parameters", dict, {}),
+            started=typed("started", str, ""), finished=typed("finished", str, None),
+            outcome=outcome, error=typed("error", str, None), release=typed("release", str, ""),
+            decision=typed("decision", dict, None), evidence=typed("evidence", dict, None),
+            changes=[c for c in typed("changes", list, []) if isinstance(c, dict)],
+            weights=typed("weights", dict, None),
+            metrics=[r for r in typed("metrics", list, []) if isinstance(r, dict)],
+            notes=[str(n) for n in typed("notes", list, [])])
 
 
 def new_result(runbook: str, parameters: dict[str, Any]) -> RunbookResult:
@@ -116,7 +122,7 @@ def record(result: RunbookResult) -> RunbookResult:
     return result
 
 
-def read_notebook(notebook: Path | str) -> tuple[dict[str, Any] | None, str | None]:
+def read_notebook(notebook: Path | str) -> tuple[RunbookResult | None, str | None]:
     """(the last result recorded, the error a failed run left) of an executed notebook.
 
     The result is None if the run never got that far; papermill keeps the traceback of a
@@ -134,10 +140,10 @@ def read_notebook(notebook: Path | str) -> tuple[dict[str, Any] | None, str | No
                 found = output["data"][RESULT_MIME]
             if error is None and output.get("output_type") == "error":
                 error = f"{output.get('ename')}: {output.get('evalue')}"
-    return (dict(found) if isinstance(found, dict) else None), error
+    return (RunbookResult.from_dict(found) if isinstance(found, dict) else None), error
 
 
-def read_result(notebook: Path | str) -> dict[str, Any] | None:
+def read_result(notebook: Path | str) -> RunbookResult | None:
     """The last result recorded in an executed notebook, or None if it never got that far."""
     return read_notebook(notebook)[0]
 

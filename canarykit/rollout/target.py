@@ -10,8 +10,8 @@ from typing import Any
 from canarykit.analysis import metrics as m
 from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
+from canarykit.core import names
 from canarykit.core.errors import BadInput
-from canarykit.mesh import istio
 
 # Where a Prometheus URL comes from when neither the plan nor the runbook gives one.
 PROMETHEUS_URL_ENV = "CANARYKIT_PROMETHEUS_URL"
@@ -50,9 +50,9 @@ def _flag(field: str, value: Any) -> bool:
     return value
 
 
-def _renamed(err: BadInput, names: dict[str, str]) -> BadInput:
+def _renamed(err: BadInput, renames: dict[str, str]) -> BadInput:
     """The same refusal under the notebook parameter's name."""
-    return BadInput(names.get(err.field, err.field), err.value, err.problem)
+    return BadInput(renames.get(err.field, err.field), err.value, err.problem)
 
 
 def connect_target(
@@ -71,10 +71,10 @@ def connect_target(
     """Check the common parameters and connect. An empty kubeconfig means what it means to
     kubectl ($KUBECONFIG, ~/.kube/config, or the in-cluster config); an empty prometheus_url
     means $CANARYKIT_PROMETHEUS_URL, or no Prometheus (refused where one is queried)."""
-    istio.check_dns_label("service", service)
-    istio.check_dns_label("namespace", namespace)
-    istio.check_dns_label("stable", stable)
-    istio.check_dns_label("canary", canary)
+    names.check_dns_label("service", service)
+    names.check_dns_label("namespace", namespace)
+    names.check_dns_label("stable", stable)
+    names.check_dns_label("canary", canary)
     if stable == canary:
         raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
     for name, value in (("kubeconfig", kubeconfig), ("context", context),
@@ -92,9 +92,9 @@ def connect_target(
         try:
             settings.validate()
         except BadInput as err:
-            names = {"prometheus.url": "prometheus_url",
-                     "prometheus.bearer_token_env": "prometheus_bearer_token_env"}
-            raise _renamed(err, names) from None
+            raise _renamed(err, {"prometheus.url": "prometheus_url",
+                                 "prometheus.bearer_token_env": "prometheus_bearer_token_env",
+                                 }) from None
         if prometheus_bearer_token_env and not os.environ.get(prometheus_bearer_token_env):
             raise BadInput("prometheus_bearer_token_env", prometheus_bearer_token_env,
                            "names an environment variable that is not set or empty")

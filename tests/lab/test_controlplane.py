@@ -135,7 +135,7 @@ class Plane:
                  str(server.kubeconfig), "--config-dir", str(self.dir), "--listener-port",
                  "10000", "--endpoints", str(self.endpoints), "--history-dir",
                  str(self.history), "--watch-seconds", "2"],
-                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
+                cwd=work, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> int:

@@ -272,6 +272,7 @@ def get_json(url: str, method: str = "GET", body: dict | None = None) -> tuple[i
         return err.code, json.loads(err.read())
 
 
+@pytest.mark.lab
 def test_process_serves_stats_reset_and_rate_then_stops_on_sigterm(workload, tmp_path):
     server = workload("v2", error_rate=0.2)
     ready = tmp_path / "ready"
@@ -311,6 +312,7 @@ def test_process_serves_stats_reset_and_rate_then_stops_on_sigterm(workload, tmp
             process.wait()
 
 
+@pytest.mark.lab
 def test_process_with_a_duration_ends_by_itself_and_prints_its_counts(workload):
     server = workload("v1")
     result = subprocess.run(
@@ -324,6 +326,7 @@ def test_process_with_a_duration_ends_by_itself_and_prints_its_counts(workload):
     assert server.metrics.total() == counts["sent"]
 
 
+@pytest.mark.lab
 def test_process_refuses_bad_flags_naming_the_field():
     result = subprocess.run(
         [sys.executable, "-m", "canarykit.lab.loadgen", "--target", "127.0.0.1:80",

@@ -27,6 +27,8 @@ from canarykit.rollout.target import PROMETHEUS_URL_ENV
 from tests import lab_fixture
 from tests.lab_fixture import FAST, burst, counted, envoy_stats, kube, wait_until, within
 
+pytestmark = pytest.mark.lab  # the lab's processes
+
 lab_state = lab_fixture.lab_state  # fixture: one lab for the module
 fresh_lab = lab_fixture.fresh_lab  # fixture: that lab back to the seed
 

@@ -328,6 +328,7 @@ def start_process(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen, int]:
     return process, int(ready.read_text())
 
 
+@pytest.mark.lab
 def test_process_serves_until_sigterm_then_exits_zero_and_frees_the_port(tmp_path):
     process, port = start_process(tmp_path, "--error-rate", "1", "--error-status", "502")
     try:
@@ -349,6 +350,7 @@ def test_process_serves_until_sigterm_then_exits_zero_and_frees_the_port(tmp_pat
         again.bind(("127.0.0.1", port))
 
 
+@pytest.mark.lab
 def test_process_refuses_bad_flags_naming_the_field(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "canarykit.lab.workload", "--service", "reviews", "--version", "v1",

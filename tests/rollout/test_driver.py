@@ -29,6 +29,8 @@ from canarykit.rollout import plan
 from canarykit.rollout.target import PROMETHEUS_URL_ENV
 from tests.lab_fixture import kube, lab_state, request_counts, wait_until  # noqa: F401
 
+pytestmark = pytest.mark.lab  # the driver's papermill kernels against a running lab
+
 REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 3  # a killed runner's lease expires quickly
 ANALYSIS = {"window": "6s", "interval": "2s", "check_every": "2s", "max_duration": "30s",

@@ -67,7 +67,7 @@ def test_the_common_parameters_say_how_the_cluster_and_prometheus_are_found():
     helps = {p.name: p.help for p in parameters.COMMON}
     assert "$KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)" in helps[
         "kubeconfig"]
-    assert "required (no implicit lab)" in helps["prometheus_url"]
+    assert "empty: $CANARYKIT_PROMETHEUS_URL" in helps["prometheus_url"]
 
 
 def test_analysis_parameters_come_from_the_settings_model():

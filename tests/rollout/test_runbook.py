@@ -46,6 +46,7 @@ def _notebook(source: str):
     return nb
 
 
+@pytest.mark.lab
 def test_a_recorded_result_is_read_back_from_the_executed_notebook(tmp_path):
     source = tmp_path / "in.ipynb"
     nbformat.write(
@@ -63,13 +64,14 @@ def test_a_recorded_result_is_read_back_from_the_executed_notebook(tmp_path):
         str(source), str(executed), parameters={"weight": 25}, progress_bar=False
     )
     result = runbook.read_result(executed)
-    assert result["runbook"] == "shift-traffic"
-    assert result["parameters"] == {"weight": 25}
-    assert result["weights"] == {"v1": 75, "v2": 25}
-    assert result["outcome"] == "ok" and result["finished"]
+    assert result.runbook == "shift-traffic"
+    assert result.parameters == {"weight": 25}
+    assert result.weights == {"v1": 75, "v2": 25}
+    assert result.outcome == "ok" and result.finished
     assert runbook.notebook_error(executed) is None
 
 
+@pytest.mark.lab
 def test_a_failed_run_has_no_result_and_its_error_is_read_back(tmp_path):
     source = tmp_path / "in.ipynb"
     nbformat.write(_notebook("raise ValueError('weight: must be 0..100 (got 130)')"), source)

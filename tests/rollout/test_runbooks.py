@@ -29,6 +29,8 @@ from canarykit.rollout import target as rollout_target
 from tests import release_fixture
 from tests.lab_fixture import lab_state  # noqa: F401 - the module's lab
 
+pytestmark = pytest.mark.lab  # every runbook through papermill kernels against a running lab
+
 RUNBOOKS = driver.packaged_runbooks()
 LOAD_RATE = 80  # requests/s asked of the load generator
 
@@ -67,9 +69,9 @@ def execute(name: str, tmp_path: Path, audit_log: Path, **parameters) -> Path:
     return executed
 
 
-def ok_result(executed: Path) -> dict:
+def ok_result(executed: Path) -> runbook.RunbookResult:
     result = runbook.read_result(executed)
-    assert result is not None and result["outcome"] == "ok", result
+    assert result is not None and result.outcome == "ok", result
     assert runbook.notebook_error(executed) is None
     return result
 
@@ -163,26 +165,26 @@ def test_runbooks_are_saved_without_outputs_and_start_with_what_they_do(name):
 def test_preflight_passes_on_the_healthy_lab_and_changes_nothing(seeded, tmp_path, audit_log):
     before = versions(seeded)
     result = ok_result(execute("preflight", tmp_path, audit_log, baseline_window="20s"))
-    decision = result["decision"]
+    decision = result.decision
     assert decision["verdict"] == "PASS", decision["reason"]
     assert {j["judge"] for j in decision["judgements"]} == {
         "istio-objects", "rollout", "subsets", "prometheus", "baseline-success-rate"}
     baseline = next(j for j in decision["judgements"] if j["judge"] == "baseline-success-rate")
     assert baseline["values"]["requests"] > 100 and baseline["values"]["success_rate"] == 100
-    assert result["weights"] == {"v1": 100, "v2": 0}
-    assert {row["version"] for row in result["metrics"]} == {"v1"}
-    assert result["changes"] == [] and versions(seeded) == before
+    assert result.weights == {"v1": 100, "v2": 0}
+    assert {row["version"] for row in result.metrics} == {"v1"}
+    assert result.changes == [] and versions(seeded) == before
 
 
 def test_internal_canary_sends_only_header_and_cookie_users_to_the_canary(seeded, tmp_path,
                                                                            audit_log):
     result = ok_result(execute("internal-canary", tmp_path, audit_log))
-    assert [c["operation"] for c in result["changes"]] == [
+    assert [c["operation"] for c in result.changes] == [
         "begin_rollout", "add_match_route", "add_match_route"]
     vs, _ = objects(seeded)
     assert routes(vs) == ["canary-internal-header", "canary-internal-cookie", "primary"]
     assert ROLLOUT_ANNOTATION in vs["metadata"]["annotations"]
-    assert result["weights"] == {"v1": 100, "v2": 0}
+    assert result.weights == {"v1": 100, "v2": 0}
     assert chain_verifies(audit_log, vs)
     fresh_load_counts(seeded)
     time.sleep(3)
@@ -198,23 +200,23 @@ def test_shadow_judges_mirrored_traffic_without_users_seeing_the_canary(seeded, 
                                interval="5s"))
     stats = lab.load_stats(seeded)
     assert set(stats.by_version) == {"v1"}, stats.by_kind_version  # users got stable answers
-    assert result["decision"]["verdict"] == "PASS", result["decision"]["reason"]
-    assert [c["operation"] for c in result["changes"]] == [
+    assert result.decision["verdict"] == "PASS", result.decision["reason"]
+    assert [c["operation"] for c in result.changes] == [
         "begin_rollout", "set_mirror", "clear_mirror"]
-    mirrored = [row for row in result["metrics"]
+    mirrored = [row for row in result.metrics
                 if row["version"] == "v2" and row["metric"] == "request-rate"]
     assert mirrored and max(row["value"] for row in mirrored) > 5
     vs, _ = objects(seeded)
     assert "mirror" not in vs["spec"]["http"][0]
-    assert result["weights"] == {"v1": 100, "v2": 0}
+    assert result.weights == {"v1": 100, "v2": 0}
 
 
 def test_shift_traffic_sets_the_weight_and_audits_it(seeded, tmp_path, audit_log):
     result = ok_result(execute("shift-traffic", tmp_path, audit_log, canary_weight=25))
-    assert result["weights"] == {"v1": 75, "v2": 25}
+    assert result.weights == {"v1": 75, "v2": 25}
     vs, _ = objects(seeded)
     assert istio.subset_weights(vs["spec"]["http"][0]) == {"v1": 75, "v2": 25}
-    change = result["changes"][-1]
+    change = result.changes[-1]
     assert change["operation"] == "set_canary_weight" and change["changed"]
     assert change["auditHash"] == audit.read_records(audit_log)[-1]["hash"]
     assert chain_verifies(audit_log, vs)
@@ -229,20 +231,20 @@ def test_analyze_passes_a_healthy_canary_chaining_evidence_across_weights(seeded
     before = versions(seeded)
     result = ok_result(execute("analyze", tmp_path, audit_log, window="15s", interval="5s",
                                until_verdict=True, max_duration="60s", check_every="3s"))
-    decision = result["decision"]
+    decision = result.decision
     assert decision["verdict"] == "PASS", decision["reason"]
-    evidence = result["evidence"]
+    evidence = result.evidence
     assert [p["weight"] for p in evidence["weight_periods"]] == [0, 10, 25]
     assert [s["canary_share"] for s in evidence["segments"]] == [0.1]
     assert evidence["segments"][0]["canary_requests"] > 0
     sequential = next(j for j in decision["judgements"] if j["judge"] == "error-rate-sequential")
     assert [s["canary_share"] for s in sequential["evidence"]["segments"]] == [0.1, 0.25]
     assert evidence["checks"][-1]["window_covered"] and evidence["window"]["seconds"] >= 14.5
-    shares = [row["value"] for row in result["metrics"]
+    shares = [row["value"] for row in result.metrics
               if row["version"] == "v2" and row["metric"] == "traffic-share"]
     assert shares and 0.1 < sorted(shares)[len(shares) // 2] < 0.4
-    assert result["weights"] == {"v1": 75, "v2": 25}
-    assert result["changes"] == [] and versions(seeded) == before
+    assert result.weights == {"v1": 75, "v2": 25}
+    assert result.changes == [] and versions(seeded) == before
 
 
 def test_analyze_fails_a_canary_that_turned_bad_behind_internal_routes(seeded, tmp_path,
@@ -254,12 +256,12 @@ def test_analyze_fails_a_canary_that_turned_bad_behind_internal_routes(seeded, t
     result = ok_result(execute("analyze", tmp_path, audit_log, window="15s", interval="5s",
                                until_verdict=True, max_duration="60s", check_every="3s",
                                canary_weight=25.0))
-    decision = result["decision"]
+    decision = result.decision
     assert decision["verdict"] == "FAIL", decision["reason"]
-    assert any("not taken as the canary's share" in note for note in result["notes"])
+    assert any("not taken as the canary's share" in note for note in result.notes)
     failed = {j["judge"] for j in decision["judgements"] if j["verdict"] == "FAIL"}
     assert "success-rate" in failed
-    errors = [row["value"] for row in result["metrics"]
+    errors = [row["value"] for row in result.metrics
               if row["version"] == "v2" and row["metric"] == "error-rate"]
     assert errors and max(errors) > 0
 
@@ -267,9 +269,9 @@ def test_analyze_fails_a_canary_that_turned_bad_behind_internal_routes(seeded, t
 def test_analyze_without_canary_traffic_is_inconclusive_never_pass(seeded, tmp_path, audit_log):
     time.sleep(8)  # earlier tests' canary traffic leaves the window
     result = ok_result(execute("analyze", tmp_path, audit_log, window="6s", interval="2s"))
-    assert result["decision"]["verdict"] == "INCONCLUSIVE", result["decision"]["reason"]
-    assert not [j for j in result["decision"]["judgements"] if j["verdict"] == "FAIL"]
-    assert any("evidence restarted" in note for note in result["notes"])
+    assert result.decision["verdict"] == "INCONCLUSIVE", result.decision["reason"]
+    assert not [j for j in result.decision["judgements"] if j["verdict"] == "FAIL"]
+    assert any("evidence restarted" in note for note in result.notes)
 
 
 def test_promote_makes_the_canary_stable_in_one_audited_write(seeded, tmp_path, audit_log):
@@ -279,15 +281,15 @@ def test_promote_makes_the_canary_stable_in_one_audited_write(seeded, tmp_path, 
     cluster.change_virtual_service(target.cluster, seeded.service, lambda vs: traffic.set_mirror(
         vs, percentage=5), audit_log=audit_log)
     result = ok_result(execute("promote", tmp_path, audit_log))
-    assert [c["operation"] for c in result["changes"]] == ["promote"]
-    assert result["changes"][0]["params"]["removed_routes"] == [
+    assert [c["operation"] for c in result.changes] == ["promote"]
+    assert result.changes[0]["params"]["removed_routes"] == [
         "canary-internal-header", "canary-internal-cookie"]
     vs, _ = objects(seeded)
     assert routes(vs) == ["primary"]
     assert vs["spec"]["http"][0]["route"] == [{"destination": {"host": "reviews",
                                                                "subset": "v2"}}]
     assert ROLLOUT_ANNOTATION not in vs["metadata"]["annotations"]
-    assert result["weights"] == {"v1": 0, "v2": 100}
+    assert result.weights == {"v1": 0, "v2": 100}
     assert chain_verifies(audit_log, vs)
 
 
@@ -298,32 +300,32 @@ def test_rollback_restores_the_snapshot_and_a_second_one_changes_nothing(seeded,
     scene(target, "internal-canary", phases.internal_canary)
     scene(target, "shift-traffic", phases.shift_traffic, canary_weight=25)
     result = ok_result(execute("rollback", tmp_path, audit_log, reason="analyze-25 FAIL"))
-    assert [c["operation"] for c in result["changes"]] == ["rollback", "end_rollout"]
-    assert "reason: analyze-25 FAIL" in result["notes"]
+    assert [c["operation"] for c in result.changes] == ["rollback", "end_rollout"]
+    assert "reason: analyze-25 FAIL" in result.notes
     vs, dr = objects(seeded)
     assert istio.managed_fields(vs) == istio.managed_fields(seed_vs)
     assert istio.managed_fields(dr) == istio.managed_fields(seed_dr)
     assert ROLLOUT_ANNOTATION not in (vs["metadata"].get("annotations") or {})
-    assert result["weights"] == {"v1": 100, "v2": 0}
+    assert result.weights == {"v1": 100, "v2": 0}
     assert chain_verifies(audit_log, vs)
     before = versions(seeded)
     again = ok_result(execute("rollback", tmp_path, audit_log))
-    assert again["changes"] == [] and versions(seeded) == before
-    assert any("nothing to roll back" in note for note in again["notes"])
+    assert again.changes == [] and versions(seeded) == before
+    assert any("nothing to roll back" in note for note in again.notes)
 
 
 def test_blue_green_switch_moves_all_traffic_and_can_be_rolled_back(seeded, tmp_path,
                                                                     audit_log):
     seed_vs, _ = objects(seeded)
     result = ok_result(execute("blue-green", tmp_path, audit_log, to_subset="v2"))
-    assert result["weights"] == {"v1": 0, "v2": 100}
-    assert [c["operation"] for c in result["changes"]] == ["begin_rollout",
+    assert result.weights == {"v1": 0, "v2": 100}
+    assert [c["operation"] for c in result.changes] == ["begin_rollout",
                                                            "switch_all_traffic"]
     vs, _ = objects(seeded)
     assert istio.route_subsets(vs["spec"]["http"][0]) == ["v2"]
     judged = ok_result(execute("analyze", tmp_path, audit_log, window="6s", interval="2s"))
-    assert judged["decision"]["verdict"] == "PASS", judged["decision"]["reason"]
-    assert {j["judge"] for j in judged["decision"]["judgements"]} == {"success-rate",
+    assert judged.decision["verdict"] == "PASS", judged.decision["reason"]
+    assert {j["judge"] for j in judged.decision["judgements"]} == {"success-rate",
                                                                       "latency-p99"}
     scene(in_process(seeded, audit_log), "rollback", phases.rollback)
     assert istio.managed_fields(objects(seeded)[0]) == istio.managed_fields(seed_vs)
@@ -335,7 +337,7 @@ def test_post_rollout_analysis_loads_the_newest_release_and_plots_it(tmp_path):
     executed = execute("post-rollout-analysis", tmp_path, tmp_path / "unused",
                        reports=str(reports))
     result = ok_result(executed)
-    assert "reviews-20240501-1200" in result["notes"][0]
+    assert "reviews-20240501-1200" in result.notes[0]
     notebook = nbformat.read(str(executed), as_version=4)
     charts = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
               if "application/vnd.plotly.v1+json" in o.get("data", {})]
@@ -373,6 +375,6 @@ def test_bad_parameters_fail_with_one_clear_error_and_change_nothing(
     assert message.startswith(f"BadInput: {field}: ") and message.endswith(f"(got {shown})")
     assert "abc" not in message or field == "window"
     result = runbook.read_result(executed)
-    assert result is None or (result["outcome"] == "error" and result["changes"] == [])
+    assert result is None or (result.outcome == "error" and result.changes == [])
     assert versions(seeded) == before
     assert not audit_log.exists() or audit.read_records(audit_log) == []
