@@ -41,6 +41,8 @@ from canarykit.lab.envoy_config import (
     write_config,
 )
 
+pytestmark = pytest.mark.lab  # every translation is checked by the real Envoy
+
 REVIEWS = "reviews.default.svc.cluster.local"
 V1 = f"outbound|9080|v1|{REVIEWS}"
 V2 = f"outbound|9080|v2|{REVIEWS}"
