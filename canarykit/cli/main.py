@@ -66,12 +66,20 @@ ALL = "*"
 
 
 def plugin_commands() -> dict[str, tuple[str, str]]:
-    """Commands of installed optional parts: name -> (module, help)."""
+    """Commands of installed optional parts: name -> (module, help). A part that fails to load
+    is skipped with a warning, so it cannot break every other command."""
     from importlib.metadata import entry_points
 
     found: dict[str, tuple[str, str]] = {}
     for entry in entry_points(group=COMMANDS_ENTRY_POINT):
-        found.update(entry.load())
+        try:
+            commands = dict(entry.load())
+        except Exception as exc:  # a broken or half-installed plugin, whatever it raises
+            problem = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"canarykit: warning: skipping the commands of {entry.name} ({entry.value}): "
+                  f"{problem}", file=sys.stderr)
+            continue
+        found.update(commands)
     return found
 
 
@@ -221,8 +229,8 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_command_of(argv)).parse_args(argv)
-    try:
+    try:  # parsing too: a command's arguments may come from a module that cannot load
+        args = build_parser(_command_of(argv)).parse_args(argv)
         if hasattr(args, "module"):
             return int(importlib.import_module(args.module).run(args))
         return int(args.handler(args))

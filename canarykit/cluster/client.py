@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -38,6 +39,7 @@ from canarykit.mesh.traffic import Change, restore_managed_fields
 
 PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
 MAX_CONFLICT_RETRIES = 5
+DEFAULT_KUBECONFIG = "~/.kube/config"  # what kubectl reads with no flag and no $KUBECONFIG
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 ROUTE_SETTINGS = ("mirror", "mirrorPercentage", "fault", "timeout", "retries")  # shown by status
 
@@ -147,35 +149,99 @@ class ServiceStatus:
 # --- connecting ---------------------------------------------------------------------------
 
 
+def kubeconfig_source(kubeconfig: str | None = None) -> tuple[str, str] | None:
+    """(field, path list) of the kubeconfig kubectl would read, or None for in-cluster config.
+
+    Decided at call time, as kubectl does: the flag, else a non-empty $KUBECONFIG (a path
+    list), else ~/.kube/config; in-cluster config only inside a pod with none of these.
+    """
+    if kubeconfig:
+        return "--kubeconfig", kubeconfig
+    if os.environ.get("KUBECONFIG"):
+        return "KUBECONFIG", os.environ["KUBECONFIG"]
+    default = os.path.expanduser(DEFAULT_KUBECONFIG)
+    if os.path.exists(default) or "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return "--kubeconfig", default
+    return None
+
+
+def _read_kubeconfig(field: str, path: str) -> dict[str, Any]:
+    """One kubeconfig file as a mapping ({} when empty); BadInput naming it when malformed."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            loaded = yaml.safe_load(stream) or {}
+    except OSError as exc:
+        raise BadInput(field, path, f"cannot read the kubeconfig ({exc.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = " ".join(str(exc).split())
+        raise BadInput(field, path, f"is not a valid kubeconfig: bad YAML ({problem})") from None
+    if not isinstance(loaded, dict):
+        raise BadInput(field, path, "is not a valid kubeconfig: not a YAML mapping")
+    contexts = loaded.get("contexts") or []
+    if not isinstance(contexts, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("name"), str) for c in contexts
+    ):
+        raise BadInput(field, path, "is not a valid kubeconfig: contexts is not a list of "
+                       "named contexts")
+    return loaded
+
+
+def _connect_kubeconfig(
+    field: str, paths: str, context: str | None
+) -> tuple[client.ApiClient, str | None, str | None]:
+    """A client from the listed kubeconfig files merged as kubectl merges them (missing files
+    skipped, the first file to set a name or the current context wins), its namespace and user."""
+    listed = [os.path.expanduser(p) for p in paths.split(os.pathsep) if p]
+    existing = [p for p in listed if os.path.exists(p)]
+    if not existing:
+        one = len(listed) == 1
+        raise BadInput(field, paths, "no such kubeconfig file" if one else
+                       "none of these kubeconfig files exists")
+    loaded = {p: _read_kubeconfig(field, p) for p in existing}
+    files = [p for p in existing if loaded[p]]
+    if not files:
+        raise BadInput(field, paths, "is not a valid kubeconfig: empty")
+    contexts: dict[str, dict[str, Any]] = {}
+    for path in files:
+        for entry in loaded[path].get("contexts") or []:
+            contexts.setdefault(entry["name"], entry)
+    current = next((loaded[p]["current-context"] for p in files
+                    if loaded[p].get("current-context")), None)
+    if context and context not in contexts:
+        raise BadInput("--context", context, f"not in the kubeconfig (has: {', '.join(contexts)})")
+    name = context or current
+    if name not in contexts:
+        raise BadInput(field, paths, f"its current-context {name!r} is not one of its contexts "
+                       "(give --context)")
+    try:
+        api = config.new_client_from_config(config_file=os.pathsep.join(files), context=name)
+    except (ConfigException, yaml.YAMLError, OSError, TypeError, KeyError, AttributeError,
+            ValueError) as exc:  # what the client's loader raises on a malformed file
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        raise BadInput(field, paths, f"is not a usable kubeconfig: {problem}") from None
+    chosen = contexts[name].get("context")
+    chosen = chosen if isinstance(chosen, dict) else {}
+    return api, chosen.get("namespace"), chosen.get("user")
+
+
 def connect(
     kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
 ) -> Cluster:
-    """Connect with a kubeconfig (or in-cluster config) and learn the Istio API version."""
-    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
-    in_cluster = kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
-    context_namespace, user = None, None
-    try:
-        if in_cluster:
+    """Connect as kubectl would (see `kubeconfig_source`) and learn the Istio API version.
+
+    `kubeconfig` is a file, or a path list like $KUBECONFIG.
+    """
+    source = kubeconfig_source(kubeconfig)
+    if source is None:
+        try:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            api = client.ApiClient(configuration)
-            context_namespace = _read_text(IN_CLUSTER_NAMESPACE_FILE)
-        else:
-            path = kubeconfig or os.path.expanduser(config.KUBE_CONFIG_DEFAULT_LOCATION)
-            if not os.path.exists(path):
-                raise BadInput("--kubeconfig", path, "no such kubeconfig file")
-            contexts, current = config.list_kube_config_contexts(config_file=path)
-            chosen = current
-            if context:
-                chosen = next((c for c in contexts if c["name"] == context), None)
-                if chosen is None:
-                    names = ", ".join(c["name"] for c in contexts)
-                    raise BadInput("--context", context, f"not in the kubeconfig (has: {names})")
-            context_namespace = (chosen or {}).get("context", {}).get("namespace")
-            user = (chosen or {}).get("context", {}).get("user")
-            api = config.new_client_from_config(config_file=path, context=context)
-    except ConfigException as exc:
-        raise ClusterError(f"cannot load Kubernetes configuration: {exc}") from exc
+        except ConfigException as exc:
+            raise ClusterError(f"cannot load the in-cluster configuration: {exc}") from exc
+        api = client.ApiClient(configuration)
+        context_namespace, user = _read_text(IN_CLUSTER_NAMESPACE_FILE), None
+    else:
+        api, context_namespace, user = _connect_kubeconfig(*source, context)
     namespace = namespace or context_namespace or "default"
     check_dns_label("--namespace", namespace)
     server = api.configuration.host

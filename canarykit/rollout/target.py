@@ -82,7 +82,7 @@ def connect_target(
                         ("prometheus_bearer_token_env", prometheus_bearer_token_env),
                         ("release", release)):
         _text(name, value)
-    if kubeconfig and not os.path.isfile(kubeconfig):
+    if kubeconfig and not any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep) if p):
         raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
     prometheus = None
     url = resolve_prometheus_url(prometheus_url)

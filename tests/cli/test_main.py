@@ -89,3 +89,38 @@ def test_the_console_script_runs_as_a_module():
         [sys.executable, "-m", "canarykit", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("canarykit ")
+
+
+def _with_plugins(monkeypatch, *values):
+    """Installed `canarykit.commands` entry points replaced by real EntryPoint objects."""
+    from importlib import metadata
+
+    plugins = [metadata.EntryPoint(name=f"part{i}", value=value, group=cli.COMMANDS_ENTRY_POINT)
+               for i, value in enumerate(values)]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: plugins)
+
+
+def test_a_plugin_that_fails_to_load_is_skipped_with_a_one_line_warning(monkeypatch, capsys):
+    _with_plugins(monkeypatch, "canarykit_no_such_plugin:COMMANDS",
+                  "canarykit.lab.commands:COMMANDS")
+    assert "lab" in cli.plugin_commands()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("canarykit ")
+    warnings = [line for line in err.splitlines() if line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("canarykit: warning: skipping the commands of part0 ")
+    assert "canarykit_no_such_plugin" in warnings[0]
+
+
+def test_the_other_commands_still_run_beside_a_broken_plugin(monkeypatch, tmp_path, capsys):
+    import yaml
+
+    _with_plugins(monkeypatch, "canarykit.cli.main:no_such_attribute")
+    reviews = tmp_path / "reviews.yaml"
+    reviews.write_text(yaml.safe_dump_all([VS, DR]))
+    assert cli.main(["validate", str(reviews)]) == 0
+    assert "skipping the commands of part0" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The cluster module against the local API server, through the official client only."""
 
 import copy
+import re
 import threading
 
 import pytest
@@ -346,3 +347,89 @@ def test_a_service_name_that_is_not_a_dns_label_is_refused(lab):
     kube, _ = lab
     with pytest.raises(BadInput, match="SERVICE.*Reviews!"):
         cluster.find_virtual_service(kube, "Reviews!")
+
+
+# --- finding the kubeconfig as kubectl does -------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A HOME of its own, outside any pod, so ~/.kube/config is the test's to write."""
+    home = tmp_path / "home"
+    (home / ".kube").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return home
+
+
+def test_an_empty_kubeconfig_variable_means_unset_so_the_home_kubeconfig_is_used(
+    apiserver, home, monkeypatch
+):
+    (home / ".kube" / "config").write_text(apiserver.kubeconfig.read_text())
+    monkeypatch.setenv("KUBECONFIG", "")
+    assert cluster.connect().server == apiserver.url
+
+
+def test_a_kubeconfig_path_list_skips_missing_files(apiserver, home, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'missing.yaml'}:{apiserver.kubeconfig}")
+    kube = cluster.connect()
+    assert (kube.server, kube.actor) == (apiserver.url, "canarykit-admin")
+
+
+def test_a_kubeconfig_path_list_is_merged_the_first_current_context_winning(
+    apiserver, home, tmp_path, monkeypatch
+):
+    other = yaml.safe_load(apiserver.kubeconfig.read_text())
+    other["current-context"] = "elsewhere"
+    other["contexts"] = [{"name": "elsewhere", "context": {"cluster": "nowhere", "user": "x"}}]
+    other["clusters"] = [{"name": "nowhere", "cluster": {"server": "https://192.0.2.1:1"}}]
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(other))
+    monkeypatch.setenv("KUBECONFIG", f"{apiserver.kubeconfig}:{second}")
+    assert cluster.connect().server == apiserver.url
+
+
+def test_a_kubeconfig_path_list_with_no_existing_file_is_refused(home, tmp_path, monkeypatch):
+    listed = f"{tmp_path / 'a.yaml'}:{tmp_path / 'b.yaml'}"
+    monkeypatch.setenv("KUBECONFIG", listed)
+    with pytest.raises(BadInput, match="KUBECONFIG: none of these kubeconfig files exists"):
+        cluster.connect()
+
+
+@pytest.mark.parametrize("text", ["clusters: [\n  - {name: x", "just a string\n",
+                                  "contexts: {name: x}\n"])
+def test_a_malformed_kubeconfig_is_refused_naming_its_path(home, tmp_path, text):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    named = re.escape(str(path))
+    with pytest.raises(BadInput, match=f"--kubeconfig: is not a valid kubeconfig.*{named}"):
+        cluster.connect(kubeconfig=str(path))
+
+
+def test_a_kubeconfig_missing_the_cluster_it_names_is_refused_naming_its_path(
+    apiserver, home, tmp_path
+):
+    loaded = yaml.safe_load(apiserver.kubeconfig.read_text())
+    loaded["clusters"] = []
+    path = tmp_path / "no-cluster.yaml"
+    path.write_text(yaml.safe_dump(loaded))
+    named = re.escape(str(path))
+    with pytest.raises(BadInput, match=f"--kubeconfig: is not a usable kubeconfig.*{named}"):
+        cluster.connect(kubeconfig=str(path))
+
+
+def test_in_a_pod_an_existing_home_kubeconfig_wins_over_the_in_cluster_config(
+    apiserver, home, monkeypatch
+):
+    (home / ".kube" / "config").write_text(apiserver.kubeconfig.read_text())
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "192.0.2.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert cluster.connect().server == apiserver.url
+
+
+def test_in_a_pod_without_any_kubeconfig_the_in_cluster_config_is_used(home, monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "192.0.2.1")
+    assert cluster.kubeconfig_source() is None
+    monkeypatch.setenv("KUBECONFIG", "/nowhere/config")
+    assert cluster.kubeconfig_source() == ("KUBECONFIG", "/nowhere/config")
