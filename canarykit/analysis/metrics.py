@@ -6,6 +6,8 @@ label values) and escaped as PromQL string literals, so a name can never change 
 meaning. Prometheus problems (unreachable, HTTP errors, no series) come back as a
 `QueryOutcome` with one clear sentence, never as an exception that would stop a rollout.
 Secrets are only ever named (an environment variable or a file) and are read at connect time.
+pandas, requests and prometheus_api_client are imported where used, so the settings and the
+plan that name `CustomMetric` and `STANDARD_METRICS` start without them.
 """
 
 from __future__ import annotations
@@ -17,19 +19,13 @@ import os
 import re
 import string
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import pandas as pd
-import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util.retry import Retry
-
-from canarykit.core.durations import parse_duration
+from canarykit.core.durations import format_duration, parse_duration
 from canarykit.core.errors import BadInput
 from canarykit.core.names import (
     check_dns_label,
@@ -40,6 +36,11 @@ from canarykit.core.names import (
     is_label_value,
     is_metric_name,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from prometheus_api_client import PrometheusConnect
+    from prometheus_api_client.exceptions import PrometheusApiClientException
 
 REQUESTS_METRIC = "istio_requests_total"
 DURATION_BUCKET_METRIC = "istio_request_duration_milliseconds_bucket"
@@ -126,14 +127,15 @@ def check_label_name(field_name: str, value: Any) -> str:
     return value
 
 
-def promql_duration(seconds: float, field_name: str = "window") -> str:
-    """A PromQL range such as `600s` or `1500ms` for a positive number of seconds."""
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise BadInput(field_name, seconds, "must be a positive duration")
-    ms = round(seconds * 1000)
-    if ms <= 0:
-        raise BadInput(field_name, seconds, "must be at least 1ms")
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+# rollout/phases.py still calls it by this name; the one definition is core.durations.
+promql_duration = format_duration
+
+
+def check_required(cls: type, data: dict[str, Any], prefix: str = "") -> None:
+    """Refuse `data` lacking a field `cls` has no default for, naming it (not a TypeError)."""
+    for item in fields(cls):
+        if item.default is MISSING and item.default_factory is MISSING and item.name not in data:
+            raise BadInput(prefix + item.name, None, "is required")
 
 
 def to_unix(value: datetime | float | int, field_name: str = "time") -> float:
@@ -233,6 +235,7 @@ class PrometheusSettings:
         unknown = sorted(set(data) - known)
         if unknown:
             raise BadInput(f"prometheus.{unknown[0]}", data[unknown[0]], "is not a known setting")
+        check_required(cls, data, "prometheus.")
         return cls(**data)
 
 
@@ -279,6 +282,10 @@ def _read_secret_env(field_name: str, name: str) -> str:
 
 def connect(settings: PrometheusSettings) -> Client:
     """Resolve the referenced secrets and build a client; nothing is sent yet."""
+    import requests
+    from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
+
     settings.validate()
     secrets: list[str] = []
     headers = dict(settings.headers)
@@ -353,6 +360,8 @@ class QueryOutcome:
 
 
 def _connection_problem(exc: Exception, timeout: float) -> str:
+    import requests
+
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
         return "the TLS handshake failed (set ca_file, or insecure for a test server)"
@@ -395,6 +404,9 @@ def _http_error(client: Client, query: str, exc: PrometheusApiClientException) -
 
 
 def _run(client: Client, query: str, call) -> QueryOutcome:
+    import requests
+    from prometheus_api_client.exceptions import PrometheusApiClientException
+
     try:
         result = call()
     except PrometheusApiClientException as exc:
@@ -428,7 +440,7 @@ def query_range(
     """A range query from start to end (Unix seconds, rounded) every `step_seconds`."""
     begin = datetime.fromtimestamp(to_unix(start, "start"), tz=UTC)
     finish = datetime.fromtimestamp(to_unix(end, "end"), tz=UTC)
-    step = promql_duration(step_seconds, "step")
+    step = format_duration(step_seconds, "step")
     return _run(client, query,
                 lambda: client.connection.custom_query_range(query, begin, finish, step))
 
@@ -506,6 +518,7 @@ class MetricsSelector:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise BadInput(unknown[0], data[unknown[0]], "is not a known selector setting")
+        check_required(cls, data)
         return cls(**data).validate()
 
 
@@ -538,7 +551,7 @@ def _quantile(selector: MetricsSelector, range_: str, q: float) -> str:
 
 def standard_query(metric: str, selector: MetricsSelector, range_seconds: float) -> str:
     """The PromQL for one standard metric of all versions over a trailing range."""
-    range_ = promql_duration(range_seconds)
+    range_ = format_duration(range_seconds, "window")
     if metric == "request-rate":
         return _sum_rate(selector, range_)
     if metric == "error-rate":
@@ -681,6 +694,8 @@ def range_frame(
     default the points are disjoint intervals. One range query per metric; the outcomes are in
     `frame.attrs["outcomes"]` (dicts) so a caller can tell empty from unreachable.
     """
+    import pandas as pd
+
     range_seconds = step_seconds if range_seconds is None else range_seconds
     rows: list[tuple[pd.Timestamp, str, str, float]] = []
     outcomes: list[dict[str, Any]] = []
@@ -698,6 +713,8 @@ def range_frame(
 
 
 def _frame_rows(version_label: str, metric: str, outcome: QueryOutcome):
+    import pandas as pd
+
     for item in outcome.result:
         version = item.get("metric", {}).get(version_label, "")
         for stamp, value in item.get("values", []):
@@ -766,6 +783,9 @@ class CustomMetric:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise BadInput(f"custom_metrics.{unknown[0]}", data[unknown[0]], "is not a known field")
+        name = data.get("name")
+        check_required(cls, data, f"custom_metrics.{name}." if is_metric_name(name)
+                       else "custom_metrics.")
         return cls(**data).validate()
 
 
@@ -793,7 +813,7 @@ def render_template(
         **metric.params,
     }
     values = {key: escape_label_value(value) for key, value in escaped.items()}
-    values["window"] = promql_duration(window_seconds)
+    values["window"] = format_duration(window_seconds, "window")
     values["version_label"] = selector.version_label
     try:
         return string.Template(metric.query).substitute(values)

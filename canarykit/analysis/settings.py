@@ -269,6 +269,5 @@ def _compare_metric(item: Any) -> j.CompareMetric:
     unknown = sorted(set(_mapping("compare_metrics", item)) - known)
     if unknown:
         raise BadInput(f"compare_metrics.{unknown[0]}", item[unknown[0]], "is not a known field")
-    if "name" not in item:
-        raise BadInput("compare_metrics.name", None, "is required")
+    m.check_required(j.CompareMetric, item, "compare_metrics.")
     return j.CompareMetric(**item)

@@ -25,9 +25,8 @@ from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
 from canarykit.analysis.settings import CLI, AnalysisSettings, setting_names
 from canarykit.core import times
-from canarykit.core.errors import BadInput
+from canarykit.core.errors import BadInput, ExitCode
 
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 SEQUENTIAL_JUDGES = ("error-rate-sequential", "traffic-split", "latency-sequential")
 
 
@@ -286,13 +285,22 @@ def parse_time(text: str, field_name: str = "--at") -> float:
     return parsed.timestamp()
 
 
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default, so a flag never repeats it."""
+    return next(item.default for item in fields(cls) if item.name == name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `canarykit analyze`."""
+    """Flags of `canarykit analyze`; their defaults are those of the selector and settings."""
+    selector, prometheus = m.MetricsSelector, m.PrometheusSettings
+    stable, canary = _default(selector, "stable"), _default(selector, "canary")
     parser.add_argument("service", metavar="SERVICE", help="the service (destination_service_name)")
     parser.add_argument("-n", "--namespace", required=True, help="the service's namespace")
     parser.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    parser.add_argument("--stable", default="v1", help="stable version label value (default v1)")
-    parser.add_argument("--canary", default="v2", help="canary version label value (default v2)")
+    parser.add_argument("--stable", default=stable,
+                        help=f"stable version label value (default {stable})")
+    parser.add_argument("--canary", default=canary,
+                        help=f"canary version label value (default {canary})")
     parser.add_argument("--at", metavar="TIME",
                         help="end of the window: RFC 3339 or Unix seconds (default now)")
     parser.add_argument("--output", choices=("text", "json"), default="text")
@@ -300,8 +308,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML analysis settings (any setting below, compare_metrics, "
                              "custom_metrics); flags override it")
     _add_setting_flags(parser)
-    parser.add_argument("--reporter", choices=("destination", "source"), default="destination")
-    parser.add_argument("--version-label", default="destination_version")
+    parser.add_argument("--reporter", choices=("destination", "source"),
+                        default=_default(selector, "reporter"))
+    parser.add_argument("--version-label", default=_default(selector, "version_label"))
     parser.add_argument("--fqdn", action="store_true",
                         help="select by destination_service FQDN instead of name + namespace")
     parser.add_argument("--bearer-token-env", metavar="VAR", help="env var holding a bearer token")
@@ -313,7 +322,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                         help="extra HTTP header (repeatable)")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        default=_default(prometheus, "timeout_seconds"))
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -347,7 +357,7 @@ def _config_from_args(args: argparse.Namespace) -> AnalysisSettings:
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
-    return AnalysisSettings.from_dict(data)
+    return AnalysisSettings.from_dict(data, where=CLI)
 
 
 def _headers(items: list[str]) -> dict[str, str]:
@@ -383,9 +393,9 @@ def build_inputs(args: argparse.Namespace):
     return settings, selector, config, end
 
 
-def exit_code(verdict: judges.Verdict) -> int:
-    return {judges.Verdict.PASS: EXIT_PASS, judges.Verdict.FAIL: EXIT_FAIL}.get(
-        verdict, EXIT_INCONCLUSIVE)
+def exit_code(verdict: judges.Verdict) -> ExitCode:
+    return {judges.Verdict.PASS: ExitCode.OK, judges.Verdict.FAIL: ExitCode.FAILED}.get(
+        verdict, ExitCode.INCONCLUSIVE)
 
 
 def _show(value: Any) -> str:
@@ -422,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
         decision = run_analysis(settings, selector, config, end=end)
     except BadInput as exc:
         print(f"canarykit analyze: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     if args.output == "json":
         print(json.dumps(decision.to_dict(), indent=2, sort_keys=True))
     else:

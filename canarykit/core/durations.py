@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from canarykit.core.errors import BadInput
@@ -41,11 +42,16 @@ def parse_duration(text: str, field: str = "duration") -> float:
     return -total if text[0] == "-" else total
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest exact Istio form: whole milliseconds as `ms`, else seconds."""
-    ms = round(seconds * 1000, 6)
-    if ms == int(ms) and ms % 1000 != 0:
-        return f"{int(ms)}ms"
-    if ms == int(ms):
-        return f"{int(ms) // 1000}s"
-    return f"{seconds:g}s"
+def format_duration(seconds: float, field: str = "duration") -> str:
+    """`600s` or `1500ms`: a form both Go durations (Istio) and PromQL ranges accept.
+
+    Rounded to whole milliseconds, PromQL's finest unit. Raises BadInput naming `field` for
+    anything but a positive number of seconds of at least 1ms.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not math.isfinite(seconds) or seconds <= 0:
+        raise BadInput(field, seconds, "must be a positive duration")
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        raise BadInput(field, seconds, "must be at least 1ms")
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"

@@ -315,8 +315,8 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
             raise BadInput(f"{path}.{key}", value, f"is not a {kind} setting (known: {known})")
         want = allowed[key]
         if isinstance(value, bool) and want is not bool or not isinstance(value, want):
-            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
-            raise BadInput(f"{path}.{key}", value, f"must be a {names}")
+            kinds = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise BadInput(f"{path}.{key}", value, f"must be a {kinds}")
         settings[key] = value
     if kind == "shadow":
         settings.setdefault("percentage", default("shadow", "percentage"))

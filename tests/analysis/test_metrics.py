@@ -97,6 +97,15 @@ def test_each_standard_metric_is_one_query_for_all_versions():
         assert "v1" not in query and "v2" not in query
 
 
+def test_query_ranges_are_whole_seconds_or_milliseconds_and_positive():
+    selector = m.MetricsSelector("reviews", "shop")
+    assert "[600s]" in m.standard_query("request-rate", selector, 600)
+    assert "[90500ms]" in m.standard_query("request-rate", selector, 90.5)
+    with pytest.raises(BadInput) as refused:
+        m.standard_query("request-rate", selector, 0)
+    assert refused.value.field == "window"
+
+
 def test_unknown_metric_name_is_refused():
     with pytest.raises(BadInput) as refused:
         m.standard_query("latency-p95", m.MetricsSelector("reviews", "shop"), 600)
@@ -445,6 +454,25 @@ def test_custom_metric_cannot_override_builtin_placeholders_or_lack_limits():
     with pytest.raises(BadInput) as refused:
         m.CustomMetric("x", "up").validate()
     assert refused.value.field == "custom_metrics.x.min_value"
+
+
+@pytest.mark.parametrize(("data", "field_name"), [
+    ({"name": "checkout", "max_value": 1}, "custom_metrics.checkout.query"),
+    ({"query": "up", "max_value": 1}, "custom_metrics.name"),
+])
+def test_a_custom_metric_lacking_a_field_is_refused_naming_it(data, field_name):
+    with pytest.raises(BadInput) as refused:
+        m.CustomMetric.from_dict(data)
+    assert (refused.value.field, refused.value.problem) == (field_name, "is required")
+
+
+def test_settings_and_selector_lacking_a_field_are_refused_naming_it():
+    with pytest.raises(BadInput) as refused:
+        m.PrometheusSettings.from_dict({"timeout_seconds": 5})
+    assert refused.value.field == "prometheus.url"
+    with pytest.raises(BadInput) as refused:
+        m.MetricsSelector.from_dict({"service": "reviews"})
+    assert refused.value.field == "namespace"
 
 
 def test_custom_metric_round_trips_and_dollar_dollar_is_a_dollar():

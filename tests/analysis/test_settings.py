@@ -15,7 +15,7 @@ from canarykit.analysis import metrics as m
 from canarykit.analysis import step
 from canarykit.analysis.judges import CompareMetric
 from canarykit.analysis.settings import CLI, PLAN, RUNBOOK, AnalysisSettings, setting_names
-from canarykit.core.errors import BadInput
+from canarykit.core.errors import BadInput, ExitCode
 from canarykit.rollout import plan
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "canarykit" / "runbooks"
@@ -150,6 +150,8 @@ def test_flags_override_the_config_file(tmp_path):
      "compare_metrics.colour", "red"),
     ({"custom_metrics": [{"name": "x", "query": "up"}]}, "custom_metrics.x.min_value", None),
     ({"custom_metrics": "up"}, "custom_metrics", "up"),
+    ({"custom_metrics": [{"name": "x", "max_value": 1}]}, "custom_metrics.x.query", None),
+    ({"compare_metrics": [{"direction": "increase"}]}, "compare_metrics.name", None),
     ({"treshold": 1}, "treshold", 1),
 ])
 def test_each_bad_value_is_refused_naming_the_field_and_the_value(data, field, value):
@@ -173,5 +175,29 @@ def test_a_setting_that_does_not_apply_there_is_refused():
 
 
 def test_a_bad_flag_is_refused_naming_the_setting(capsys):
-    assert step.run(cli("--min-success-rate", "130")) == step.EXIT_BAD_INPUT
+    assert step.run(cli("--min-success-rate", "130")) == ExitCode.BAD_INPUT
     assert capsys.readouterr().err.startswith("canarykit analyze: min_success_rate: ")
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"until_verdict": True}, "until_verdict: is not an analysis setting of the cli"),
+    ({"custom_metrics": [{"name": "checkout", "min_value": 0.9}]},
+     "custom_metrics.checkout.query: is required"),
+])
+def test_a_config_file_the_cli_cannot_use_is_refused_naming_the_field(config, named, tmp_path,
+                                                                     capsys):
+    path = tmp_path / "analysis.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert step.run(cli("--config", str(path))) == ExitCode.BAD_INPUT
+    assert capsys.readouterr().err.startswith(f"canarykit analyze: {named}")
+
+
+def test_the_cli_defaults_are_those_of_the_selector_and_connection_settings(monkeypatch):
+    selector = m.MetricsSelector.__dataclass_fields__
+    monkeypatch.setattr(selector["canary"], "default", "v3")
+    monkeypatch.setattr(selector["reporter"], "default", "source")
+    monkeypatch.setattr(m.PrometheusSettings.__dataclass_fields__["timeout_seconds"], "default",
+                        7.5)
+    settings, chosen = step.build_inputs(cli())[:2]
+    assert (chosen.canary, chosen.reporter, settings.timeout_seconds) == ("v3", "source", 7.5)
+    assert chosen.stable == m.MetricsSelector("reviews", "default").stable

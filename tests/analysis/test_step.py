@@ -14,8 +14,8 @@ from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
 from canarykit.analysis import step as analysis
 from canarykit.analysis.judges import Verdict
-from canarykit.analysis.settings import JUDGE_NAMES, AnalysisSettings
-from canarykit.core.errors import BadInput
+from canarykit.analysis.settings import CLI, JUDGE_NAMES, AnalysisSettings
+from canarykit.core.errors import BadInput, ExitCode
 from tests.prometheus_fixture import END, WEIRD_ROUTE, WEIRD_ROUTE_PER_STEP, free_port
 
 CHECKOUT = m.CustomMetric(
@@ -230,6 +230,14 @@ def cli(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+@pytest.mark.parametrize(("verdict", "code"), [
+    (Verdict.PASS, ExitCode.OK), (Verdict.FAIL, ExitCode.FAILED),
+    (Verdict.INCONCLUSIVE, ExitCode.INCONCLUSIVE),
+])
+def test_each_verdict_has_its_exit_code(verdict, code):
+    assert analysis.exit_code(verdict) is code
+
+
 def test_cli_prints_a_table_per_judge_and_exits_0_on_pass(prometheus_url, capsys):
     code = analysis.run(cli("healthy", "-n", "shop", "--prometheus", prometheus_url,
                             "--at", "2023-11-14T22:13:20Z", "--canary-weight", "25"))
@@ -288,7 +296,7 @@ def test_cli_refuses_an_injected_service_name_with_exit_2(capsys):
 def test_cli_reads_thresholds_and_custom_metrics_from_a_config_file(
     prometheus_url, tmp_path, capsys
 ):
-    config = AnalysisSettings(custom_metrics=[CHECKOUT], judges=["success-rate"]).to_dict()
+    config = AnalysisSettings(custom_metrics=[CHECKOUT], judges=["success-rate"]).to_dict(CLI)
     config["custom_metrics"][0]["min_value"] = 0.99  # the healthy canary's checkouts are ~97%
     path = tmp_path / "analysis.yaml"
     path.write_text(yaml.safe_dump(config))
