@@ -43,12 +43,12 @@ class RolloutState:
 def new_state(
     stable: str, canary: str, snapshot: dict[str, Any], release: str = ""
 ) -> RolloutState:
-    started = times.timestamp()
+    started = times.utc_now()
     return RolloutState(
         stable=stable,
         canary=canary,
-        release=release or f"{canary}-{started.replace(':', '').replace('-', '')}",
-        started_at=started,
+        release=release or f"{canary}-{times.compact(started)}",
+        started_at=times.timestamp(started),
         snapshot=copy.deepcopy(snapshot),
     )
 

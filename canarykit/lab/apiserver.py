@@ -17,7 +17,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,7 +26,6 @@ import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,9 @@ from urllib.parse import parse_qs, urlsplit
 import jsonpatch
 import yaml
 
-from canarykit.core import names
+from canarykit.core import names, times
 from canarykit.core.files import write_atomically
+from canarykit.lab import process_main
 
 USER = "canarykit-admin"
 GROUPS = ["system:masters", "system:authenticated"]
@@ -328,10 +327,6 @@ class Event:
     old: dict | None = None
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Store:
     """Objects in memory, one global resourceVersion counter, persisted to a JSON file.
 
@@ -384,7 +379,7 @@ class Store:
             meta = obj["metadata"]
             meta["resourceVersion"] = str(self.rv)
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", now_rfc3339())
+            meta.setdefault("creationTimestamp", times.timestamp())
             meta.setdefault("generation", 1)
             key = (res.group, res.plural, meta.get("namespace", ""), meta["name"])
             if event == "DELETED":
@@ -540,7 +535,8 @@ class Api:
                 raise ApiError(409, "AlreadyExists", f'{t.res.qualified} "{meta["name"]}" '
                                "already exists", _details(t.res, meta["name"]))
             if dry_run:
-                meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339(), generation=1)
+                meta.update(uid=str(uuid.uuid4()), creationTimestamp=times.timestamp(),
+                            generation=1)
                 return 201, obj, warnings
             stored = self.store.put(t.res, obj, "ADDED", None)
         return 201, render(stored, t.res, t.version), warnings
@@ -618,7 +614,7 @@ NAMESPACES = RESOURCES[0]
 
 def self_subject_review(t: Target) -> dict:
     return {"apiVersion": t.res.api_version(t.version), "kind": "SelfSubjectReview",
-            "metadata": {"creationTimestamp": now_rfc3339()},
+            "metadata": {"creationTimestamp": times.timestamp()},
             "status": {"userInfo": {"username": USER, "groups": list(GROUPS)}}}
 
 
@@ -1024,9 +1020,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve in the foreground until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
     server, thread = start_server(args.data, args.port, args.host, args.token,
                                   getattr(args, "tls", False))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = process_main.stop_on_signals()
     write_kubeconfig(args.kubeconfig, server)
     sys.stderr.write(f"apiserver listening on {server.url}, kubeconfig {args.kubeconfig}\n")
     sys.stderr.flush()
@@ -1039,6 +1033,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    cli = argparse.ArgumentParser(prog="python -m canarykit.lab.apiserver", description=__doc__)
-    add_arguments(cli)
-    raise SystemExit(run(cli.parse_args()))
+    process_main.main("canarykit.lab.apiserver", __doc__, add_arguments, run)

@@ -20,7 +20,7 @@ import re2
 import yaml
 
 from canarykit.core.durations import parse_duration
-from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.core.errors import BadInput, ExitCode, exit_code_for
 from canarykit.core.names import host_fqdn, is_dns1123_label
 from canarykit.mesh.istio import API_VERSIONS, HASH_KEYS, KINDS, RETRY_ON_POLICIES
 
@@ -735,8 +735,14 @@ def has_errors(messages: Iterable[Message]) -> bool:
 # --- command line --------------------------------------------------------------------------
 
 
-class UnreadableInput(CanaryKitError):
-    """A file that cannot be read as YAML Kubernetes documents."""
+class UnreadableInput(BadInput):
+    """A file that cannot be read as YAML Kubernetes documents: refused input (BAD_INPUT)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(where, where, problem)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.problem}"
 
 
 def load_files(paths: Iterable[str]) -> list[tuple[str, dict]]:
@@ -750,11 +756,11 @@ def load_files(paths: Iterable[str]) -> list[tuple[str, dict]]:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise UnreadableInput(f"{path}: cannot read file: {reason}") from err
+            raise UnreadableInput(path, f"cannot read file: {reason}") from err
         try:
             loaded = list(yaml.safe_load_all(text))
         except yaml.YAMLError as err:
-            raise UnreadableInput(f"{path}: YAML syntax error{_yaml_where(err)}") from err
+            raise UnreadableInput(path, f"YAML syntax error{_yaml_where(err)}") from err
         for number, doc in enumerate(loaded, start=1):
             if doc is None:
                 continue
@@ -763,8 +769,8 @@ def load_files(paths: Iterable[str]) -> list[tuple[str, dict]]:
             items = doc.get("items") if is_list else None
             for item in items if isinstance(items, list) else [doc]:
                 if not isinstance(item, dict):
-                    raise UnreadableInput(f"{label}: is not a mapping (got a "
-                                          f"{type(item).__name__})")
+                    raise UnreadableInput(label, f"is not a mapping (got a "
+                                                 f"{type(item).__name__})")
                 documents.append((label, item))
     return documents
 
@@ -786,12 +792,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 without Error-level messages, 1 with any, 2 when a file cannot be read."""
+    """OK without Error-level messages, FAILED with any, BAD_INPUT when a file cannot be read."""
     try:
         documents = load_files(args.files)
     except UnreadableInput as err:
         print(f"canarykit validate: {err}", file=sys.stderr)
-        return 2
+        return exit_code_for(err)
     messages = [Message(ERROR, SCHEMA_ERROR, "", "", label,
                         "not a Kubernetes object: apiVersion and kind are required")
                 for label, doc in documents if not is_kubernetes_object(doc)]
@@ -802,4 +808,4 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(message.format() for message in messages))
     else:
         print("No validation issues found.")
-    return 1 if has_errors(messages) else 0
+    return ExitCode.FAILED if has_errors(messages) else ExitCode.OK

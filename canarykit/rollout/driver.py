@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import json
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,9 +39,10 @@ from typing import Any
 import yaml
 
 from canarykit.core import times
-from canarykit.core.errors import BadInput, CanaryKitError, ClusterError
+from canarykit.core.errors import BadInput, CanaryKitError, ClusterError, ExitCode
 from canarykit.core.files import write_atomically
 from canarykit.rollout import runbook
+from canarykit.rollout.parameters import RUNBOOK_PARAMETERS, packaged_runbooks
 from canarykit.rollout.plan import PhaseSpec, Plan, expand, load_plan
 from canarykit.rollout.target import PROMETHEUS_URL_ENV, resolve_prometheus_url
 
@@ -50,7 +50,6 @@ DRIVER_ANNOTATION = "canarykit.io/driver"
 DEFAULT_LEASE_SECONDS = 60
 KERNEL = "python3"
 FINAL = ("promoted", "rolled-back", "aborted", "failed")
-EXIT_PROMOTED, EXIT_NOT_PROMOTED, EXIT_BAD_PLAN = 0, 1, 2
 
 
 class LeaseLost(ClusterError):
@@ -305,11 +304,6 @@ class Driver:
     say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
 
 
-def packaged_runbooks() -> Path:
-    """The runbooks installed with canarykit (package data), wherever it is installed."""
-    return Path(str(importlib.resources.files("canarykit") / "runbooks"))
-
-
 def absolute_kubeconfig(kubeconfig: str) -> str:
     """The plan's kubeconfig, else $KUBECONFIG, as an absolute path (relative to where the
     command runs), so the notebooks use the same file; "" leaves ~/.kube/config or the
@@ -364,18 +358,23 @@ def safe_text(text: str) -> str:
 
 
 def check_runbooks(driver: Driver) -> None:
-    """Every runbook the plan needs exists and declares every parameter the driver passes."""
-    papermill = runbook.import_papermill()
+    """Every runbook the plan needs exists and declares every parameter the driver passes.
 
+    The packaged runbooks are checked against their declaration (`RUNBOOK_PARAMETERS`, which a
+    test holds the notebooks to), so status, abort and promote never import papermill; only a
+    custom --runbooks folder is read with papermill."""
+    packaged = driver.runbooks.resolve() == packaged_runbooks().resolve()
     needed = [*driver.phases, terminal_phase("rollback"), terminal_phase("promote")]
-    declared: dict[str, dict[str, Any]] = {}
+    declared: dict[str, Collection[str]] = {}
     for spec in needed:
         path = driver.runbooks / f"{spec.runbook}.ipynb"
         if spec.runbook not in declared:
             if not path.is_file():
                 raise BadInput("runbooks", str(driver.runbooks),
                                f"has no {spec.runbook}.ipynb, which phase {spec.name} needs")
-            declared[spec.runbook] = papermill.inspect_notebook(str(path))
+            declared[spec.runbook] = (
+                RUNBOOK_PARAMETERS.get(spec.runbook, ()) if packaged
+                else runbook.import_papermill().inspect_notebook(str(path)))
         names = {**common_parameters(driver, "", Path(".")), **spec.parameters}
         runbook.check_parameters(names)
         for name in names:
@@ -407,7 +406,7 @@ def start_release(driver: Driver) -> DriverState:
     """A new release: its folder with plan.yaml and an empty audit log, and its state."""
     plan = driver.plan
     started = now()
-    base = plan.release or f"{plan.canary}-{started.strftime('%Y%m%dT%H%M%SZ')}"
+    base = plan.release or f"{plan.canary}-{times.compact(started)}"
     release, number = base, 1
     while (driver.reports / plan.service / release).exists():
         number += 1
@@ -701,7 +700,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     driver = open_driver(args, executes=True)
     lease = take_lease(driver, "not starting")
     if lease is None:
-        return EXIT_NOT_PROMOTED
+        return ExitCode.FAILED
     try:
         state = current_state(driver, lease, new_when_done=True)
         driver.say(f"{'#':>3}  {'phase':<24} {'verdict':<13} {'duration':>8}")
@@ -717,7 +716,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         lease.release()
     conclude(driver, state)
-    return EXIT_PROMOTED if state.status == "promoted" else EXIT_NOT_PROMOTED
+    return ExitCode.OK if state.status == "promoted" else ExitCode.FAILED
 
 
 def cmd_step(args: argparse.Namespace) -> int:
@@ -725,12 +724,12 @@ def cmd_step(args: argparse.Namespace) -> int:
     driver = open_driver(args, executes=True)
     lease = take_lease(driver, "nothing to do")
     if lease is None:
-        return 0
+        return ExitCode.OK
     try:
         state = current_state(driver, lease, new_when_done=args.new_release)
         if state.done:
             finished_release(driver, state)
-            return 0
+            return ExitCode.OK
         entry = step_once(driver, lease, state)
         if entry is None:
             driver.say(f"release {state.release}: next phase {next_phase(driver, state).name} "
@@ -743,7 +742,7 @@ def cmd_step(args: argparse.Namespace) -> int:
                 driver.say(f"next: {next_phase(driver, state).name} due at {state.next_due}")
     finally:
         lease.release()
-    return 0
+    return ExitCode.OK
 
 
 def _operator_command(args: argparse.Namespace, kind: str) -> int:
@@ -758,7 +757,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
         if time.monotonic() >= deadline:
             driver.say(f"another runner holds lease {lease_name(driver.plan.service)}: "
                        f"{holder_text(other)}; try again (or wait longer with --wait)")
-            return EXIT_NOT_PROMOTED
+            return ExitCode.FAILED
         time.sleep(1)
     try:
         state = lease.state()
@@ -767,7 +766,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
         if state is None or state.done:
             what = "no release" if state is None else f"release {state.release} is {state.status}"
             driver.say(f"{what}; nothing to {kind}")
-            return EXIT_NOT_PROMOTED
+            return ExitCode.FAILED
         recover(driver, state)
         who = driver.kube.actor
         if kind == "abort":
@@ -782,7 +781,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
         conclude(driver, state)
     finally:
         lease.release()
-    return EXIT_PROMOTED if state.status in ("promoted", "aborted") else EXIT_NOT_PROMOTED
+    return ExitCode.OK if state.status in ("promoted", "aborted") else ExitCode.FAILED
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
@@ -829,7 +828,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = status_report(driver)
     if args.output == "json":
         print(json.dumps(report, indent=2, default=str))
-        return 0
+        return ExitCode.OK
     say = driver.say
     say(f"plan: {args.plan} ({len(driver.phases)} phases: {', '.join(report['plan']['phases'])})")
     holder = report["lease"]["holder"]
@@ -848,12 +847,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             say(f"next: {release['next']} due at {release['next_due']}")
         if release["planChanged"]:
             say("note: the plan file changed since this release started")
-    routes = (report.get("cluster") or {}).get("routes") or []
-    for route in routes:
+    cluster = report.get("cluster") or {}
+    if cluster.get("error"):
+        say(f"cluster status unavailable: {cluster['error']}")
+    for route in cluster.get("routes") or []:
         split = ", ".join(f"{d['subset']}={d['weight'] if d['weight'] is not None else 100}"
                           for d in route["destinations"])
         say(f"  http[{route['index']}] {route['name'] or '(unnamed)'}: {split}")
-    return 0
+    return ExitCode.OK
 
 
 COMMANDS = {
@@ -891,26 +892,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch; exit 0 promoted (or done), 1 rolled back/failed, 2 bad plan."""
+    """Dispatch: OK promoted (or done), FAILED rolled back or not promoted; errors reach
+    cli.main, which maps them (BadInput, a bad plan: BAD_INPUT)."""
     if args.lease_seconds < 1:
-        print(f"canarykit: error: --lease-seconds: must be at least 1 (got {args.lease_seconds})",
-              file=sys.stderr)
-        return EXIT_BAD_PLAN
-    try:
-        return args.rollout_handler(args)
-    except BadInput as exc:
-        print(f"canarykit: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_PLAN
-    except CanaryKitError as exc:
-        print(f"canarykit: error: {exc}", file=sys.stderr)
-        return EXIT_NOT_PROMOTED
+        raise BadInput("--lease-seconds", args.lease_seconds, "must be at least 1")
+    return args.rollout_handler(args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m canarykit.rollout.driver ...`, the same as `canarykit rollout ...`."""
-    parser = argparse.ArgumentParser(prog="canarykit rollout")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """`python -m canarykit.rollout.driver ...`: `canarykit rollout ...`, through the CLI's
+    own error handling and exit codes."""
+    from canarykit.cli.main import main as cli_main
+
+    return cli_main(["rollout", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

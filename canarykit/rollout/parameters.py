@@ -9,6 +9,7 @@ plan and `canarykit analyze` cannot disagree on a default.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from canarykit.analysis.settings import CLI, RUNBOOK, AnalysisSettings, setting_
 from canarykit.core.errors import BadInput
 from canarykit.rollout import runbook
 
-RUNBOOKS_DIR = Path(__file__).resolve().parents[1] / "runbooks"
+
+def packaged_runbooks() -> Path:
+    """The runbooks installed with canarykit (package data), wherever it is installed."""
+    return Path(str(importlib.resources.files("canarykit") / "runbooks"))
 
 
 @dataclass(frozen=True)
@@ -213,8 +217,10 @@ def notebook_text(notebook: dict[str, Any]) -> str:
     return json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def stale_runbooks(folder: Path = RUNBOOKS_DIR, *, write: bool = False) -> list[str]:
-    """The runbooks whose notebook differs from its declaration (rewritten with `write`)."""
+def stale_runbooks(folder: Path | None = None, *, write: bool = False) -> list[str]:
+    """The runbooks (default: the packaged ones) whose notebook differs from its declaration
+    (rewritten with `write`)."""
+    folder = folder or packaged_runbooks()
     stale = []
     for name in DECLARED:
         path = folder / f"{name}.ipynb"

@@ -34,12 +34,7 @@ from canarykit.core.durations import format_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.mesh import istio, traffic, validate
 from canarykit.rollout import runbook
-from canarykit.rollout.parameters import (  # noqa: F401 - given_parameters, RUNBOOK_PARAMETERS:
-    RUNBOOK_PARAMETERS,  # importable from here as before (the driver, older notebooks)
-    analysis_settings,
-    default,
-    given_parameters,
-)
+from canarykit.rollout.parameters import analysis_settings, default
 from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the runbooks
     Target,
     _flag,
@@ -67,11 +62,6 @@ class PhaseFailed(CanaryKitError):
 # ---------------------------------------------------------------- recording
 
 
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:500]}"
-
-
 def _phase(function: Callable[..., Any]) -> Callable[..., Any]:
     """Mark the result ok at the end; on failure record what was done, then raise."""
 
@@ -81,7 +71,7 @@ def _phase(function: Callable[..., Any]) -> Callable[..., Any]:
             value = function(target, result, *args, **kwargs)
         except Exception as exc:
             result.outcome = runbook.Outcome.ERROR
-            result.error = _error_text(exc)
+            result.error = runbook.error_text(exc)
             runbook.record(result)
             raise
         result.outcome = runbook.Outcome.OK

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from canarykit.cluster import audit
 from canarykit.core import names, times
-from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.core.errors import BadInput
 from canarykit.rollout import runbook
 
 if TYPE_CHECKING:
@@ -281,18 +281,13 @@ def release_figures(frames: dict[str, pd.DataFrame], *,
     span = _span(frames)
     for figure in figures.values():  # one time axis for all charts, so they line up
         if span and figure.layout.xaxis.visible is not False:
-            figure.update_xaxes(range=[_iso(span[0]), _iso(span[1])])
+            figure.update_xaxes(range=[times.plot_time(span[0]), times.plot_time(span[1])])
     return figures
 
 
 def _label(text: Any) -> str:
     """Plotly reads <b>, <br>, <a href> in labels as markup: show a label as written."""
     return html.escape(str(text), quote=False)
-
-
-def _iso(at: Any) -> str:
-    """A time as plotly reads it (UTC, no zone: plotly.js ignores zones)."""
-    return at.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -361,14 +356,14 @@ def traffic_figure(frames: dict[str, pd.DataFrame], colors: dict[str, str]) -> g
         x, y = list(rows["timestamp"]), list(rows["weight"])
         if span and span[1] > x[-1]:  # the last weight holds until the release ends
             x, y = [*x, span[1]], [*y, y[-1]]
-        figure.add_scatter(x=[_iso(t) for t in x], y=y, mode="lines+markers",
+        figure.add_scatter(x=[times.plot_time(t) for t in x], y=y, mode="lines+markers",
                            line={"shape": "hv", "color": colors.get(version), "width": 3},
                            name=_label(f"{version} configured weight"))
     share = _series(metrics, "traffic-share")
     scale = 100.0 if max((p["value"].max() for p in share.values()), default=0) <= 1 else 1.0
     for version, rows in share.items():
         figure.add_scatter(
-            x=[_iso(t) for t in rows["timestamp"]],
+            x=[times.plot_time(t) for t in rows["timestamp"]],
             y=[round(v * scale, 3) for v in rows["value"]], mode="lines",
             line={"color": colors.get(version), "width": 1.5, "dash": "dot"},
             name=_label(f"{version} observed share"))
@@ -386,10 +381,10 @@ def _mark_decisions(figure: go.Figure, phases: pd.DataFrame) -> None:
         at, verdict = phase.get("finished"), phase.get("decision")
         if not _known([at]) or not isinstance(verdict, str):
             continue
-        color = VERDICT_COLORS.get(verdict, INCONCLUSIVE_COLOR)
-        figure.add_shape(type="line", x0=_iso(at), x1=_iso(at), y0=0, y1=1, yref="paper",
+        color, x = VERDICT_COLORS.get(verdict, INCONCLUSIVE_COLOR), times.plot_time(at)
+        figure.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper",
                          line={"dash": "dot", "color": color, "width": 1})
-        figure.add_annotation(x=_iso(at), y=1.0, yref="paper", yanchor="bottom",
+        figure.add_annotation(x=x, y=1.0, yref="paper", yanchor="bottom",
                               showarrow=False, font={"size": 11, "color": color},
                               text=_label(f"{phase.get('name')}: {verdict}"))
 
@@ -424,7 +419,7 @@ def errors_figure(metrics: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
     values, unit = five_xx(metrics)
     figure = go.Figure(layout=_layout("5xx rate per version", unit))
     for version, rows in values.items():
-        figure.add_scatter(x=[_iso(t) for t in rows["timestamp"]],
+        figure.add_scatter(x=[times.plot_time(t) for t in rows["timestamp"]],
                            y=[round(v, 4) for v in rows["value"]], mode="lines",
                            line={"color": colors.get(version)}, name=_label(version))
     if not figure.data:
@@ -439,7 +434,7 @@ def latency_figure(metrics: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
     figure = go.Figure(layout=_layout("Latency p50 / p90 / p99 per version", "milliseconds"))
     for metric, dash in LATENCY_DASH.items():
         for version, rows in _series(metrics, metric).items():
-            figure.add_scatter(x=[_iso(t) for t in rows["timestamp"]],
+            figure.add_scatter(x=[times.plot_time(t) for t in rows["timestamp"]],
                                y=list(rows["value"]), mode="lines",
                                line={"color": colors.get(version), "dash": dash},
                                name=_label(f"{version} {metric.removeprefix('latency-')}"))
@@ -468,7 +463,8 @@ def evidence_figure(decisions: pd.DataFrame) -> go.Figure:
     if not points:
         return _no_data(figure, f"no analysis recorded a {SEQUENTIAL_JUDGE} p-value")
     figure.add_scatter(
-        x=[_iso(p["finished"]) for p in points], y=[float(p["p_value"]) for p in points],
+        x=[times.plot_time(p["finished"]) for p in points],
+        y=[float(p["p_value"]) for p in points],
         mode="lines+markers+text", text=[_label(p["phase"]) for p in points],
         textposition="top center", marker={"size": 10, "color": COLORS[0]}, name="p-value",
         hovertext=[_label(f"{p['phase']}: {p['verdict']} — {p['reason']}") for p in points],
@@ -481,12 +477,6 @@ def evidence_figure(decisions: pd.DataFrame) -> go.Figure:
 
 
 # ---------------------------------------------------------------- the notebook
-
-
-def _error_text(exc: BaseException) -> str:
-    """One line for the result: canarykit's own errors whole, others' first line."""
-    text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:500]}"
 
 
 def post_rollout_analysis(result: runbook.RunbookResult, *, release_folder: str = "",
@@ -505,7 +495,7 @@ def post_rollout_analysis(result: runbook.RunbookResult, *, release_folder: str 
         if verdicts:
             result.notes.append("decisions: " + ", ".join(verdicts))
     except Exception as exc:
-        result.outcome, result.error = runbook.Outcome.ERROR, _error_text(exc)
+        result.outcome, result.error = runbook.Outcome.ERROR, runbook.error_text(exc)
         runbook.record(result)
         raise
     result.outcome = runbook.Outcome.OK

@@ -16,14 +16,13 @@ import functools
 import gzip
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from canarykit import __version__
 from canarykit.core import times
-from canarykit.core.errors import BadInput, ExitCode
+from canarykit.core.errors import ExitCode
 from canarykit.core.files import write_atomically
 from canarykit.rollout import release as releases
 
@@ -65,7 +64,7 @@ def render(release: releases.Release, figures: dict[str, go.Figure],
     return environment().get_template("report.html.j2").render(
         release=release, folder=release.folder.name, changes=changes, charts=charts,
         audit=audit, version=__version__, plotly=packed_plotly(),
-        built=times.utc_now().strftime("%Y-%m-%d %H:%M UTC"),
+        built=times.display_minutes(),
     )
 
 
@@ -106,9 +105,7 @@ def clock(value: Any, day: Any = None) -> str:
     at, first = releases.moment(value), releases.moment(day)
     if not at:
         return "–"
-    if first and first.date() == at.date():
-        return at.strftime("%H:%M:%S")
-    return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return times.display(at, time_only=bool(first and first.date() == at.date()))
 
 
 def took(start: Any, end: Any) -> str:
@@ -166,11 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`canarykit report build FOLDER`: 0 when written, 2 when FOLDER is not a release folder."""
-    try:
-        path = build_report(args.folder)
-    except BadInput as exc:
-        print(f"canarykit: error: {exc}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    print(f"report: {path}")
+    """`canarykit report build FOLDER`: OK when written; a FOLDER that is not a release folder
+    raises BadInput, which cli.main reports (BAD_INPUT)."""
+    print(f"report: {build_report(args.folder)}")
     return ExitCode.OK

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from canarykit.core.errors import BadInput
+from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.names import looks_like_credential, names_a_credential
 from canarykit.core.times import timestamp
 
@@ -104,6 +104,13 @@ class RunbookResult:
             notes=[str(n) for n in typed("notes", list, [])])
 
 
+def error_text(exc: BaseException) -> str:
+    """One line for a result's `error`: canarykit's own errors whole (they are written for the
+    user), others' first line only (a traceback or a server's body does not belong there)."""
+    text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text[:500]}"
+
+
 def new_result(runbook: str, parameters: dict[str, Any]) -> RunbookResult:
     """The result every runbook fills in; its parameters are checked for credentials first."""
     return RunbookResult(runbook, check_parameters(dict(parameters)))
@@ -146,11 +153,6 @@ def read_notebook(notebook: Path | str) -> tuple[RunbookResult | None, str | Non
 def read_result(notebook: Path | str) -> RunbookResult | None:
     """The last result recorded in an executed notebook, or None if it never got that far."""
     return read_notebook(notebook)[0]
-
-
-def notebook_error(notebook: Path | str) -> str | None:
-    """The error a failed run left in the notebook (papermill keeps the traceback there)."""
-    return read_notebook(notebook)[1]
 
 
 def import_papermill() -> ModuleType:

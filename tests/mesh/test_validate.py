@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from canarykit.cli import main as cli
+from canarykit.core.errors import BadInput, ExitCode, exit_code_for
 from canarykit.mesh import istio, validate
 from canarykit.mesh.validate import Message, analyze, has_errors, validate_object
 
@@ -729,6 +731,24 @@ def test_missing_file_exits_2_naming_the_file(tmp_path, capsys):
     assert validate.run(parse(missing)) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line == f"canarykit validate: {missing}: cannot read file: No such file or directory"
+
+
+def test_unreadable_input_is_bad_input_with_its_exit_code_and_message(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(validate.UnreadableInput) as refused:
+        validate.load_files([str(missing)])
+    assert isinstance(refused.value, BadInput)
+    assert exit_code_for(refused.value) == ExitCode.BAD_INPUT == 2
+    assert str(refused.value) == f"{missing}: cannot read file: No such file or directory"
+
+
+def test_the_cli_maps_validate_to_the_same_exit_codes(tmp_path, capsys):
+    assert cli.main(["validate", str(EXAMPLES / "reviews.yaml")]) == ExitCode.OK
+    assert cli.main(["validate", str(EXAMPLES / "broken.yaml")]) == ExitCode.FAILED
+    capsys.readouterr()
+    assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == ExitCode.BAD_INPUT
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("canarykit validate: ") and "missing.yaml" in line
 
 
 def run_command(*files):

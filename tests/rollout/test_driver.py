@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,6 @@ from tests.lab_fixture import kube, lab_state, request_counts, wait_until  # noq
 
 pytestmark = pytest.mark.lab  # the driver's papermill kernels against a running lab
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 3  # a killed runner's lease expires quickly
 ANALYSIS = {"window": "6s", "interval": "2s", "check_every": "2s", "max_duration": "30s",
             "min_requests": 20}
@@ -171,111 +169,6 @@ def wait_for_lease_to_expire(state) -> None:
     lease = rollout.read_lease(kube(state), state.service)
     wait_until(lambda: rollout.lease_expired(lease), "the killed runner's lease to expire",
                timeout=LEASE_SECONDS + 10, every=0.2)
-
-
-# ---------------------------------------------------------------- deciding what comes next
-
-
-def _state() -> rollout.DriverState:
-    return rollout.DriverState(release="r", folder="/tmp/r", plan_digest="d", started="s")
-
-
-def _spec(name: str, runbook: str, judged: bool) -> plan.PhaseSpec:
-    return plan.PhaseSpec(name, runbook, {}, 0, judged=judged, pause=60.0)
-
-
-AT = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def test_a_passing_phase_moves_on_after_its_pause():
-    state = _state()
-    rollout.settle(state, _spec("analyze-5", "analyze", True),
-                   {"outcome": "ok", "verdict": "PASS"}, 2, AT)
-    assert state.cursor == 1 and not state.finish
-    assert state.next_due == rollout.stamp(AT + timedelta(seconds=60))
-
-
-def test_a_failing_verdict_or_an_error_makes_rollback_the_next_phase():
-    for record in ({"outcome": "ok", "verdict": "FAIL", "reason": "5xx 50%"},
-                   {"outcome": "error", "verdict": None, "error": "ClusterError: gone"}):
-        state = _state()
-        rollout.settle(state, _spec("analyze-25", "analyze", True), record, 2, AT)
-        assert state.finish == "rollback" and state.cursor == 0
-        assert (record.get("reason") or record.get("error")) in state.finish_reason
-        assert state.status == "in-progress"
-
-
-def test_inconclusive_holds_up_to_hold_steps_then_rolls_back():
-    state = _state()
-    spec = _spec("analyze-25", "analyze", True)
-    for _ in range(2):
-        rollout.settle(state, spec, {"outcome": "ok", "verdict": "INCONCLUSIVE"}, 2, AT)
-        assert not state.finish and state.cursor == 0
-    rollout.settle(state, spec, {"outcome": "ok", "verdict": "INCONCLUSIVE"}, 2, AT)
-    assert state.finish == "rollback" and "INCONCLUSIVE 3 times" in state.finish_reason
-
-
-def test_a_judged_phase_that_recorded_no_decision_is_never_taken_for_a_pass():
-    state = _state()
-    rollout.settle(state, _spec("analyze-25", "analyze", True),
-                   {"outcome": "ok", "verdict": None}, 0, AT)
-    assert state.finish == "rollback"
-
-
-def test_a_preflight_that_does_not_pass_ends_the_release_without_a_rollback():
-    state = _state()
-    rollout.settle(state, _spec("preflight", "preflight", True),
-                   {"outcome": "error", "verdict": None, "error": "no baseline"}, 2, AT)
-    assert state.status == "failed" and not state.finish and "no baseline" in state.reason
-
-
-def test_rollback_and_promote_end_the_release():
-    rolled = _state()
-    rolled.finish, rolled.finish_reason = "rollback", "analyze-25: FAIL"
-    rollout.settle(rolled, rollout.terminal_phase("rollback"), {"outcome": "ok"}, 2, AT)
-    assert (rolled.status, rolled.reason) == ("rolled-back", "analyze-25: FAIL")
-    aborted = _state()
-    aborted.finish, aborted.aborted = "rollback", True
-    rollout.settle(aborted, rollout.terminal_phase("rollback"), {"outcome": "ok"}, 2, AT)
-    assert aborted.status == "aborted"
-    promoted = _state()
-    rollout.settle(promoted, rollout.terminal_phase("promote"), {"outcome": "ok"}, 2, AT)
-    assert promoted.status == "promoted" and promoted.finished
-
-
-@pytest.mark.parametrize("name", ["reviews-canary.yaml", "reviews-blue-green.yaml"])
-def test_every_phase_passes_only_parameters_its_runbook_declares(name):
-    loaded = plan.load_plan(REPO / "examples" / "plans" / name)
-    driver = rollout.Driver(loaded, plan.expand(loaded), None, rollout.packaged_runbooks(),
-                            Path("reports"), "", "")
-    rollout.check_runbooks(driver)  # raises BadInput naming phase.parameter otherwise
-
-
-def test_the_packaged_runbooks_are_found_from_the_installed_package_not_the_cwd(
-        tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    found = rollout.packaged_runbooks()
-    assert found.is_absolute() and found == Path(rollout.__file__).parent.parent / "runbooks"
-    assert {"preflight.ipynb", "analyze.ipynb", "rollback.ipynb", "promote.ipynb"} <= {
-        p.name for p in found.iterdir()}
-
-
-def test_kubeconfig_is_the_plans_else_kubeconfig_env_made_absolute(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KUBECONFIG", "from-env/config")
-    assert rollout.absolute_kubeconfig("plan/config") == str(tmp_path / "plan" / "config")
-    assert rollout.absolute_kubeconfig("") == str(tmp_path / "from-env" / "config")
-    monkeypatch.delenv("KUBECONFIG")
-    assert rollout.absolute_kubeconfig("") == ""  # the client's default, as kubectl's
-
-
-def test_a_bad_plan_exits_2_naming_the_field_and_touches_nothing(tmp_path):
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump({"service": "reviews", "steps": [{"weight": 130}]}))
-    done = rollout_cli(tmp_path, "run", str(path))
-    assert done.returncode == 2
-    assert "steps[0].weight" in done.stderr and "130" in done.stderr
-    assert not (tmp_path / "reports").exists()
 
 
 # ---------------------------------------------------------------- against the lab

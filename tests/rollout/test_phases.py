@@ -70,11 +70,6 @@ def test_an_unknown_parameter_is_refused_naming_it_and_the_runbook():
     assert "shift-traffic" in str(refused.value) and "canary_weight" in str(refused.value)
 
 
-def test_phases_still_offers_the_names_that_moved_to_parameters():
-    assert phases.given_parameters is parameters.given_parameters
-    assert phases.RUNBOOK_PARAMETERS is parameters.RUNBOOK_PARAMETERS
-
-
 def test_a_credential_looking_parameter_is_refused_without_its_value():
     namespace = {"service": "reviews", "prometheus_bearer_token": "abc"}
     with pytest.raises(BadInput) as refused:

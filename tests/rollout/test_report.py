@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import gzip
 import html
@@ -16,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from canarykit.cli import main as cli
 from canarykit.rollout import release as releases
 from canarykit.rollout import report, runbook
 from tests.release_fixture import (
@@ -281,6 +281,14 @@ def test_json_inside_a_script_element_cannot_close_it():
     assert json.loads(text) == value
 
 
+def test_times_show_in_utc_and_only_the_time_of_day_on_the_release_day():
+    day = "2026-11-27T09:00:00Z"
+    assert report.clock("2026-11-27T10:43:26+01:00", day) == "09:43:26"
+    assert report.clock("2026-11-28T00:00:05Z", day) == "2026-11-28 00:00:05 UTC"
+    assert report.clock(None, day) == "–"
+    assert report.rfc3339(1795775006) == "2026-11-27T10:23:26Z"
+
+
 # ---------------------------------------------------------------- in a browser
 
 
@@ -323,9 +331,8 @@ def test_a_report_without_data_still_draws_every_chart_in_chromium(tmp_path, chr
 
 
 def _run(folder: Path) -> int:
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    return report.run(parser.parse_args(["build", str(folder)]))
+    """`canarykit report build FOLDER`: through the CLI, which maps errors to exit codes."""
+    return cli.main(["report", "build", str(folder)])
 
 
 def test_setting_up_the_command_loads_no_heavy_module():

@@ -68,7 +68,7 @@ def test_a_recorded_result_is_read_back_from_the_executed_notebook(tmp_path):
     assert result.parameters == {"weight": 25}
     assert result.weights == {"v1": 75, "v2": 25}
     assert result.outcome == "ok" and result.finished
-    assert runbook.notebook_error(executed) is None
+    assert runbook.read_notebook(executed)[1] is None
 
 
 @pytest.mark.lab
@@ -79,7 +79,15 @@ def test_a_failed_run_has_no_result_and_its_error_is_read_back(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError):
         papermill.execute_notebook(str(source), str(executed), progress_bar=False)
     assert runbook.read_result(executed) is None
-    assert runbook.notebook_error(executed) == "ValueError: weight: must be 0..100 (got 130)"
+    assert runbook.read_notebook(executed)[1] == "ValueError: weight: must be 0..100 (got 130)"
+
+
+def test_error_text_keeps_canarykits_own_message_and_only_the_first_line_of_others():
+    own = BadInput("weight", 130, "must be 0..100\nsee the plan")
+    assert runbook.error_text(own) == f"BadInput: {own}"
+    assert runbook.error_text(RuntimeError("boom\nTraceback ...")) == "RuntimeError: boom"
+    assert runbook.error_text(RuntimeError("")) == "RuntimeError: "
+    assert len(runbook.error_text(RuntimeError("x" * 2000))) == len("RuntimeError: ") + 500
 
 
 def test_a_result_round_trips_through_its_recorded_json():

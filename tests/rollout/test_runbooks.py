@@ -26,6 +26,7 @@ from canarykit.lab.processes import LabState
 from canarykit.mesh import istio, traffic
 from canarykit.rollout import driver, phases, runbook
 from canarykit.rollout import target as rollout_target
+from canarykit.rollout.parameters import RUNBOOK_PARAMETERS
 from tests import release_fixture
 from tests.lab_fixture import lab_state  # noqa: F401 - the module's lab
 
@@ -72,7 +73,7 @@ def execute(name: str, tmp_path: Path, audit_log: Path, **parameters) -> Path:
 def ok_result(executed: Path) -> runbook.RunbookResult:
     result = runbook.read_result(executed)
     assert result is not None and result.outcome == "ok", result
-    assert runbook.notebook_error(executed) is None
+    assert runbook.read_notebook(executed)[1] is None
     return result
 
 
@@ -135,10 +136,10 @@ def _declared(name: str) -> list[tuple[str, str, str]]:
     return found
 
 
-@pytest.mark.parametrize("name", sorted(phases.RUNBOOK_PARAMETERS))
+@pytest.mark.parametrize("name", sorted(RUNBOOK_PARAMETERS))
 def test_papermill_help_lists_every_parameter_with_its_help(name):
     declared = _declared(name)
-    assert [n for n, _, _ in declared] == list(phases.RUNBOOK_PARAMETERS[name])
+    assert [n for n, _, _ in declared] == list(RUNBOOK_PARAMETERS[name])
     shown = subprocess.run(
         [str(Path(sys.executable).parent / "papermill"), "--help-notebook",
          str(RUNBOOKS / f"{name}.ipynb")],
@@ -149,7 +150,7 @@ def test_papermill_help_lists_every_parameter_with_its_help(name):
         assert " ".join(help_text.split()) in flat
 
 
-@pytest.mark.parametrize("name", sorted(phases.RUNBOOK_PARAMETERS))
+@pytest.mark.parametrize("name", sorted(RUNBOOK_PARAMETERS))
 def test_runbooks_are_saved_without_outputs_and_start_with_what_they_do(name):
     notebook = nbformat.read(str(RUNBOOKS / f"{name}.ipynb"), as_version=4)
     assert notebook.metadata.kernelspec.name == "python3"
@@ -371,7 +372,7 @@ def test_bad_parameters_fail_with_one_clear_error_and_change_nothing(
     errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert len(errors) == 1
-    message = runbook.notebook_error(executed)
+    message = runbook.read_notebook(executed)[1]
     assert message.startswith(f"BadInput: {field}: ") and message.endswith(f"(got {shown})")
     assert "abc" not in message or field == "window"
     result = runbook.read_result(executed)

@@ -90,7 +90,7 @@ def test_the_preflight_runbook_with_empty_parameters_refuses_instead_of_using_th
             str(driver.packaged_runbooks() / "preflight.ipynb"), str(executed),
             parameters={"audit_log": str(leftover_lab / "audit.jsonl")}, cwd=str(leftover_lab),
             progress_bar=False, kernel_name="python3")
-    message = runbook.notebook_error(executed)
+    message = runbook.read_notebook(executed)[1]
     assert message.startswith("BadInput: prometheus_url: is required"), message
     assert LAB_PROMETHEUS not in message
 
