@@ -36,6 +36,14 @@ V2_TURNS_BAD = 400  # seconds after T0
 ACTOR, RUNNER = "canarykit-admin", "ci-runner-1:4242"
 
 
+def append_record(path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append `entry` to the audit chain in `path` as canarykit does for a change."""
+    with audit.locked_log(path) as log:
+        record = log.prepare(entry)
+        log.write(record)
+    return record
+
+
 def iso(offset: float) -> str:
     """The time `offset` seconds after T0, as the runbooks write it."""
     moment = datetime.fromtimestamp(T0 + offset, UTC)
@@ -77,7 +85,7 @@ def _change(audit_log: Path, offset: float, operation: str, params: dict, before
         yaml.safe_dump(after, sort_keys=False).splitlines(keepends=True),
         f"{ref} (before)", f"{ref} (after)",
     ))
-    record = audit.append_record(audit_log, {
+    record = append_record(audit_log, {
         "time": iso(offset),
         "actor": ACTOR,
         "server": "https://127.0.0.1:6443",

@@ -92,14 +92,6 @@ def locked_log(path: Path | str) -> Iterator[AuditLog]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def append_record(path: Path | str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Append `entry` to the chain in `path` and return the record as written."""
-    with locked_log(path) as log:
-        record = log.prepare(entry)
-        log.write(record)
-    return record
-
-
 def read_records(path: Path | str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]

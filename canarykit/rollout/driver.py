@@ -305,11 +305,12 @@ class Driver:
 
 
 def absolute_kubeconfig(kubeconfig: str) -> str:
-    """The plan's kubeconfig, else $KUBECONFIG, as an absolute path (relative to where the
-    command runs), so the notebooks use the same file; "" leaves ~/.kube/config or the
-    in-cluster config to the client, as kubectl would."""
+    """The plan's kubeconfig, else $KUBECONFIG (a path list, as kubectl reads it), with every
+    path absolute (relative to where the command runs), so the notebooks use the same files;
+    "" leaves ~/.kube/config or the in-cluster config to the client, as kubectl would."""
     chosen = kubeconfig or os.environ.get("KUBECONFIG", "")
-    return str(Path(chosen).expanduser().resolve()) if chosen else ""
+    return os.pathsep.join(str(Path(path).expanduser().resolve())
+                           for path in chosen.split(os.pathsep) if path)
 
 
 # Runbooks that query Prometheus: a plan with any of them needs a Prometheus URL.

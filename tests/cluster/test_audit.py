@@ -2,11 +2,12 @@ import json
 import multiprocessing
 
 from canarykit.cluster import audit
+from tests import release_fixture
 
 
 def _write_three(path):
     for n in range(3):
-        audit.append_record(
+        release_fixture.append_record(
             path, {"operation": "set_canary_weight", "params": {"canaryWeight": n * 10}}
         )
 

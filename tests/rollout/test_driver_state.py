@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -241,3 +242,10 @@ def test_status_text_says_why_the_cluster_could_not_be_read(monkeypatch):
     args = argparse.Namespace(plan=CANARY_PLAN, output="text")
     assert rollout.cmd_status(args) == ExitCode.OK
     assert "cluster status unavailable: VirtualService reviews not found" in lines
+
+
+def test_a_kubeconfig_path_list_keeps_every_path_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join(["a/config", "", "/etc/kube/b"]))
+    assert rollout.absolute_kubeconfig("") == os.pathsep.join(
+        [str(tmp_path / "a" / "config"), "/etc/kube/b"])

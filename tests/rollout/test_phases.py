@@ -14,6 +14,7 @@ from canarykit.cluster import audit
 from canarykit.core.errors import BadInput
 from canarykit.mesh import traffic
 from canarykit.rollout import parameters, phases, runbook
+from tests import release_fixture
 
 VS_REF = "VirtualService default/reviews"
 
@@ -36,7 +37,7 @@ def _vs(weights: dict[str, int], *, internal: bool = False, mirror: bool = False
 
 def _record(log: Path, time: str, operation: str, before: dict, after: dict, *,
             target: str = VS_REF, params: dict | None = None) -> None:
-    audit.append_record(log, {"time": time, "actor": "tester", "server": "https://127.0.0.1",
+    release_fixture.append_record(log, {"time": time, "actor": "tester", "server": "https://127.0.0.1",
                               "target": target, "apiVersion": "networking.istio.io/v1",
                               "operation": operation, "params": params or {},
                               "before": {"http": before["spec"]["http"]},
