@@ -47,8 +47,10 @@ def change_vs(state, operation, tmp_path):
 
 
 def change_dr(state, operation, tmp_path):
-    return cluster.change_destination_rule(kube(state), state.service, operation,
-                                           audit_log=tmp_path / "audit.jsonl")
+    connected = kube(state)
+    return cluster.apply_change(connected,
+                                operation(cluster.find_destination_rule(connected, state.service)),
+                                audit_log=tmp_path / "audit.jsonl")
 
 
 def set_weight(state, canary: int, tmp_path):
