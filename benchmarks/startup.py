@@ -64,7 +64,7 @@ def phase_overhead(kubeconfig: Path, work: Path, repeat: int) -> list[float]:
                         "canary_weight": 10 if number % 2 else 20})
         result, error = runbook.read_notebook(output)
         times.append(time.perf_counter() - started)
-        if error or not result or result.get("outcome") != "ok":
+        if error or not result or result.outcome is not runbook.Outcome.OK:
             raise SystemExit(f"shift-traffic failed: {error or result}")
     return times
 

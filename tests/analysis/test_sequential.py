@@ -30,6 +30,9 @@ EDGES = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 6
 MONTE_CARLO_MARGIN = 0.03  # about 3 standard errors of a 5% rate over 500 streams
 
 
+# Monte Carlo calibrations of thousands of simulated rollouts: the slow tier, with the lab.
+LONG_SIMULATION = pytest.mark.lab
+
 def segment(share, stable_requests, stable_errors, canary_requests, canary_errors):
     return Segment(share, stable_requests, stable_errors, canary_requests, canary_errors)
 
@@ -174,16 +177,19 @@ def monitored_fail_rate(counts, tolerance=0.0):
     return failed / len(stable)
 
 
+@LONG_SIMULATION
 def test_identical_versions_fail_at_most_alpha_when_checked_100_times():
     counts = simulate_counts(np.random.default_rng(1), 500, 100, 0.1, 0.02, 0.02)
     assert monitored_fail_rate(counts) <= 0.05 + MONTE_CARLO_MARGIN
 
 
+@LONG_SIMULATION
 def test_a_canary_exactly_at_the_tolerance_fails_at_most_alpha():
     counts = simulate_counts(np.random.default_rng(2), 500, 100, 0.1, 0.02, 0.02 * 1.25)
     assert monitored_fail_rate(counts, tolerance=0.25) <= 0.05 + MONTE_CARLO_MARGIN
 
 
+@LONG_SIMULATION
 def test_chained_evidence_over_weight_changes_fails_at_most_alpha():
     shares = [0.05] * 30 + [0.25] * 30 + [0.5] * 40
     counts = simulate_counts(np.random.default_rng(3), 500, 100, None, 0.02, 0.02,
@@ -191,6 +197,7 @@ def test_chained_evidence_over_weight_changes_fails_at_most_alpha():
     assert monitored_fail_rate(counts) <= 0.05 + MONTE_CARLO_MARGIN
 
 
+@LONG_SIMULATION
 def test_a_canary_better_than_stable_never_fails():
     counts = simulate_counts(np.random.default_rng(4), 200, 100, 0.1, 0.02, 0.004)
     assert monitored_fail_rate(counts) == 0.0
@@ -362,11 +369,13 @@ def monitored_latency_fails(rng, streams, looks, canary_scale, tolerance):
     return failed / streams
 
 
+@LONG_SIMULATION
 def test_identical_latency_fails_at_most_alpha_when_checked_40_times():
     assert monitored_latency_fails(np.random.default_rng(8), 300, 40, 1.0, 0.0) <= \
         0.05 + MONTE_CARLO_MARGIN
 
 
+@LONG_SIMULATION
 def test_a_faster_canary_never_fails_on_latency():
     assert monitored_latency_fails(np.random.default_rng(9), 100, 40, 0.7, 0.0) == 0.0
 
