@@ -19,7 +19,7 @@ import os
 import re
 import string
 from collections.abc import Iterable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -691,18 +691,19 @@ def range_frame(
     """Standard metrics per version as a tidy frame: timestamp, version, metric, value.
 
     Each point covers the `range_seconds` (default: one step) before its timestamp, so with the
-    default the points are disjoint intervals. One range query per metric; the outcomes are in
-    `frame.attrs["outcomes"]` (dicts) so a caller can tell empty from unreachable.
+    default the points are disjoint intervals. One range query per metric; the outcomes (as
+    `QueryOutcome`s without their data) are in `frame.attrs["outcomes"]`, so a caller can tell
+    empty from unreachable.
     """
     import pandas as pd
 
     range_seconds = step_seconds if range_seconds is None else range_seconds
     rows: list[tuple[pd.Timestamp, str, str, float]] = []
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[QueryOutcome] = []
     for metric in metrics:
         outcome = query_range(client, standard_query(metric, selector, range_seconds),
                               start, end, step_seconds)
-        outcomes.append(outcome.to_dict())
+        outcomes.append(replace(outcome, result=[]))  # the rows are in the frame
         rows.extend(_frame_rows(selector.version_label, metric, outcome))
     frame = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     frame["value"] = frame["value"].astype(float)

@@ -171,9 +171,9 @@ def _mann_whitney(client, selector, config, start, finish) -> judges.Judgement:
         frame = m.range_frame(client, selector, first, finish, step_seconds=interval,
                               metrics=standard)
         for outcome in frame.attrs["outcomes"]:
-            queries.append(outcome["query"])
-            if outcome["status"] in (m.UNREACHABLE, m.HTTP_ERROR):
-                problems.append(outcome["message"])
+            queries.append(outcome.query)
+            if outcome.status.failed:
+                problems.append(outcome.message)
         for name in standard:
             samples[name] = (m.samples_by_version(frame, name, selector.stable),
                              m.samples_by_version(frame, name, selector.canary))

@@ -377,7 +377,7 @@ def test_range_frame_is_tidy_with_one_row_per_timestamp_version_and_metric(prome
     assert len(frame) == len(m.STANDARD_METRICS) * 2 * 10
     assert frame["timestamp"].min() == pd.Timestamp(END - WINDOW + 60, unit="s", tz="UTC")
     assert frame["timestamp"].max() == pd.Timestamp(END, unit="s", tz="UTC")
-    assert [o["status"] for o in frame.attrs["outcomes"]] == ["ok"] * len(m.STANDARD_METRICS)
+    assert [o.status for o in frame.attrs["outcomes"]] == [m.OK] * len(m.STANDARD_METRICS)
     share = m.samples_by_version(frame, "traffic-share", "v2")
     assert len(share) == 10 and all(0.1 < value < 0.4 for value in share)
 
@@ -386,7 +386,7 @@ def test_range_frame_of_a_missing_service_is_empty_with_the_outcome_saying_so(pr
     frame = m.range_frame(client_for(prometheus_url), m.MetricsSelector("nosuch", "shop"),
                           END - WINDOW, END, metrics=["request-rate"])
     assert frame.empty and list(frame.columns) == ["timestamp", "version", "metric", "value"]
-    assert frame.attrs["outcomes"][0]["status"] == m.EMPTY
+    assert frame.attrs["outcomes"][0].status is m.EMPTY
 
 
 # ---------------------------------------------------------------- custom metrics
