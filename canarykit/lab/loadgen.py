@@ -20,8 +20,6 @@ import random
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.core.errors import BadInput
 from canarykit.core.files import write_atomically
 from canarykit.lab import process_main
 from canarykit.lab.workload import SESSION_HEADER, SOURCE_HEADER, VERSION_HEADER
@@ -541,34 +539,15 @@ def start_stats_server(generator: LoadGenerator, *, port: int = 0,
     return server
 
 
-def _stats_request(url: str, path: str, method: str = "GET", body: Any = None,
-                   timeout: float = 30.0) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        try:
-            answer = json.loads(err.read())
-        except ValueError:
-            answer = {}
-        raise CanaryKitError(f"loadgen {url} answered {err.code}: "
-                             f"{answer.get('error', err.reason)}") from None
-    except OSError as err:
-        raise CanaryKitError(f"loadgen {url} could not be reached: {err}") from None
-
-
 def fetch_stats(url: str, *, latencies: bool = False) -> LoadStats:
     """The counts of a running load generator (its stats URL)."""
-    return LoadStats.from_dict(_stats_request(url, "/stats?latencies=1" if latencies
-                                              else "/stats"))
+    path = "/stats?latencies=1" if latencies else "/stats"
+    return LoadStats.from_dict(process_main.call_json("loadgen", url, path))
 
 
 def reset_stats(url: str) -> LoadStats:
     """Zero a running load generator's counts; returns the counts until now."""
-    return LoadStats.from_dict(_stats_request(url, "/-/reset", "POST", {}))
+    return LoadStats.from_dict(process_main.call_json("loadgen", url, "/-/reset", "POST", {}))
 
 
 def change_rate(url: str, rate: float) -> int:
@@ -577,7 +556,8 @@ def change_rate(url: str, rate: float) -> int:
     Returns the requests still in flight (0 unless the drain timed out).
     """
     _check_rate(rate)
-    return int(_stats_request(url, "/-/rate", "PUT", {"rate": rate})["in_flight"])
+    answer = process_main.call_json("loadgen", url, "/-/rate", "PUT", {"rate": rate})
+    return int(answer["in_flight"])
 
 
 # ---------------------------------------------------------------- CLI

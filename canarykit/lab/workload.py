@@ -20,8 +20,6 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.core.errors import BadInput
 from canarykit.core.files import write_atomically
 from canarykit.core.names import check_dns_label
 from canarykit.lab import process_main
@@ -416,26 +414,6 @@ def start_workload(identity: Identity, behaviour: Behaviour | None = None, *, po
 # ---------------------------------------------------------------- client helpers
 
 
-def _behaviour_request(url: str, method: str, data: bytes | None, timeout: float) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + BEHAVIOUR_PATH, data=data, method=method,
-                                     headers={"Content-Type": JSON_TYPE})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        try:
-            answer = json.loads(err.read())
-        except ValueError:
-            answer = {}
-        if err.code == 400 and "field" in answer:
-            raise BadInput(answer["field"], answer.get("value"),
-                           answer.get("problem", "refused")) from None
-        raise CanaryKitError(f"workload {url} answered {err.code}: "
-                             f"{answer.get('error', err.reason)}") from None
-    except OSError as err:
-        raise CanaryKitError(f"workload {url} could not be reached: {err}") from None
-
-
 def set_behaviour(url: str, *, timeout: float = 5.0, **changes: Any) -> dict[str, Any]:
     """Change a running replica's behaviour (partial update); returns the behaviour now in force.
 
@@ -444,12 +422,12 @@ def set_behaviour(url: str, *, timeout: float = 5.0, **changes: Any) -> dict[str
     if not changes:
         raise BadInput("changes", changes, "must name at least one behaviour setting")
     Behaviour().updated(changes)
-    return _behaviour_request(url, "PUT", json.dumps(changes).encode(), timeout)
+    return process_main.call_json("workload", url, BEHAVIOUR_PATH, "PUT", changes, timeout)
 
 
 def get_behaviour(url: str, *, timeout: float = 5.0) -> dict[str, Any]:
     """The behaviour a running replica is using."""
-    return _behaviour_request(url, "GET", None, timeout)
+    return process_main.call_json("workload", url, BEHAVIOUR_PATH, "GET", None, timeout)
 
 
 # ---------------------------------------------------------------- CLI
