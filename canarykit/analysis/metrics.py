@@ -127,8 +127,6 @@ def check_label_name(field_name: str, value: Any) -> str:
     return value
 
 
-# rollout/phases.py still calls it by this name; the one definition is core.durations.
-promql_duration = format_duration
 
 
 def check_required(cls: type, data: dict[str, Any], prefix: str = "") -> None:

@@ -613,8 +613,8 @@ def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start:
             now = time.time()
         span = now - start
         if span >= MIN_SPAN_SECONDS:
-            current = replace(config, window=m.promql_duration(span),  # one check: no repeats
-                              interval=m.promql_duration(min(interval, span)),
+            current = replace(config, window=format_duration(span),  # one check: no repeats
+                              interval=format_duration(min(interval, span)),
                               until_verdict=False)
             last = run_analysis(target.prometheus, target.selector, current, end=now,
                                 segments=segments)
