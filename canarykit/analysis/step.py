@@ -85,7 +85,7 @@ def run_analysis(
     where = f"{selector.service} in namespace {selector.namespace}"
     missing_reason = (
         f"Prometheus at {settings.url} has no series for the {' or the '.join(missing)} of "
-        f"{where} in the {config.window} window ending {_iso(finish)}"
+        f"{where} in the {config.window} window ending {times.timestamp(finish)}"
         if missing else ""
     )
 
@@ -113,9 +113,6 @@ def run_analysis(
         decision.reason = missing_reason  # one sentence instead of the same one per judge
     return decision
 
-
-def _iso(unix: float) -> str:
-    return times.timestamp(unix)
 
 
 def _success_rate(canary, config, queries, missing_reason) -> judges.Judgement:
@@ -436,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(decision.to_dict(), indent=2, sort_keys=True))
     else:
-        window_end = _iso(end) if end is not None else "now"
+        window_end = times.timestamp(end) if end is not None else "now"
         print(f"{selector.service}.{selector.namespace}: canary {selector.canary} vs stable "
               f"{selector.stable}, {config.window} window ending {window_end} "
               f"({config.interval} intervals)\n")

@@ -28,7 +28,7 @@ from kubernetes import client, config, watch
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.core.names import host_fqdn
+from canarykit.core.names import CLUSTER_SUFFIX, host_fqdn
 from canarykit.lab import envoy_config, process_main
 from canarykit.lab.envoy_config import Endpoint, Translation
 from canarykit.mesh.istio import ISTIO_GROUP
@@ -106,7 +106,7 @@ def resolve_endpoints(
     out: dict[tuple[str, str], list[Endpoint]] = {}
     for service, chosen in per_service.items():
         out[(service, "")] = [e for eps in chosen.values() for e in eps]
-    suffix = f".{namespace}.svc.cluster.local"
+    suffix = f".{namespace}{CLUSTER_SUFFIX}"
     for rule in destination_rules:
         host = host_fqdn(str((rule.get("spec") or {}).get("host") or ""), namespace)
         service = host[: -len(suffix)] if host.endswith(suffix) else None

@@ -27,7 +27,7 @@ import yaml
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.core.names import host_fqdn
+from canarykit.core.names import CLUSTER_SUFFIX, host_fqdn
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -141,7 +141,7 @@ def cluster_name(port: int, subset: str, host: str) -> str:
 
 
 def _is_service_host(host: str) -> bool:
-    return host.endswith(".svc.cluster.local")
+    return host.endswith(CLUSTER_SUFFIX)
 
 
 def _short_name(host: str) -> str:

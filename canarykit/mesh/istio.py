@@ -12,7 +12,7 @@ import yaml
 
 from canarykit.core.errors import BadInput
 
-# Name checks live in core.names; these stay importable from here for older callers.
+# Hosts compare as FQDNs (same_host), by the one rule in core.names.
 from canarykit.core.names import host_fqdn
 
 ISTIO_GROUP = "networking.istio.io"

@@ -115,9 +115,6 @@ def lease_name(service: str) -> str:
     return f"canarykit-{service}"
 
 
-def _micro(moment: datetime) -> str:
-    return times.timestamp(moment, timespec="microseconds")
-
 
 def lease_expired(lease: dict[str, Any], at: datetime | None = None) -> bool:
     spec = lease.get("spec") or {}
@@ -165,7 +162,8 @@ class Lease:
             body = json.loads(json.dumps(self.obj))
             spec = body.setdefault("spec", {})
             if hold:
-                spec.update(holderIdentity=self.runner, renewTime=_micro(now()),
+                spec.update(holderIdentity=self.runner,
+                            renewTime=times.timestamp(now(), timespec="microseconds"),
                             leaseDurationSeconds=self.seconds)
             else:
                 for key in ("holderIdentity", "renewTime"):
@@ -219,7 +217,7 @@ def acquire_lease(kube: Any, service: str, runner: str,
 
     api = client.CoordinationV1Api(kube.api)
     name = lease_name(service)
-    moment = _micro(now())
+    moment = times.timestamp(now(), timespec="microseconds")
     found = read_lease(kube, service)
     try:
         if found is None:

@@ -37,11 +37,11 @@ from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_settings, default
 from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the runbooks
     Target,
-    _flag,
-    _renamed,
-    _text,
     connect_target,
+    flag_parameter,
     prometheus_client,
+    renamed,
+    text_parameter,
 )
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
     """Route internal users (a header, a cookie) to the canary only, ahead of the split."""
     for name, value in (("header", header), ("header_value", header_value),
                         ("cookie_name", cookie_name), ("cookie_value", cookie_value)):
-        _text(name, value)
+        text_parameter(name, value)
     if not header and not cookie_name:
         raise BadInput("header", header, "give a header or a cookie_name (or both)")
     operations = []
@@ -351,7 +351,7 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
         try:
             pattern = traffic.cookie_regex(cookie_name, cookie_value or None)
         except BadInput as err:
-            raise _renamed(err, {"cookie": "cookie_name", "value": "cookie_value"}) from None
+            raise renamed(err, {"cookie": "cookie_name", "value": "cookie_value"}) from None
         operations.append(functools.partial(
             traffic.add_match_route, name=INTERNAL_ROUTES[1], canary=target.canary,
             cookie_regex=pattern, stable=target.stable))
@@ -361,7 +361,7 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
         try:
             trial = operation(trial, dr=dr).after
         except BadInput as err:
-            raise _renamed(err, {"value": "header_value"}) from None
+            raise renamed(err, {"value": "header_value"}) from None
     _refuse_invalid(trial)
     _ensure_rollout(target, result)
     for operation in operations:
@@ -449,7 +449,7 @@ def promote(target: Target, result: runbook.RunbookResult) -> None:
 def rollback(target: Target, result: runbook.RunbookResult, *,
              reason: str = default("rollback", "reason")) -> None:
     """Restore the pre-rollout VirtualService and DestinationRule and end the rollout."""
-    _text("reason", reason)
+    text_parameter("reason", reason)
     if reason:
         result.notes.append(f"reason: {reason}")
     vs = cluster.find_virtual_service(target.cluster, target.service)
@@ -486,9 +486,6 @@ def _metric_rows(client: m.Client, target: Target, start: float, end: float,
             for row in frame.itertuples() if math.isfinite(row.value)]
 
 
-def _parse_time(text: str) -> float:
-    return times.parse_timestamp(text).timestamp()
-
 
 @dataclass
 class WeightPeriod:
@@ -503,8 +500,8 @@ class WeightPeriod:
 
     def to_dict(self) -> dict[str, Any]:
         """For the recorded evidence: times as RFC 3339."""
-        return {**asdict(self), "start": _iso(self.start),
-                "end": _iso(self.end) if self.end is not None else None}
+        return {**asdict(self), "start": times.timestamp(self.start),
+                "end": times.timestamp(self.end) if self.end is not None else None}
 
 
 def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, namespace: str,
@@ -534,7 +531,7 @@ def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, names
             continue
         if weights is None:
             continue
-        at = _parse_time(record["time"])
+        at = times.parse_timestamp(record["time"]).timestamp()
         weight = weights[canary]
         if periods and (periods[-1].weight, periods[-1].share_known) == (weight, known):
             continue
@@ -557,7 +554,7 @@ def period_segments(client: m.Client, selector: m.MetricsSelector,
         if period.share_known and not 0 < period.weight < 100:
             continue  # all traffic on one version: nothing to compare
         start, end = period.start + SETTLE_SECONDS, period.end
-        label = f"weight {period.weight} from {_iso(period.start)}"
+        label = f"weight {period.weight} from {times.timestamp(period.start)}"
         if end - start < MIN_SPAN_SECONDS:
             notes.append(f"{label}: too short to measure")
             continue
@@ -582,16 +579,13 @@ def period_segments(client: m.Client, selector: m.MetricsSelector,
     return segments, notes
 
 
-def _iso(unix: float) -> str:
-    return times.timestamp(unix)
-
 
 def _check_record(decision: Decision, start: float, end: float, covered: bool) -> dict:
     sequential = next((j for j in decision.judgements if j.judge == "error-rate-sequential"),
                       None)
     evidence = sequential.evidence if sequential else {}
-    return {"time": _iso(end), "seconds": round(end - start, 3), "verdict": decision.verdict.value,
-            "reason": decision.reason, "window_covered": covered,
+    return {"time": times.timestamp(end), "seconds": round(end - start, 3),
+            "verdict": decision.verdict.value, "reason": decision.reason, "window_covered": covered,
             "p_value": evidence.get("p_value"), "bayes_factor": evidence.get("bayes_factor")}
 
 
@@ -718,7 +712,8 @@ def analyze(target: Target, result: runbook.RunbookResult,
                            check_every=every, segments=segments, checks=checks)
     result.decision = decision.to_dict()
     result.evidence = {
-        "window": {"start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3)},
+        "window": {"start": times.timestamp(start), "end": times.timestamp(end),
+                   "seconds": round(end - start, 3)},
         "weight_periods": [period.to_dict() for period in periods],
         "segments": [asdict(segment) for segment in segments],
         "checks": checks,
@@ -738,7 +733,7 @@ def shadow(target: Target, result: runbook.RunbookResult,
     if (isinstance(percentage, bool) or not isinstance(percentage, int | float)
             or not 0 < percentage <= 100):
         raise BadInput("percentage", percentage, "must be a percentage above 0, at most 100")
-    _flag("keep_mirror", keep_mirror)
+    flag_parameter("keep_mirror", keep_mirror)
     config = _settings("shadow", settings)
     client = prometheus_client(target)
     vs, dr = _objects(target)
@@ -753,7 +748,8 @@ def shadow(target: Target, result: runbook.RunbookResult,
                            until_verdict=False, deadline=start, check_every=1.0, segments=[],
                            checks=checks)
     result.decision = decision.to_dict()
-    result.evidence = {"window": {"start": _iso(start), "end": _iso(end)}, "checks": checks}
+    result.evidence = {"window": {"start": times.timestamp(start), "end": times.timestamp(end)},
+                       "checks": checks}
     result.metrics = _metric_rows(client, target, start, end, config.interval_seconds)
     if not keep_mirror:
         _apply(target, result, functools.partial(traffic.clear_mirror, stable=target.stable,

@@ -38,19 +38,19 @@ class Target:
     release: str = ""
 
 
-def _text(field: str, value: Any) -> str:
+def text_parameter(field: str, value: Any) -> str:
     if not isinstance(value, str):
         raise BadInput(field, value, "must be a string")
     return value
 
 
-def _flag(field: str, value: Any) -> bool:
+def flag_parameter(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise BadInput(field, value, "must be True or False")
     return value
 
 
-def _renamed(err: BadInput, renames: dict[str, str]) -> BadInput:
+def renamed(err: BadInput, renames: dict[str, str]) -> BadInput:
     """The same refusal under the notebook parameter's name."""
     return BadInput(renames.get(err.field, err.field), err.value, err.problem)
 
@@ -81,7 +81,7 @@ def connect_target(
                         ("prometheus_url", prometheus_url), ("audit_log", audit_log),
                         ("prometheus_bearer_token_env", prometheus_bearer_token_env),
                         ("release", release)):
-        _text(name, value)
+        text_parameter(name, value)
     if kubeconfig and not any(os.path.isfile(p) for p in kubeconfig.split(os.pathsep) if p):
         raise BadInput("kubeconfig", kubeconfig, "no such kubeconfig file")
     prometheus = None
@@ -92,7 +92,7 @@ def connect_target(
         try:
             settings.validate()
         except BadInput as err:
-            raise _renamed(err, {"prometheus.url": "prometheus_url",
+            raise renamed(err, {"prometheus.url": "prometheus_url",
                                  "prometheus.bearer_token_env": "prometheus_bearer_token_env",
                                  }) from None
         if prometheus_bearer_token_env and not os.environ.get(prometheus_bearer_token_env):
@@ -104,7 +104,7 @@ def connect_target(
     try:
         connected = cluster.connect(kubeconfig or None, context or None, namespace)
     except BadInput as err:
-        raise _renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
+        raise renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
                              "--namespace": "namespace"}) from None
     return Target(service, namespace, stable, canary, connected, prometheus, selector,
                   Path(audit_log) if audit_log else audit.default_audit_log(), release)
