@@ -16,6 +16,37 @@ false-rollback probability at most alpha for the whole rollout.
   edges, FAIL when the canary is slower by more than a tolerance;
 - `judge_sequential`: all three with alpha split across them (Bonferroni).
 
+Clustered errors. The count tests above assume each request fails independently. Real error
+streams come in clusters: a pod restarts and a few dozen requests fail together, a client's
+retry storm hits one version, a latency spike slows a burst of requests at once. Then one
+cluster is one event, not dozens, and a test that counts each error as independent evidence
+rolls back a healthy canary far more often than alpha (about half the time with clusters of
+5-50 errors, see benchmarks/detection.py). The judges therefore weight each observation by
+1/phi, where phi >= 1 is the *dispersion* of the service's own error stream (the design
+effect of survey sampling, Kish 1965; the quasi-likelihood scale of McCullagh & Nelder 1989):
+- Why it stays valid: if errors arrive in independent clusters of at most phi errors, each
+  wholly on one version, then for a fixed alternative theta the likelihood ratio of a
+  cluster of c errors raised to the power 1/phi has expectation <= (E[ratio])^(c/phi) <= 1
+  under the null (Jensen, c/phi <= 1). Products and prior mixtures of such factors are still
+  test supermartingales, so Ville's inequality holds as before. Tempered counts are what
+  `error_log_bayes_factor(X / phi, Y / phi)` computes; for the latency bands a cluster of c
+  identical outcomes is one sub-Gaussian block, so n / phi requests count as independent.
+- Where phi comes from: `count_dispersion`, the Pearson dispersion statistic of stable's own
+  per-interval counts *before the rollout started* (stable against itself; known before any
+  canary data, so the tempering is predictable and the guarantee above applies), at the
+  check interval and at 6 intervals (clusters that straddle intervals), the larger of the
+  two. For a compound-Poisson stream with cluster sizes C it estimates E[C^2] / E[C] (c for
+  clusters of exactly c, about 1 for independent errors). The estimate divides the chi-square
+  sum by its median under independence, so phi is about 1, not inflated, for a Poisson stream.
+- Assumptions and limits: the clustering seen in stable's history (default the hour before
+  the rollout) is the clustering of the rollout period; without a usable history (fewer than
+  `MIN_HISTORY_INTERVALS` intervals with traffic or `MIN_HISTORY_EVENTS` errors) the judges
+  use `FALLBACK_DISPERSION` and say so. A failure that pins one broken client to one version
+  for the whole rollout (sticky sessions) is indistinguishable from a regression in
+  version-level counts; it is not modelled. Errors that both versions suffer together (a
+  shared dependency failing) do not bias the error test at all: it only models where errors
+  fall, never how many there are.
+
 All judges are stateless: they take cumulative counts since the rollout started and can be
 re-run at any moment. The vectorised `*_log_bayes_factor` and `cdf_band_halfwidth` functions
 are what the judges compute; benchmarks/detection.py uses them on many simulated streams.
@@ -44,6 +75,16 @@ SPLIT_CONCENTRATION = 1000.0
 # tightest around a few hundred to a few thousand requests per arm.
 LATENCY_MIXTURE = 10.0
 DEFAULT_MIN_REQUESTS = 100
+# Dispersion of an error stream (see the module docstring): measured on stable's history at
+# the check interval and at this many intervals; without a usable history the judges assume
+# clusters of a few errors rather than independence.
+DISPERSION_SCALES = (1, 6)
+MIN_HISTORY_INTERVALS = 30
+MIN_HISTORY_EVENTS = 10
+FALLBACK_DISPERSION = 4.0
+# Power: the regression the judges report the traffic they need for (canary 5xx rate this many
+# times stable's, on top of the tolerance).
+POWER_RATIO = 2.0
 
 
 @dataclass
@@ -215,6 +256,93 @@ def cdf_band_halfwidth(requests: Any, alpha: float, *, edges: int,
     return np.where(n > 0, np.minimum(width, 1.0), 1.0)
 
 
+def count_dispersion(requests: Any, events: Any, *,
+                     scales: tuple[int, ...] = DISPERSION_SCALES) -> Any:
+    """Dispersion phi of an event count stream: 1 for independent events, about E[C^2]/E[C]
+    for clusters of size C. NaN where the history is too thin to tell.
+
+    `requests` and `events` are per-interval counts along the last axis (time). At each scale
+    s (intervals summed s at a time) the Pearson statistic of the events against a constant
+    rate, sum (e - p r)^2 / (p (1 - p) r), is divided by the median of chi-square with its
+    degrees of freedom (median-unbiased under independence); phi is the largest over the
+    scales, and at least 1. Rate changes over the history (a shared incident, daily load)
+    inflate it: conservative, never optimistic.
+    """
+    from scipy import stats
+
+    r = np.asarray(requests, dtype=float)
+    e = np.minimum(np.asarray(events, dtype=float), r)
+    phi = np.ones(r.shape[:-1])
+    for scale in scales:
+        blocks = r.shape[-1] // scale
+        if blocks < 2:
+            continue
+        cut = r.shape[-1] - blocks * scale  # the newest intervals are kept whole
+        rb = r[..., cut:].reshape(r.shape[:-1] + (blocks, scale)).sum(-1)
+        eb = e[..., cut:].reshape(e.shape[:-1] + (blocks, scale)).sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = eb.sum(-1, keepdims=True) / rb.sum(-1, keepdims=True)
+            variance = p * (1.0 - p) * rb
+            pearson = np.where(variance > 0, (eb - p * rb) ** 2 / variance, 0.0).sum(-1)
+        df = (rb > 0).sum(-1) - 1
+        median = stats.chi2.ppf(0.5, np.maximum(df, 1))
+        phi = np.maximum(phi, np.where(df >= 1, pearson / median, 1.0))
+    seen = (r > 0).sum(-1)
+    total = e.sum(-1)
+    enough = (seen >= MIN_HISTORY_INTERVALS) & (total >= MIN_HISTORY_EVENTS) & (
+        r.sum(-1) - total >= MIN_HISTORY_EVENTS)
+    return np.where(enough, phi, np.nan)
+
+
+def latency_dispersion(bucket_counts: Any, *,
+                       scales: tuple[int, ...] = DISPERSION_SCALES) -> Any:
+    """Dispersion of a latency stream: the largest `count_dispersion` of the number of
+    requests within each bucket edge. NaN where no edge has enough requests on both sides.
+
+    `bucket_counts` are per-interval, per-bucket (not cumulative) counts, shape (..., time,
+    buckets), the last bucket being +Inf. A burst of requests slowed together (a GC pause, a
+    cold cache) shows up as overdispersion of the count above some edge.
+    """
+    counts = np.asarray(bucket_counts, dtype=float)
+    requests = counts.sum(-1)
+    within = counts[..., :-1].cumsum(-1)
+    phi = np.full(requests.shape[:-1], np.nan)
+    for edge in range(within.shape[-1]):
+        found = count_dispersion(requests, within[..., edge], scales=scales)
+        phi = np.fmax(phi, found)
+    return phi
+
+
+@dataclass
+class Dispersion:
+    """The dispersion the judges temper their evidence with, and where it came from."""
+
+    value: float
+    source: str  # "history", "fallback" or "configured"
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, "note": self.note}
+
+
+def estimate_dispersion(kind: str, estimate: float | None, *, history: str,
+                        fallback: float = FALLBACK_DISPERSION) -> Dispersion:
+    """A Dispersion from a `count_dispersion` / `latency_dispersion` result (NaN or None when
+    the history was too thin), described for the judgement's reason."""
+    if estimate is None or not math.isfinite(estimate):
+        return Dispersion(fallback, "fallback",
+                          f"{kind} dispersion {fallback:g} assumed: {history} too thin to "
+                          f"measure it (fewer than {MIN_HISTORY_INTERVALS} intervals with "
+                          f"traffic or {MIN_HISTORY_EVENTS} events)")
+    value = max(1.0, float(estimate))
+    return Dispersion(value, "history",
+                      f"{kind} dispersion {value:.2f} measured on {history}")
+
+
+def configured_dispersion(kind: str, value: float) -> Dispersion:
+    return Dispersion(float(value), "configured", f"{kind} dispersion {value:g} as configured")
+
+
 def _upper_tail(a: Any, b: Any, cut: float) -> Any:
     """P(theta > cut) for theta ~ Beta(a, b), via the symmetry I_{1-x}(b, a)."""
     from scipy import special
@@ -232,12 +360,21 @@ def error_rate_test(
     tolerance: float = 0.0,
     concentration: float = ERROR_CONCENTRATION,
     min_requests: int = DEFAULT_MIN_REQUESTS,
+    dispersion: Dispersion | float = 1.0,
+    remaining_seconds: float | None = None,
+    canary_rate: float | None = None,
 ) -> Judgement:
     """Is the canary's 5xx rate more than (1 + tolerance) x stable's? Anytime-valid.
 
     FAIL when the chained Bayes factor reaches 1/alpha (however few requests: that much
     evidence is enough); INCONCLUSIVE with no data or fewer than `min_requests` canary
     requests; otherwise PASS, meaning no evidence of a regression so far.
+
+    `dispersion` (phi >= 1) tempers the evidence for clustered errors: each error counts as
+    1/phi (module docstring). Given the step's `remaining_seconds` and the canary's request
+    rate, the judge says INCONCLUSIVE early when the canary cannot reach `min_requests`, nor
+    the requests its power curve needs to catch a POWER_RATIO x regression, before the step
+    ends, and says how much traffic it would need.
 
     Chaining across weight changes: segment j's Bayes factor uses that segment's share and
     starts afresh at 1. Given everything before the segment started, it is a supermartingale
@@ -249,16 +386,19 @@ def error_rate_test(
     _check_tolerance("tolerance", tolerance)
     _check_concentration(concentration)
     _check_min("min_requests", min_requests)
+    spread = _as_dispersion("dispersion", dispersion)
     thresholds = {"alpha": alpha, "bayes_factor_threshold": 1.0 / alpha, "tolerance": tolerance,
-                  "concentration": concentration, "min_requests": min_requests}
+                  "concentration": concentration, "min_requests": min_requests,
+                  "dispersion": spread.value}
     segments = _check_segments(segments)
     if not segments:
         return Judgement("error-rate-sequential", Verdict.INCONCLUSIVE,
                          "no data: no traffic segments were measured",
                          _error_values([]), thresholds, critical=True)
+    phi = spread.value
     per_segment = []
     for seg in segments:
-        log_bf = float(error_log_bayes_factor(seg.canary_errors, seg.stable_errors,
+        log_bf = float(error_log_bayes_factor(seg.canary_errors / phi, seg.stable_errors / phi,
                                               seg.canary_share, tolerance=tolerance,
                                               concentration=concentration))
         per_segment.append({"canary_share": seg.canary_share, "log_bayes_factor": log_bf,
@@ -268,14 +408,24 @@ def error_rate_test(
     log_bf = sum(s["log_bayes_factor"] for s in per_segment)
     values = _error_values(segments)
     evidence = {"log_bayes_factor": log_bf, "bayes_factor": _bf(log_bf),
-                "p_value": _p_value(log_bf), "segments": per_segment}
+                "p_value": _p_value(log_bf), "segments": per_segment,
+                "dispersion": spread.to_dict()}
+    power = _power(values, segments[-1].canary_share, alpha=alpha, tolerance=tolerance,
+                   concentration=concentration, dispersion=phi)
+    evidence["power"] = power
     rates = _rates_text(values)
     threshold = 1.0 / alpha
+    tempered = f"; {spread.note}, each error counted as 1/{phi:.3g}" if phi > 1 else ""
+    short = _short_of_budget(values["canary_requests"], min_requests, power,
+                             remaining_seconds, canary_rate, segments[-1].canary_share)
     if log_bf >= math.log(threshold):
         reason = (f"canary 5xx {rates}: the errors fall on the canary more often than its "
                   f"traffic share allows (Bayes factor {_fmt_bf(log_bf)} >= 1/alpha = "
-                  f"{threshold:g}, anytime-valid p = {evidence['p_value']:.2g})")
+                  f"{threshold:g}, anytime-valid p = {evidence['p_value']:.2g}{tempered})")
         verdict = Verdict.FAIL
+    elif short:
+        evidence["decidable_in_budget"] = False
+        reason, verdict = short, Verdict.INCONCLUSIVE
     elif values["canary_requests"] < max(min_requests, 1):
         reason = (f"only {_count(values['canary_requests'])} canary requests, fewer than the "
                   f"{min_requests:,} needed to judge the error rate (Bayes factor "
@@ -283,7 +433,7 @@ def error_rate_test(
         verdict = Verdict.INCONCLUSIVE
     else:
         reason = (f"no evidence of an error-rate regression so far: canary 5xx {rates} "
-                  f"(Bayes factor {_fmt_bf(log_bf)} < {threshold:g})")
+                  f"(Bayes factor {_fmt_bf(log_bf)} < {threshold:g}{tempered})")
         verdict = Verdict.PASS
     return Judgement("error-rate-sequential", verdict, reason, values, thresholds,
                      evidence=evidence, critical=True)
@@ -359,8 +509,12 @@ def latency_test(
     alpha: float = 0.05,
     tolerance: float = 0.05,
     min_requests: int = DEFAULT_MIN_REQUESTS,
+    dispersion: Dispersion | float = 1.0,
 ) -> Judgement:
     """Is the canary slower than stable? Time-uniform bands on both latency CDFs.
+
+    `dispersion` (phi >= 1) widens the bands for latency that comes in bursts: n requests
+    count as n / phi independent ones (module docstring).
 
     Buckets are cumulative histograms [(le_ms, cumulative count), ..., (inf, total)] with the
     same edges for both versions (Prometheus `le` buckets, counted since the rollout began).
@@ -377,7 +531,9 @@ def latency_test(
     _check_alpha(alpha)
     _check_tolerance("tolerance", tolerance, upper=1.0)
     _check_min("min_requests", min_requests)
-    thresholds = {"alpha": alpha, "tolerance": tolerance, "min_requests": min_requests}
+    spread = _as_dispersion("dispersion", dispersion)
+    thresholds = {"alpha": alpha, "tolerance": tolerance, "min_requests": min_requests,
+                  "dispersion": spread.value}
     name = "latency-sequential"
     edges_s, cum_s = _check_buckets("stable_buckets", stable_buckets)
     edges_c, cum_c = _check_buckets("canary_buckets", canary_buckets)
@@ -401,8 +557,9 @@ def latency_test(
     edges = edges_s[finite]
     cdf_s, cdf_c = cum_s[finite] / n_s, cum_c[finite] / n_c
     # Each version's band covers half of alpha; each splits it over the edges.
-    width_s = float(cdf_band_halfwidth(n_s, alpha / 2.0, edges=len(edges)))
-    width_c = float(cdf_band_halfwidth(n_c, alpha / 2.0, edges=len(edges)))
+    phi = spread.value
+    width_s = float(cdf_band_halfwidth(n_s / phi, alpha / 2.0, edges=len(edges)))
+    width_c = float(cdf_band_halfwidth(n_c / phi, alpha / 2.0, edges=len(edges)))
     gap = cdf_s - cdf_c
     worst = int(np.argmax(gap))
     gap_low, gap_high = gap - width_s - width_c, gap + width_s + width_c
@@ -414,7 +571,7 @@ def latency_test(
                 "max_gap_lower_bound": float(np.max(gap_low)),
                 "max_gap_upper_bound": float(np.max(gap_high)), "slowdown_ruled_out": ruled_out,
                 "edges_ms": edges.tolist(), "stable_cdf": cdf_s.tolist(),
-                "canary_cdf": cdf_c.tolist()}
+                "canary_cdf": cdf_c.tolist(), "dispersion": spread.to_dict()}
     at = f"{edges[worst]:g} ms"
     within = (f"{cdf_c[worst]:.1%} of canary vs {cdf_s[worst]:.1%} of stable requests "
               f"within {at}")
@@ -451,8 +608,16 @@ def judge_sequential(
     judge_latency: bool = True,
     error_concentration: float = ERROR_CONCENTRATION,
     split_concentration: float = SPLIT_CONCENTRATION,
+    error_dispersion: Dispersion | float = 1.0,
+    latency_dispersion: Dispersion | float = 1.0,
+    remaining_seconds: float | None = None,
+    canary_rate: float | None = None,
 ) -> list[Judgement]:
     """Run the sequential judges for one analysis step, alpha split across them.
+
+    The dispersions temper the error and latency evidence for clustered streams;
+    `remaining_seconds` and `canary_rate` let the error judge stop early when the step cannot
+    be decided in time (see `error_rate_test`).
 
     Bonferroni: each of the m judges run (3, or 2 with judge_latency=False) gets alpha / m,
     so the chance that any of them ever fails a canary that is no worse stays <= alpha.
@@ -469,7 +634,9 @@ def judge_sequential(
     split = traffic_split_test(segments, alpha=share, concentration=split_concentration,
                                min_requests=min_requests)
     errors = error_rate_test(segments, alpha=share, tolerance=error_tolerance,
-                             concentration=error_concentration, min_requests=min_requests)
+                             concentration=error_concentration, min_requests=min_requests,
+                             dispersion=error_dispersion, remaining_seconds=remaining_seconds,
+                             canary_rate=canary_rate)
     errors.thresholds["alpha_total"] = alpha
     split.thresholds["alpha_total"] = alpha
     if split.verdict == Verdict.FAIL:
@@ -480,7 +647,8 @@ def judge_sequential(
     judgements = [errors, split]
     if judge_latency:
         latency = latency_test(stable_buckets or [], canary_buckets or [], alpha=share,
-                               tolerance=latency_tolerance, min_requests=min_requests)
+                               tolerance=latency_tolerance, min_requests=min_requests,
+                               dispersion=latency_dispersion)
         latency.thresholds["alpha_total"] = alpha
         judgements.append(latency)
     return judgements
@@ -555,6 +723,84 @@ def _check_buckets(name: str, buckets: Any) -> tuple[np.ndarray, np.ndarray]:
         raise BadInput(name, [p[1] for p in pairs], "counts must be finite and >= 0")
     # increase() on separate bucket series can dip slightly; Prometheus repairs it the same way.
     return edges, np.maximum.accumulate(counts)
+
+
+def errors_to_detect(canary_share: float, *, ratio: float = POWER_RATIO, alpha: float = 0.05,
+                     tolerance: float = 0.0, concentration: float = ERROR_CONCENTRATION,
+                     dispersion: float = 1.0) -> float:
+    """The power curve: how many 5xx (both versions) the error test needs, on average, to FAIL
+    a canary whose 5xx rate is `ratio` x (1 + tolerance) x stable's.
+
+    The expected counts under that alternative, put into the Bayes factor, reach 1/alpha at
+    about this many errors (the test's log evidence grows linearly in them, so this is
+    close to the median detection point of the simulations in benchmarks/detection.py).
+    """
+    theta = null_share(canary_share, (1.0 + tolerance) * ratio - 1.0)
+    target = math.log(1.0 / alpha)
+
+    def evidence(n: float) -> float:
+        return float(error_log_bayes_factor(theta * n / dispersion, (1 - theta) * n / dispersion,
+                                            canary_share, tolerance=tolerance,
+                                            concentration=concentration))
+    high = 1.0
+    while evidence(high) < target:
+        high *= 2.0
+        if high > 1e12:
+            return math.inf
+    low = high / 2.0
+    for _ in range(50):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if evidence(mid) < target else (low, mid)
+    return high
+
+
+def _power(values: dict[str, Any], canary_share: float, **test: Any) -> dict[str, Any]:
+    """The canary requests needed to catch a POWER_RATIO x regression at stable's 5xx rate."""
+    power: dict[str, Any] = {"ratio": POWER_RATIO, "canary_requests_needed": None}
+    rate = values["stable_error_rate"]
+    if not rate:
+        power["note"] = "no stable 5xx measured yet: the traffic needed is not estimated"
+        return power
+    errors = errors_to_detect(canary_share, ratio=POWER_RATIO, **test)
+    ratio = POWER_RATIO * (1.0 + test["tolerance"])
+    per_canary_request = rate * (ratio + (1.0 - canary_share) / canary_share)
+    power["errors_needed"] = errors
+    power["canary_requests_needed"] = errors / per_canary_request
+    return power
+
+
+def _short_of_budget(canary_requests: int, min_requests: int, power: dict[str, Any],
+                     remaining: float | None, rate: float | None, share: float) -> str:
+    """Why the step cannot be decided before it ends at the observed traffic, or ''."""
+    if remaining is None or rate is None or remaining <= 0:
+        return ""
+    projected = canary_requests + rate * remaining
+    needed = float(max(min_requests, 1))
+    what = f"the {min_requests:,} requests needed to judge"
+    detect = power.get("canary_requests_needed")
+    if detect is not None and detect > needed:
+        needed = detect
+        what = (f"the ~{_count(detect)} requests needed to catch a {POWER_RATIO:g}x 5xx rate "
+                "(at stable's 5xx rate)")
+    if projected >= needed:
+        return ""
+    per_second = (needed - canary_requests) / remaining
+    return (f"cannot decide in the {remaining:.0f}s left: at {rate:.3g} canary requests/s the "
+            f"canary will have served ~{_count(projected)} requests, short of {what}; it would "
+            f"need >= {per_second:.3g} canary requests/s (>= {per_second / share:.3g} "
+            "requests/s to the service at this weight)")
+
+
+def _as_dispersion(name: str, value: Any) -> Dispersion:
+    if isinstance(value, Dispersion):
+        number = value.value
+    else:
+        number = value
+    if not _is_number(number) or number < 1:
+        raise BadInput(name, number, "must be a number >= 1 (1 = independent errors)")
+    if isinstance(value, Dispersion):
+        return value
+    return Dispersion(float(value), "configured", f"dispersion {float(value):g} as given")
 
 
 def _check_alpha(alpha: Any) -> None:
