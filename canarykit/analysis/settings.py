@@ -81,6 +81,27 @@ def _judges(name: str, value: Any) -> None:
             raise BadInput(name, judge, "is listed twice")
 
 
+def _dispersion(name: str, value: Any) -> None:
+    dispersion_value(name, value)
+
+
+def dispersion_value(name: str, value: Any) -> float | None:
+    """A dispersion setting as a number, None for "auto" (measured on stable's history)."""
+    if value == "auto":
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = value
+    ok = (isinstance(number, int | float) and not isinstance(number, bool)
+          and math.isfinite(number) and number >= 1)
+    if not ok:
+        raise BadInput(name, value, "must be auto or a number >= 1 (1 = independent events)")
+    return float(number)
+
+
 def _canary_weight(name: str, value: Any) -> None:
     if value is not None:
         _number(0, 100, open_low=True, open_high=True)(name, value)
@@ -139,6 +160,12 @@ class AnalysisSettings:
                                       _number(0))
     latency_tolerance: float = _setting(0.05, "sequential: tolerated latency CDF shift (0-1)",
                                         _number(0, 1))
+    error_dispersion: str = _setting(
+        "auto", "sequential: 5xx clustering (auto: from stable's history)", _dispersion)
+    latency_dispersion: str = _setting(
+        "auto", "sequential: slow-request clustering (auto: from history)", _dispersion)
+    dispersion_history: str = _setting(
+        "1h", "sequential: stable's history measuring the clustering", _duration)
     confidence: float = _setting(0.95, "Mann-Whitney: confidence of the comparison",
                                  _number(0, 1, open_low=True, open_high=True))
     pass_score: float = _setting(95.0, "Mann-Whitney: lowest score (0-100) that passes",
@@ -170,6 +197,10 @@ class AnalysisSettings:
     @property
     def interval_seconds(self) -> float:
         return parse_duration(self.interval, "interval")
+
+    @property
+    def dispersion_history_seconds(self) -> float:
+        return parse_duration(self.dispersion_history, "dispersion_history")
 
     def validate(self) -> AnalysisSettings:
         """Refuse settings that cannot be judged, naming the field and the value."""
