@@ -671,6 +671,75 @@ def raw_counts(
     return RawCounts(versions, outcomes)
 
 
+@dataclass
+class IntervalCounts:
+    """One version's per-interval counts (oldest first): what the judges' dispersion is
+    measured on. buckets[i] are interval i's non-cumulative counts per `edges` bucket, the
+    last edge being +Inf; empty when the version has no latency histogram."""
+
+    times: list[float]
+    requests: list[float]
+    errors: list[float]
+    edges: list[float]
+    buckets: list[list[float]]
+    outcomes: list[QueryOutcome]
+
+
+def interval_counts(client: Client, selector: MetricsSelector, version: str,
+                    start: datetime | float, end: datetime | float, *, step_seconds: float,
+                    with_buckets: bool = True) -> IntervalCounts:
+    """Requests, 5xx and histogram buckets of one version in each step between start and end.
+
+    Each point is an increase() over the step before it, so the intervals are disjoint.
+    Intervals without a requests sample are left out; a missing 5xx sample counts as 0.
+    """
+    outcomes: list[QueryOutcome] = []
+    by_time: dict[str, dict[float, float]] = {"requests": {}, "errors": {}}
+    for metric in ("requests", "errors"):
+        outcome = query_range(client, standard_query(metric, selector, step_seconds), start,
+                              end, step_seconds)
+        outcomes.append(replace(outcome, result=[]))
+        for item in outcome.result:
+            if item.get("metric", {}).get(selector.version_label) != version:
+                continue
+            for stamp, value in item.get("values", []):
+                number = _number(value)
+                if math.isfinite(number):
+                    by_time[metric][float(stamp)] = max(number, 0.0)
+    stamps = sorted(by_time["requests"])
+    requests = [by_time["requests"][t] for t in stamps]
+    errors = [min(by_time["errors"].get(t, 0.0), r) for t, r in zip(stamps, requests,
+                                                                    strict=True)]
+    edges: list[float] = []
+    buckets: list[list[float]] = []
+    if with_buckets and stamps:
+        outcome = query_range(client, standard_query("buckets", selector, step_seconds), start,
+                              end, step_seconds)
+        outcomes.append(replace(outcome, result=[]))
+        cumulative: dict[float, dict[float, float]] = {}
+        for item in outcome.result:
+            labels = item.get("metric", {})
+            le = _number(labels.get("le"))
+            if labels.get(selector.version_label) != version or math.isnan(le):
+                continue
+            for stamp, value in item.get("values", []):
+                number = _number(value)
+                if math.isfinite(number):
+                    cumulative.setdefault(le, {})[float(stamp)] = number
+        edges = sorted(cumulative)
+        if edges and math.isinf(edges[-1]):
+            for stamp in stamps:
+                running, row = 0.0, []
+                for le in edges:  # cumulative -> per bucket, repaired like Prometheus does
+                    value = max(cumulative[le].get(stamp, running), running)
+                    row.append(value - running)
+                    running = value
+                buckets.append(row)
+        else:
+            edges = []
+    return IntervalCounts(stamps, requests, errors, edges, buckets, outcomes)
+
+
 # ---------------------------------------------------------------- tidy frames
 
 FRAME_COLUMNS = ["timestamp", "version", "metric", "value"]

@@ -372,9 +372,9 @@ def error_rate_test(
 
     `dispersion` (phi >= 1) tempers the evidence for clustered errors: each error counts as
     1/phi (module docstring). Given the step's `remaining_seconds` and the canary's request
-    rate, the judge says INCONCLUSIVE early when the canary cannot reach `min_requests`, nor
-    the requests its power curve needs to catch a POWER_RATIO x regression, before the step
-    ends, and says how much traffic it would need.
+    rate, the judge says INCONCLUSIVE early when, before the step ends, the canary can neither
+    reach `min_requests` (to PASS) nor the requests its power curve needs to catch a
+    POWER_RATIO x regression (to FAIL), and says how much traffic it would need.
 
     Chaining across weight changes: segment j's Bayes factor uses that segment's share and
     starts afresh at 1. Given everything before the segment started, it is a supermartingale
@@ -776,19 +776,18 @@ def _short_of_budget(canary_requests: int, min_requests: int, power: dict[str, A
         return ""
     projected = canary_requests + rate * remaining
     needed = float(max(min_requests, 1))
-    what = f"the {min_requests:,} requests needed to judge"
     detect = power.get("canary_requests_needed")
-    if detect is not None and detect > needed:
-        needed = detect
-        what = (f"the ~{_count(detect)} requests needed to catch a {POWER_RATIO:g}x 5xx rate "
-                "(at stable's 5xx rate)")
-    if projected >= needed:
-        return ""
+    if projected >= needed or (detect is not None and projected >= detect):
+        return ""  # it can PASS in time, or FAIL if the canary is clearly worse
     per_second = (needed - canary_requests) / remaining
+    could_fail = ("" if detect is None else
+                  f"; a {POWER_RATIO:g}x 5xx rate would take ~{_count(detect)} canary requests "
+                  "to catch")
     return (f"cannot decide in the {remaining:.0f}s left: at {rate:.3g} canary requests/s the "
-            f"canary will have served ~{_count(projected)} requests, short of {what}; it would "
-            f"need >= {per_second:.3g} canary requests/s (>= {per_second / share:.3g} "
-            "requests/s to the service at this weight)")
+            f"canary will have served ~{_count(projected)} requests, short of the "
+            f"{min_requests:,} needed to judge{could_fail}; it would need >= {per_second:.3g} "
+            f"canary requests/s (>= {per_second / share:.3g} requests/s to the service at "
+            "this weight)")
 
 
 def _as_dispersion(name: str, value: Any) -> Dispersion:

@@ -23,7 +23,7 @@ import yaml
 
 from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
-from canarykit.analysis.settings import CLI, AnalysisSettings, setting_names
+from canarykit.analysis.settings import CLI, AnalysisSettings, dispersion_value, setting_names
 from canarykit.core import times
 from canarykit.core.errors import BadInput, ExitCode
 
@@ -53,12 +53,18 @@ def run_analysis(
     *,
     end: datetime | float | None = None,
     segments: list[sequential.Segment] | None = None,
+    rollout_start: float | None = None,
+    deadline: float | None = None,
 ) -> judges.Decision:
     """Judge the canary over the window ending at `end` (default now).
 
     `segments` are earlier, disjoint periods of this rollout (each with its configured canary
-    share); the sequential error-rate test chains their evidence with this window's.
-    Bad input raises BadInput before any query; Prometheus problems give INCONCLUSIVE.
+    share); the sequential error-rate test chains their evidence with this window's. The
+    clustering of stable's errors and latency is measured on its history before
+    `rollout_start` (default: the start of the earliest segment or of the window). With a
+    `deadline` (the step's budget) the error judge says INCONCLUSIVE early when the traffic
+    cannot decide it in time. Bad input raises BadInput before any query; Prometheus
+    problems give INCONCLUSIVE.
     """
     config.validate()
     selector.validate()
@@ -104,8 +110,11 @@ def run_analysis(
         else:
             found.append(_mann_whitney(client, selector, config, start, finish))
     if "sequential" in config.judges:
-        found.extend(_sequential(selector, config, stable, canary, segments or [],
-                                 count_queries, finish, missing_reason))
+        earliest = [seg.started_at for seg in segments or [] if seg.started_at is not None]
+        history_end = rollout_start if rollout_start is not None else min([start, *earliest])
+        found.extend(_sequential(client, selector, config, stable, canary, segments or [],
+                                 count_queries, finish, missing_reason,
+                                 history_end=history_end, deadline=deadline))
     for metric in config.custom_metrics:
         found.append(_custom(client, selector, config, metric, finish))
     decision = judges.decide(found)
@@ -196,8 +205,44 @@ def _mann_whitney(client, selector, config, start, finish) -> judges.Judgement:
     return judgement
 
 
-def _sequential(selector, config, stable, canary, earlier, count_queries, finish,
-                missing_reason) -> list[judges.Judgement]:
+def _dispersions(client: m.Client, selector: m.MetricsSelector, config: AnalysisSettings,
+                 history_end: float) -> tuple[sequential.Dispersion, sequential.Dispersion,
+                                              list[str]]:
+    """The error and latency dispersion to temper the judges with: as configured, or measured
+    on stable's own per-interval counts over `dispersion_history` before the rollout."""
+    error_value = dispersion_value("error_dispersion", config.error_dispersion)
+    latency_value = dispersion_value("latency_dispersion", config.latency_dispersion)
+    if error_value is not None and latency_value is not None:
+        return (sequential.configured_dispersion("error", error_value),
+                sequential.configured_dispersion("latency", latency_value), [])
+    import numpy as np  # here: only the sequential judges need it
+
+    step = config.interval_seconds
+    history = (f"stable {selector.stable}'s {config.dispersion_history} before "
+               f"{times.timestamp(history_end)}")
+    counts = m.interval_counts(client, selector, selector.stable,
+                               history_end - config.dispersion_history_seconds + step,
+                               history_end, step_seconds=step,
+                               with_buckets=latency_value is None)
+    queries = [outcome.query for outcome in counts.outcomes]
+    if error_value is not None:
+        error = sequential.configured_dispersion("error", error_value)
+    else:
+        found = float(sequential.count_dispersion(np.array(counts.requests),
+                                                  np.array(counts.errors)))
+        error = sequential.estimate_dispersion("error", found, history=history)
+    if latency_value is not None:
+        latency = sequential.configured_dispersion("latency", latency_value)
+    else:
+        found = (float(sequential.latency_dispersion(np.array(counts.buckets)))
+                 if counts.buckets else math.nan)
+        latency = sequential.estimate_dispersion("latency", found, history=history)
+    return error, latency, queries
+
+
+def _sequential(client, selector, config, stable, canary, earlier, count_queries, finish,
+                missing_reason, *, history_end: float,
+                deadline: float | None) -> list[judges.Judgement]:
     thresholds = {"alpha": config.alpha, "canary_weight": config.canary_weight}
     known_split = config.canary_weight is not None
     if stable is None or canary is None:
@@ -225,13 +270,18 @@ def _sequential(selector, config, stable, canary, earlier, count_queries, finish
         canary_errors=int(round(canary["errors"])),
         started_at=finish - config.window_seconds,
     )
+    error_spread, latency_spread, history_queries = _dispersions(client, selector, config,
+                                                                 history_end)
     found = sequential.judge_sequential(
         [*earlier, current], stable["buckets"], canary["buckets"], alpha=config.alpha,
         error_tolerance=config.error_tolerance, latency_tolerance=config.latency_tolerance,
-        min_requests=config.min_requests,
+        min_requests=config.min_requests, error_dispersion=error_spread,
+        latency_dispersion=latency_spread,
+        remaining_seconds=None if deadline is None else max(0.0, deadline - finish),
+        canary_rate=canary["requests"] / config.window_seconds,
     )
     for judgement in found:
-        judgement.queries = list(count_queries)
+        judgement.queries = list(count_queries) + history_queries
         if judgement.judge == "traffic-split" and config.canary_weight is None:
             # With the observed share standing in for the configured one, the split is
             # not tested; this says so instead of passing vacuously.

@@ -591,12 +591,14 @@ def _check_record(decision: Decision, start: float, end: float, covered: bool) -
 
 def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start: float,
            window: float, until_verdict: bool, deadline: float, check_every: float,
-           segments: list[Segment], checks: list[dict]) -> tuple[Decision, float]:
+           segments: list[Segment], checks: list[dict],
+           rollout_start: float | None = None) -> tuple[Decision, float]:
     """Judge [start, now] until FAIL, or PASS over at least `window`, or the deadline.
 
     FAIL may come early (the sequential judges are anytime-valid); PASS only once the window at
     this weight is covered; the window grows from a fixed start, so re-checking watches one
-    stream of evidence instead of a sliding one.
+    stream of evidence instead of a sliding one. When the judges say the traffic cannot
+    decide the step before the deadline, it ends early, INCONCLUSIVE.
     """
     interval = config.interval_seconds
     last: Decision | None = None
@@ -611,10 +613,13 @@ def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start:
                               interval=format_duration(min(interval, span)),
                               until_verdict=False)
             last = run_analysis(target.prometheus, target.selector, current, end=now,
-                                segments=segments)
+                                segments=segments, rollout_start=rollout_start,
+                                deadline=deadline if until_verdict else None)
             covered = span >= window - 0.5
             checks.append(_check_record(last, start, now, covered))
             if last.verdict == Verdict.FAIL or (last.verdict == Verdict.PASS and covered):
+                return last, now
+            if _undecidable(last):
                 return last, now
         if not until_verdict or now >= deadline:
             break
@@ -629,6 +634,12 @@ def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start:
         last = Decision(last.verdict, f"still undecided at the end of max_duration: "
                         f"{last.reason}", last.judgements)
     return last, now
+
+
+def _undecidable(decision: Decision) -> bool:
+    """The error judge found the step cannot be decided at this traffic before its deadline."""
+    return any(j.judge == "error-rate-sequential"
+               and j.evidence.get("decidable_in_budget") is False for j in decision.judgements)
 
 
 def _fit_config(config: AnalysisSettings, result: runbook.RunbookResult, weight: int | None,
@@ -709,7 +720,8 @@ def analyze(target: Target, result: runbook.RunbookResult,
     decision, end = _judge(target, client, config, start=start, window=window_s,
                            until_verdict=config.until_verdict,
                            deadline=max(began + limit, start + window_s),
-                           check_every=every, segments=segments, checks=checks)
+                           check_every=every, segments=segments, checks=checks,
+                           rollout_start=periods[0].start if periods else None)
     result.decision = decision.to_dict()
     result.evidence = {
         "window": {"start": times.timestamp(start), "end": times.timestamp(end),

@@ -11,12 +11,17 @@ from scipy import integrate, stats
 
 from canarykit.analysis.judges import Verdict, decide
 from canarykit.analysis.sequential import (
+    FALLBACK_DISPERSION,
     Segment,
     cdf_band_halfwidth,
+    count_dispersion,
     error_log_bayes_factor,
     error_rate_test,
+    errors_to_detect,
+    estimate_dispersion,
     histogram_quantile,
     judge_sequential,
+    latency_dispersion,
     latency_test,
     null_share,
     retry_adjusted_split_log_bayes_factor,
@@ -434,3 +439,140 @@ def test_healthy_canary_passes_the_step_and_serialises():
     assert [j.verdict for j in judgements] == [Verdict.PASS] * 3
     assert decision.verdict == Verdict.PASS
     json.dumps(decision.to_dict(), allow_nan=False)
+
+
+# --- clustered error streams: the dispersion ----------------------------------------------
+
+
+def clustered_stream(rng, rows, intervals, *, rate=200.0, share=0.0, error_rate=0.005,
+                     cluster=1):
+    """Per-interval (requests, errors) of one version: a triggering request makes the next
+    `cluster` requests of that version fail (spilling into later intervals when needed)."""
+    requests = rng.poisson(rate * 10 * (share or 1.0), size=(rows, intervals))
+    triggers = rng.binomial(requests, error_rate / cluster)
+    errors = np.zeros_like(requests)
+    carry = np.zeros(rows, dtype=int)
+    for t in range(intervals):
+        carry += triggers[:, t] * cluster
+        errors[:, t] = np.minimum(carry, requests[:, t])
+        carry -= errors[:, t]
+    return requests, errors
+
+
+def test_dispersion_of_independent_errors_is_about_one():
+    requests, errors = clustered_stream(np.random.default_rng(1), 200, 360)
+    phi = count_dispersion(requests, errors)
+    assert 0.95 < np.median(phi) < 1.15
+    assert np.all(phi >= 1.0)
+
+
+@pytest.mark.parametrize("cluster", [5, 20])
+def test_dispersion_of_clustered_errors_is_about_the_cluster_size(cluster):
+    requests, errors = clustered_stream(np.random.default_rng(2), 200, 360, cluster=cluster)
+    assert 0.8 * cluster < np.median(count_dispersion(requests, errors)) < 1.5 * cluster
+
+
+def test_a_rate_change_in_the_history_makes_the_dispersion_larger_never_smaller():
+    rng = np.random.default_rng(3)
+    requests = rng.poisson(2000, size=(100, 360))
+    steady = rng.binomial(requests, 0.005)
+    incident = rng.binomial(requests, np.where(np.arange(360) % 120 < 18, 0.05, 0.005))
+    assert np.median(count_dispersion(requests, incident)) > 3 * np.median(
+        count_dispersion(requests, steady))
+
+
+def test_too_thin_a_history_gives_no_dispersion_and_the_fallback_says_so():
+    few_intervals = count_dispersion(np.full(10, 1000), np.full(10, 5))
+    no_errors = count_dispersion(np.full(360, 1000), np.zeros(360))
+    assert math.isnan(few_intervals) and math.isnan(no_errors)
+    spread = estimate_dispersion("error", float(no_errors), history="stable's last hour")
+    assert (spread.value, spread.source) == (FALLBACK_DISPERSION, "fallback")
+    assert "stable's last hour too thin" in spread.note
+    measured = estimate_dispersion("error", 0.93, history="stable's last hour")
+    assert (measured.value, measured.source) == (1.0, "history")  # never below independence
+
+
+def test_latency_dispersion_sees_bursts_of_slow_requests():
+    rng = np.random.default_rng(4)
+    steady = rng.multinomial(2000, [0.2, 0.5, 0.25, 0.05], size=(50, 360))
+    bursts = steady.copy()
+    slowed = rng.random((50, 360)) < 0.1  # now and then 60 requests slowed together
+    bursts[:, :, 1] -= np.where(slowed, 60, 0)
+    bursts[:, :, 3] += np.where(slowed, 60, 0)
+    calm = latency_dispersion(steady)
+    assert 0.95 < np.median(calm) < 1.4
+    assert np.median(latency_dispersion(bursts)) > 3 * np.median(calm)  # var 60^2 x .09 + 95
+    assert math.isnan(latency_dispersion(np.zeros((360, 4))))
+
+
+def test_the_dispersion_tempers_the_error_evidence_as_counts_divided_by_it():
+    counts = [segment(0.25, 30_000, 60, 10_000, 60)]
+    independent = error_rate_test(counts)
+    clustered = error_rate_test(counts, dispersion=20.0)
+    assert independent.verdict == Verdict.FAIL
+    assert clustered.verdict == Verdict.PASS
+    assert clustered.evidence["log_bayes_factor"] == pytest.approx(
+        float(error_log_bayes_factor(3.0, 3.0, 0.25)))
+    assert clustered.thresholds["dispersion"] == 20.0
+    assert "each error counted as 1/20" in clustered.reason
+
+
+def test_a_dispersion_below_one_is_refused_naming_the_field():
+    with pytest.raises(BadInput) as caught:
+        error_rate_test([segment(0.25, 100, 1, 100, 1)], dispersion=0.5)
+    assert caught.value.field == "dispersion" and caught.value.value == 0.5
+
+
+def test_latency_bands_widen_with_the_dispersion():
+    stable, canary = lognormal_buckets(20_000), lognormal_buckets(2_000, median_ms=65)
+    assert latency_test(stable, canary).verdict == Verdict.FAIL
+    widened = latency_test(stable, canary, dispersion=30.0)
+    assert widened.verdict == Verdict.PASS
+    assert widened.evidence["dispersion"]["value"] == 30.0
+
+
+def false_rollbacks_with_clusters(cluster, *, temper, rollouts=400, share=0.25):
+    """A/A rollouts of 30 min checked every 10 s, with a 1 h stable-only history."""
+    rng = np.random.default_rng([5, cluster])
+    history = clustered_stream(rng, rollouts, 360, cluster=cluster)
+    stable = clustered_stream(rng, rollouts, 180, share=1 - share, cluster=cluster)
+    canary = clustered_stream(rng, rollouts, 180, share=share, cluster=cluster)
+    phi = np.fmax(count_dispersion(*history), 1.0) if temper else np.ones(rollouts)
+    phi = np.where(np.isnan(phi), FALLBACK_DISPERSION, phi)[:, None]
+    evidence = error_log_bayes_factor(canary[1].cumsum(1) / phi, stable[1].cumsum(1) / phi,
+                                      share)
+    return np.mean((evidence >= math.log(1 / 0.05)).any(1))
+
+
+@pytest.mark.parametrize("cluster", [5, 50])
+def test_clustered_errors_on_identical_versions_fail_at_most_alpha_with_the_dispersion(cluster):
+    assert false_rollbacks_with_clusters(cluster, temper=True) <= 0.05 + MONTE_CARLO_MARGIN
+    assert false_rollbacks_with_clusters(cluster, temper=False) > 0.15  # what it fixes
+
+
+def test_the_power_curve_needs_more_errors_for_smaller_regressions_and_more_clustering():
+    two = errors_to_detect(0.25, ratio=2.0)
+    assert errors_to_detect(0.25, ratio=5.0) < two < errors_to_detect(0.05, ratio=2.0)
+    assert errors_to_detect(0.25, ratio=2.0, dispersion=5.0) == pytest.approx(5 * two, rel=0.01)
+
+
+def test_the_power_curve_is_near_the_median_detection_point_of_simulated_rollouts():
+    rng = np.random.default_rng(6)
+    theta = null_share(0.25, 4.0)  # a canary with 5x the 5xx rate at 25% of the traffic
+    on_canary = rng.random((2000, 400)) < theta
+    x, y = on_canary.cumsum(1), (~on_canary).cumsum(1)
+    fails = error_log_bayes_factor(x, y, 0.25) >= math.log(20)
+    median = np.median(fails.argmax(1) + 1)
+    assert 0.6 * median < errors_to_detect(0.25, ratio=5.0) < 1.6 * median
+
+
+def test_a_step_that_cannot_reach_min_requests_in_its_budget_is_inconclusive_early():
+    counts = [segment(0.05, 950, 5, 50, 0)]
+    early = error_rate_test(counts, min_requests=100, remaining_seconds=60, canary_rate=0.5)
+    assert early.verdict == Verdict.INCONCLUSIVE
+    assert early.evidence["decidable_in_budget"] is False
+    assert "cannot decide in the 60s left" in early.reason
+    assert ">= 0.833 canary requests/s (>= 16.7 requests/s to the service" in early.reason
+    in_time = error_rate_test(counts, min_requests=100, remaining_seconds=60, canary_rate=1.0)
+    assert "decidable_in_budget" not in in_time.evidence
+    assert error_rate_test(counts, min_requests=100).reason.startswith("only 50 canary")

@@ -140,6 +140,56 @@ def test_earlier_segments_are_chained_with_the_window(prometheus_url):
     assert decision.verdict == Verdict.FAIL
 
 
+def clustered(url: str, **config) -> judges.Judgement:
+    """The error judge on identical versions whose 5xx come in clusters of 20, over the last
+    5 minutes at 10 s intervals (the 15 minutes before are stable's history)."""
+    decision = analysis.run_analysis(
+        m.PrometheusSettings(url), m.MetricsSelector("clustered", "shop"),
+        AnalysisSettings(canary_weight=25, window="5m", interval="10s", **config), end=END)
+    return by_judge(decision)["error-rate-sequential"]
+
+
+def test_clustered_errors_on_identical_versions_are_not_a_regression(prometheus_url):
+    errors = clustered(prometheus_url)
+    assert errors.verdict == Verdict.PASS, errors.reason
+    spread = errors.evidence["dispersion"]
+    assert spread["source"] == "history"
+    assert 10 < spread["value"] < 40  # clusters of 20: E[C^2]/E[C] = 20
+    assert "dispersion" in errors.reason and "stable v1's 1h before" in errors.reason
+    assert any("[10s]" in query for query in errors.queries)  # the history query is recorded
+
+
+def test_counting_clustered_errors_as_independent_blames_the_canary(prometheus_url):
+    errors = clustered(prometheus_url, error_dispersion=1)
+    assert errors.verdict == Verdict.FAIL
+    assert errors.evidence["dispersion"]["source"] == "configured"
+
+
+def test_without_enough_history_a_cautious_dispersion_is_assumed_and_said(prometheus_url):
+    errors = by_judge(analyze(prometheus_url, "healthy", canary_weight=25))[
+        "error-rate-sequential"]
+    spread = errors.evidence["dispersion"]
+    assert spread["source"] == "fallback"
+    assert spread["value"] == sequential.FALLBACK_DISPERSION
+    assert "too thin" in errors.reason
+
+
+def test_a_step_that_cannot_be_decided_in_its_budget_is_inconclusive_early(prometheus_url):
+    settings = m.PrometheusSettings(prometheus_url)
+    selector = m.MetricsSelector("sparse", "shop")
+    decision = analysis.run_analysis(settings, selector, AnalysisSettings(canary_weight=25),
+                                     end=END, deadline=END + 300)
+    errors = by_judge(decision)["error-rate-sequential"]
+    assert errors.verdict == Verdict.INCONCLUSIVE
+    assert errors.evidence["decidable_in_budget"] is False
+    assert "cannot decide in the 300s left" in errors.reason
+    assert "canary requests/s" in errors.reason
+    busy = analysis.run_analysis(settings, m.MetricsSelector("healthy", "shop"),
+                                 AnalysisSettings(canary_weight=25), end=END,
+                                 deadline=END + 300)
+    assert "decidable_in_budget" not in by_judge(busy)["error-rate-sequential"].evidence
+
+
 def test_only_the_judges_asked_for_run(prometheus_url):
     decision = analyze(prometheus_url, "healthy", judges=["success-rate"])
     assert [j.judge for j in decision.judgements] == ["success-rate"]
