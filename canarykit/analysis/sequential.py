@@ -46,6 +46,11 @@ effect of survey sampling, Kish 1965; the quasi-likelihood scale of McCullagh & 
   version-level counts; it is not modelled. Errors that both versions suffer together (a
   shared dependency failing) do not bias the error test at all: it only models where errors
   fall, never how many there are.
+- The traffic split: Istio picks the subset of a weighted route for every request, before
+  any consistent-hash affinity picks an endpoint within the subset, so session affinity does
+  not skew the version split (users are sticky to pods, not versions); a client's own retries
+  are routed afresh. What does skew it, the proxy's retries of a 5xx within the same subset,
+  is allowed for by `retry_adjusted_split_log_bayes_factor`.
 
 All judges are stateless: they take cumulative counts since the rollout started and can be
 re-run at any moment. The vectorised `*_log_bayes_factor` and `cdf_band_halfwidth` functions
