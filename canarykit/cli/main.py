@@ -49,6 +49,8 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("canarykit.mesh.validate",
                  "check Istio YAML files offline, like istioctl analyze"),
     "analyze": ("canarykit.analysis.step", "judge the canary against the stable version"),
+    "replay": ("canarykit.analysis.replay",
+               "judge recorded per-interval counts offline, as if checking at every row"),
     "rollout": ("canarykit.rollout.driver",
                 "run a rollout plan: run, step, status, abort, promote"),
     "report": ("canarykit.rollout.report", "release reports: build"),
@@ -61,7 +63,8 @@ CLUSTER_COMMANDS: dict[str, str] = {
     "weight": "set the canary's share of traffic",
     "rollback": "restore the traffic as it was before the rollout",
 }
-ORDER = ("validate", "analyze", "status", "weight", "rollback", "audit", "rollout", "report")
+ORDER = ("validate", "analyze", "replay", "status", "weight", "rollback", "audit", "rollout",
+         "report")
 ALL = "*"
 
 

@@ -9,22 +9,30 @@ pandas and plotly are imported only by the functions that need them:
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from canarykit.cluster import audit
 from canarykit.core import names, times
-from canarykit.core.errors import BadInput
+from canarykit.core.errors import BadInput, CanaryKitError
+from canarykit.core.files import write_atomically
 from canarykit.rollout import runbook
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
+
+    from canarykit.analysis import metrics as m
+    from canarykit.analysis.settings import AnalysisSettings
+    from canarykit.rollout.phases import WeightPeriod
 
 SEQUENTIAL_JUDGE = "error-rate-sequential"
 COLORS = ("#1f6fb2", "#e4760b", "#2e9b5b", "#8a4fbf", "#c23b3b", "#6b6b6b")
@@ -476,6 +484,253 @@ def evidence_figure(decisions: pd.DataFrame) -> go.Figure:
     return figure
 
 
+# ---------------------------------------------------------------- the replay export
+
+# Prometheus answers at most 11,000 points per series and query; ask for fewer at a time.
+MAX_POINTS_PER_QUERY = 10_000
+
+
+@dataclass
+class ReplayExport:
+    """What `export_replay_csv` wrote: the file, its rows and what to know about them."""
+
+    path: Path
+    rows: int
+    history_rows: int  # the rows before the rollout (canary_share 0): stable's history
+    start: float  # Unix seconds: the first period with a canary share (replay's time 0)
+    end: float
+    latency: bool  # latency bucket columns written
+    notes: list[str] = field(default_factory=list)
+
+
+def replay_periods(release: Release) -> tuple[list[WeightPeriod], str]:
+    """The release's periods of constant canary weight, oldest first, and where they come
+    from: its audit log's records of the rollout, as `analyze` reads them; without a
+    `begin_rollout` record there, the weights each phase recorded, from when it finished."""
+    from canarykit.rollout import phases
+
+    stable, canary, name = (_summary_field(release, key) for key in ("stable", "canary",
+                                                                       "release"))
+    path = release.folder / "audit.jsonl"
+    try:
+        records = audit.read_records(path) if path.is_file() else []
+    except (OSError, ValueError) as exc:
+        raise BadInput("audit.jsonl", str(path), f"is not a readable audit log ({exc})") from None
+    begin = next((r for r in reversed(records) if r.get("operation") == "begin_rollout"
+                  and (r.get("params") or {}).get("release") == name), None)
+    if begin is not None:
+        periods = phases.weight_periods(
+            records, virtual_service=str(begin.get("target")),
+            namespace=_summary_field(release, "namespace"), stable=stable, canary=canary,
+            release=name)
+        return periods, f"the audit log's records of release {name}"
+    periods = []
+    for phase in release.phases:
+        weights = phase.result.weights if phase.result else None
+        at = moment(phase.get("finished"))
+        weight = (weights or {}).get(canary)
+        if at is None or not isinstance(weight, int | float):
+            continue
+        if periods and periods[-1].weight == int(weight):
+            continue
+        if periods:
+            periods[-1].end = at.timestamp()
+        periods.append(phases.WeightPeriod(start=at.timestamp(), end=None, weight=int(weight),
+                                           share_known=True))
+    return periods, (f"the weights the phases recorded when they finished (no begin_rollout "
+                     f"record of release {name} in {path.name})")
+
+
+def _summary_field(release: Release, key: str) -> str:
+    value = release.summary.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadInput(f"release.json.{key}", value,
+                       f"is needed to export the release's counts ({release.folder})")
+    return value
+
+
+def _release_end(release: Release) -> float:
+    """When the release ended: release.json's finished, else its last phase's, else now."""
+    ends = [moment(release.summary.get("finished"))]
+    if ends[0] is None:
+        ends = [moment(phase.get("finished")) for phase in release.phases]
+    known = [at.timestamp() for at in ends if at is not None]
+    return max(known) if known else time.time()
+
+
+def _comparable(period: WeightPeriod) -> bool:
+    """Both versions get traffic to compare: a weight strictly between 0 and 100, or routes
+    for matched users / a mirror whose share is measured instead."""
+    return not period.share_known or 0 < period.weight < 100
+
+
+def _rollout_span(release: Release, periods: list[WeightPeriod]) -> tuple[float, float]:
+    """From the first period with a canary share to the last one's end (or to the first
+    period with all traffic on the canary: nothing to compare after it)."""
+    comparable = [p for p in periods if _comparable(p)]
+    if not comparable:
+        raise BadInput("release", release.summary.get("release"),
+                       "never sent the canary a share of traffic: nothing to replay")
+    start = comparable[0].start
+    later = [p for p in periods if p.start > start and p.share_known and p.weight >= 100]
+    if later:
+        end = later[0].start
+    else:
+        end = comparable[-1].end if comparable[-1].end is not None else _release_end(release)
+    return math.ceil(start), min(end, time.time())
+
+
+def _interval_rows(client: m.Client, selector: m.MetricsSelector, version: str,
+                   stamps: list[float], interval: float, latency: bool
+                   ) -> tuple[dict[float, tuple[float, float, list[float]]], list[float]]:
+    """Per-interval requests, 5xx and per-bucket counts of one version at each stamp."""
+    from canarykit.analysis import metrics as m
+
+    found: dict[float, tuple[float, float, list[float]]] = {}
+    edges: list[float] = []
+    for first in range(0, len(stamps), MAX_POINTS_PER_QUERY):
+        chunk = stamps[first:first + MAX_POINTS_PER_QUERY]
+        counts = m.interval_counts(client, selector, version, chunk[0], chunk[-1],
+                                   step_seconds=interval, with_buckets=latency)
+        failed = next((o for o in counts.outcomes if o.status.failed), None)
+        if failed is not None:
+            raise CanaryKitError(failed.message)
+        edges = counts.edges or edges
+        for index, stamp in enumerate(counts.times):
+            buckets = counts.buckets[index] if counts.buckets else []
+            found[round(stamp, 3)] = (counts.requests[index], counts.errors[index], buckets)
+    return found, edges
+
+
+def _shares(stamps: list[float], interval: float, start: float, periods: list[WeightPeriod],
+            observed: dict[int, float]) -> list[float]:
+    """Each row's canary share: the periods' shares weighted by how much of the interval
+    (stamp - interval, stamp] they cover; 0 up to the rollout's start."""
+    shares = []
+    for stamp in stamps:
+        low, high = max(stamp - interval, start), stamp
+        total = 0.0
+        for index, period in enumerate(periods):
+            until = math.inf if period.end is None else period.end
+            overlap = min(high, until) - max(low, period.start)
+            if overlap > 0 and _comparable(period):
+                share = period.weight / 100 if period.share_known else observed[index]
+                total += overlap * share
+        shares.append(min(round(total / interval, 6), 0.999999))
+    return shares
+
+
+def export_replay_csv(release: Release | str | Path,
+                      prometheus: m.PrometheusSettings | m.Client, path: str | Path, *,
+                      interval_seconds: float | None = None,
+                      history_seconds: float | None = None,
+                      latency: bool = True) -> ReplayExport:
+    """Write a past release's per-interval counts as a `canarykit replay` file, so a team can
+    replay a real incident against other judge settings.
+
+    The rows run from `history_seconds` (default: the analysis' dispersion_history) before the
+    first period with a canary share (stable's history, canary_share 0: replay measures the
+    dispersion on it) to the end of the last such period, one every `interval_seconds`
+    (default: the analysis interval), aligned so that a row ends where the rollout starts.
+    Each row's
+    canary_share is the configured weight / 100 of the period it covers (`replay_periods`;
+    time-weighted where a weight changed inside it); while routes for matched users or a
+    mirror send the canary more than its weight, the canary's observed share over the period
+    stands in for it, as `analyze` does. Counts come from Prometheus' increase() over each
+    interval (exact on aligned scrapes, extrapolated otherwise) rounded to whole requests;
+    `latency` adds stable_le_EDGE / canary_le_EDGE columns when both versions have the same
+    histogram. Times are RFC 3339, so replay reports seconds after the rollout started.
+    """
+    from canarykit.analysis import metrics as m
+    from canarykit.analysis import replay
+    from canarykit.analysis.settings import AnalysisSettings
+
+    if not isinstance(release, Release):
+        release = read_release(release, need_summary=True)
+    defaults = AnalysisSettings()
+    interval = defaults.interval_seconds if interval_seconds is None else interval_seconds
+    history = defaults.dispersion_history_seconds if history_seconds is None else history_seconds
+    for name, value, zero in (("interval_seconds", interval, False),
+                              ("history_seconds", history, True)):
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
+            raise BadInput(name, value, f"must be a number of seconds {'>=' if zero else '>'} 0")
+    selector = m.MetricsSelector(
+        service=_summary_field(release, "service"), namespace=_summary_field(release, "namespace"),
+        stable=_summary_field(release, "stable"), canary=_summary_field(release, "canary"),
+    ).validate()
+    periods, source = replay_periods(release)
+    start, end = _rollout_span(release, periods)
+    after = math.floor((end - start) / interval + 1e-9)
+    if after < 1:
+        raise BadInput("interval_seconds", interval,
+                       f"is longer than the rollout ({end - start:.0f}s): no row to judge")
+    before = math.floor(history / interval + 1e-9)
+    stamps = [start + k * interval for k in range(1 - before, after + 1)]
+    client = prometheus if isinstance(prometheus, m.Client) else m.connect(prometheus)
+    stable, stable_edges = _interval_rows(client, selector, selector.stable, stamps, interval,
+                                          latency)
+    canary, canary_edges = _interval_rows(client, selector, selector.canary, stamps, interval,
+                                          latency)
+    notes = [f"canary_share from {source}"]
+    if not any(stable.get(round(t, 3), (0.0,))[0] for t in stamps if t > start):
+        raise CanaryKitError(
+            f"Prometheus at {client.url} has no requests of stable {selector.stable} of "
+            f"{selector.service} in {selector.namespace} between {times.timestamp(start)} and "
+            f"{times.timestamp(end)}: nothing to export")
+    edges = stable_edges if latency and stable_edges and stable_edges == canary_edges else []
+    if latency and not edges:
+        notes.append("no latency columns: the versions do not have the same latency histogram")
+
+    empty = (0.0, 0.0, [0.0] * len(edges))
+    table = [(stamp, stable.get(round(stamp, 3), empty), canary.get(round(stamp, 3), empty))
+             for stamp in stamps]
+    observed: dict[int, float] = {}
+    for index, period in enumerate(periods):
+        if period.share_known:
+            continue
+        until = math.inf if period.end is None else period.end
+        inside = [(s[0], c[0]) for t, s, c in table if period.start <= t - interval
+                  and t <= until]
+        served = sum(c for _, c in inside)
+        share = served / (served + sum(s for s, _ in inside)) if inside and served else 0.0
+        observed[index] = share if 0 < share < 1 else 0.0
+        notes.append(f"weight {period.weight} from {times.timestamp(period.start)}: routes for "
+                     f"matched users or a mirror; the observed canary share {share:.4f} "
+                     "stands in for it")
+    shares = _shares(stamps, interval, start, periods, observed)
+
+    def whole(value: float) -> int:
+        return int(round(value))
+
+    def cumulative(per_bucket: list[float]) -> list[int]:
+        running, out = 0.0, []
+        for count in per_bucket:
+            running += count
+            out.append(whole(running))
+        return out
+
+    columns = [replay.STREAM, replay.TIME, replay.SHARE, *replay.COUNTS]
+    columns += [replay.bucket_column(version, edge) for version in ("stable", "canary")
+                for edge in edges]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    spec = "seconds" if float(interval).is_integer() else "milliseconds"
+    for (stamp, s, c), share in zip(table, shares, strict=True):
+        row: list[Any] = [release.summary["release"], times.timestamp(stamp, spec),
+                          f"{share:.6g}"]
+        for requests, errors, _ in (s, c):
+            row += [whole(requests), min(whole(errors), whole(requests))]
+        if edges:
+            row += cumulative(s[2] or empty[2]) + cumulative(c[2] or empty[2])
+        writer.writerow(row)
+    target = Path(path)
+    write_atomically(target, text.getvalue(), mode=0o644)
+    return ReplayExport(target, len(stamps), before, float(start), float(start + after * interval),
+                        bool(edges), notes)
+
+
 # ---------------------------------------------------------------- the notebook
 
 
@@ -500,3 +755,58 @@ def post_rollout_analysis(result: runbook.RunbookResult, *, release_folder: str 
         raise
     result.outcome = runbook.Outcome.OK
     return frames
+
+
+def post_rollout_export(result: runbook.RunbookResult, *, release_folder: str = "",
+                        reports: str = "reports", service: str = "reviews",
+                        file_name: str = "replay.csv") -> ReplayExport | None:
+    """Export the release's counts next to it for `canarykit replay`, from the Prometheus its
+    plan names (else $CANARYKIT_PROMETHEUS_URL) at its analysis interval and history.
+
+    The post-rollout notebook explores: when the counts cannot be exported (no Prometheus,
+    no data any more, a release that never shifted traffic) it notes why in the result and
+    carries on, instead of failing the notebook.
+    """
+    try:
+        folder = find_release(release_folder, reports=reports, service=service)
+        release = read_release(folder, need_summary=True)
+        prometheus, config = _release_prometheus(release)
+        done = export_replay_csv(release, prometheus, folder / file_name,
+                                 interval_seconds=config.interval_seconds,
+                                 history_seconds=config.dispersion_history_seconds)
+    except (CanaryKitError, OSError) as exc:
+        result.notes.append(f"{file_name} not written: {exc}")
+        return None
+    result.notes.append(f"{done.path}: {done.rows} rows of counts ({done.history_rows} of "
+                        "stable's history) for canarykit replay; " + "; ".join(done.notes))
+    return done
+
+
+def _release_prometheus(release: Release) -> tuple[m.PrometheusSettings, AnalysisSettings]:
+    """The Prometheus and the analysis settings of the release's plan.yaml (without one:
+    $CANARYKIT_PROMETHEUS_URL and the default settings). Only these two sections are read, so
+    a plan written by another canarykit version still gives them."""
+    import yaml
+
+    from canarykit.analysis import metrics as m
+    from canarykit.analysis.settings import PLAN, AnalysisSettings
+    from canarykit.rollout import target
+
+    path = release.folder / "plan.yaml"
+    plan: Any = {}
+    if release.plan is not None:
+        try:
+            plan = yaml.safe_load(release.plan) or {}
+        except yaml.YAMLError as exc:
+            raise BadInput("plan.yaml", str(path), f"is not valid YAML ({exc})") from None
+    plan = plan if isinstance(plan, dict) else {}
+    found = plan.get("prometheus") if isinstance(plan.get("prometheus"), dict) else {}
+    url = target.resolve_prometheus_url(str(found.get("url") or ""))
+    if not url:
+        raise BadInput("prometheus_url", "", f"no Prometheus to read the counts from: {path} "
+                       f"names none and ${target.PROMETHEUS_URL_ENV} is not set")
+    settings = m.PrometheusSettings(url=url,
+                                    bearer_token_env=found.get("bearer_token_env") or None)
+    analysis = AnalysisSettings.from_dict(plan.get("analysis") or {}, where=PLAN,
+                                          path="plan.yaml analysis")
+    return settings.validate(), analysis
