@@ -54,6 +54,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("canarykit.rollout.driver",
                 "run a rollout plan: run, step, status, abort, promote"),
     "report": ("canarykit.rollout.report", "release reports: build"),
+    "notify": ("canarykit.notify.cli", "notifications: send a test to every channel of a plan"),
 }
 # Optional parts (the lab) offer commands the same way through this entry-point group, so the
 # product never imports them.
@@ -64,7 +65,7 @@ CLUSTER_COMMANDS: dict[str, str] = {
     "rollback": "restore the traffic as it was before the rollout",
 }
 ORDER = ("validate", "analyze", "replay", "status", "weight", "rollback", "audit", "rollout",
-         "report")
+         "report", "notify")
 ALL = "*"
 
 

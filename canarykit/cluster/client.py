@@ -366,6 +366,20 @@ def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
     return matches[0]
 
 
+def annotate(cluster: Cluster, kind: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of an object's annotations only (None removes one): for signals to
+    the runners, such as an approval, that are not traffic changes and need no audit head."""
+    extra = set(patch) - {"metadata"} or set(patch.get("metadata", {})) - {"annotations"}
+    if extra:
+        raise BadInput("patch", sorted(extra), "may only change metadata.annotations")
+    try:
+        return _custom(cluster).patch_namespaced_custom_object(
+            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind], name,
+            patch)
+    except ApiException as exc:
+        raise _cluster_error(exc, f"annotating {kind} {cluster.namespace}/{name}") from exc
+
+
 # --- changing -----------------------------------------------------------------------------
 
 

@@ -1,20 +1,25 @@
 """The main job: two complete canary releases of `reviews` against the local lab.
 
 1. A healthy v2 goes through `canarykit rollout run` (preflight, internal users, 10 %,
-   25 %, 50 %, promote) and ends promoted.
+   25 %, 50 %, a person's approval, promote) and ends promoted; the demo approves it with
+   `canarykit rollout approve` once the release waits for it.
 2. The lab is reset and v2 is rolled out again, this time in scheduled mode
    (`canarykit rollout step`, one phase per call, as cron would run it). Once v2 holds
    25 % of the traffic it turns bad (5xx and latency); the analysis FAILs and the
    driver rolls back by itself.
 
-Each release leaves a folder of executed notebooks, its audit chain and an HTML report.
+Each release leaves a folder of executed notebooks, its audit chain and an HTML report. Both
+announce what they do to a signed webhook channel, a receiver the demo starts on a loopback
+port; the demo prints the messages it got.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +27,10 @@ import yaml
 
 from canarykit.cluster import client as cluster
 from canarykit.lab import processes as lab
+from canarykit.lab.receiver import Receiver
 from canarykit.rollout import driver as rollout
+
+EVENTS_URL_ENV, EVENTS_SECRET_ENV = "CANARYKIT_DEMO_EVENTS_URL", "CANARYKIT_DEMO_EVENTS_SECRET"
 
 PLAN = {
     "service": "reviews",
@@ -47,8 +55,11 @@ PLAN = {
         {"weight": 10},
         {"weight": 25},
         {"weight": 50},
+        {"approve": {"timeout": "5m", "check_every": "2s"}},
         {"promote": {}},
     ],
+    "notifications": [{"kind": "webhook", "name": "demo-events", "url_env": EVENTS_URL_ENV,
+                       "secret_env": EVENTS_SECRET_ENV}],
 }
 BAD_V2 = {"error_rate": 0.25, "latency_median_ms": 400.0}
 
@@ -84,9 +95,36 @@ def _canary_weight(kubeconfig: str) -> int | None:
     return None
 
 
-def _healthy_release(plan: Path) -> int:
+def _healthy_release(plan: Path, state: lab.LabState) -> int:
     _say("release 1: a healthy v2, the whole plan in one process (canarykit rollout run)")
-    return rollout.main(["run", str(plan)])
+    approver = threading.Thread(target=_approve_when_asked, args=(plan, state), daemon=True)
+    approver.start()
+    code = rollout.main(["run", str(plan)])
+    approver.join(5)
+    return code
+
+
+def _approve_when_asked(plan: Path, state: lab.LabState) -> None:
+    """The person in the loop: approve once the release waits at its approve step."""
+    kube = cluster.connect(state.kubeconfig, None, "default")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        waiting = rollout.lease_state(rollout.read_lease(kube, "reviews"))
+        if waiting is not None and waiting.waiting and not waiting.done:
+            _say("the release waits for approval: canarykit rollout approve PLAN")
+            rollout.main(["approve", str(plan), "--reason", "demo: dashboards look fine"])
+            return
+        time.sleep(1)
+
+
+def _show_messages(receiver: Receiver) -> None:
+    for signed, message in receiver.messages:
+        if not isinstance(message, dict):
+            continue
+        reason = message.get("reason") or ""
+        _say(f"message {'(signed)' if signed else '(BAD SIGNATURE)'}: {message.get('kind')} "
+             f"{message.get('release')} {message.get('phase') or ''} "
+             f"{message.get('verdict') or ''} {reason[:100]}".rstrip())
 
 
 def _bad_release(plan: Path, state: lab.LabState, reports: Path) -> int:
@@ -109,18 +147,21 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     reports = args.reports.resolve()
     before = _releases(reports)
-    with tempfile.TemporaryDirectory(prefix="canarykit-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="canarykit-demo-") as tmp, Receiver() as receiver:
+        os.environ[EVENTS_URL_ENV], os.environ[EVENTS_SECRET_ENV] = receiver.url, receiver.secret
         data_dir = Path(tmp) / "lab"
         state = lab.up(lab.LabConfig(data_dir=str(data_dir), rate=args.rate))
-        _say(f"lab up: Envoy {state.envoy_url}, Prometheus {state.prometheus_url}")
+        _say(f"lab up: Envoy {state.envoy_url}, Prometheus {state.prometheus_url}; release "
+             f"messages go to {receiver.url}")
         try:
             plan = _write_plan(Path(tmp) / "plan.yaml", reports, state)
-            first = _healthy_release(plan)
+            first = _healthy_release(plan, state)
             lab.reset(state)
             second = _bad_release(plan, state, reports)
         finally:
             stopped = lab.down(data_dir)
             _say(f"lab down: {len(stopped)} processes stopped")
+        _show_messages(receiver)
     new = sorted(_releases(reports) - before, key=lambda p: p.stat().st_mtime)
     for folder in new:
         print(f"report: {folder}")

@@ -41,7 +41,9 @@ import yaml
 from canarykit.core import times
 from canarykit.core.errors import BadInput, CanaryKitError, ClusterError, ExitCode
 from canarykit.core.files import write_atomically
-from canarykit.rollout import runbook
+from canarykit.notify.channels import check_channels
+from canarykit.notify.hooks import check_hooks
+from canarykit.rollout import gates, runbook
 from canarykit.rollout.parameters import RUNBOOK_PARAMETERS, packaged_runbooks
 from canarykit.rollout.plan import PhaseSpec, Plan, expand, load_plan
 from canarykit.rollout.target import PROMETHEUS_URL_ENV, resolve_prometheus_url
@@ -95,6 +97,9 @@ class DriverState:
     next_due: str | None = None
     current: dict[str, Any] | None = None  # {"index", "name", "status": running|done, ...}
     phases: list[dict[str, Any]] = field(default_factory=list)  # release.json's entries
+    waiting: dict[str, Any] | None = None  # a gate being waited at: {"gate", "since"}
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # webhook answers, in order
+    post_rollout: bool = False  # the post-rollout webhooks were called
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,6 +301,8 @@ class Driver:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     runner: str = field(default_factory=runner_id)
     say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
+    notifier: Any = None  # the release's message sender, made on the first message
+    notifier_folder: str = ""
 
 
 def absolute_kubeconfig(kubeconfig: str) -> str:
@@ -333,6 +340,8 @@ def open_driver(args: argparse.Namespace, *, executes: bool = False) -> Driver:
     check_runbooks(driver)
     if executes:
         require_prometheus(driver)
+        check_channels(driver.plan.notifications)  # a missing secret fails before anything
+        check_hooks(driver.plan.webhooks)
     driver.kube = cluster.connect(kubeconfig or None, plan.context or None, plan.namespace)
     return driver
 
@@ -359,7 +368,8 @@ def check_runbooks(driver: Driver) -> None:
     test holds the notebooks to), so status, abort and promote never import papermill; only a
     custom --runbooks folder is read with papermill."""
     packaged = driver.runbooks.resolve() == packaged_runbooks().resolve()
-    needed = [*driver.phases, terminal_phase("rollback"), terminal_phase("promote")]
+    needed = [spec for spec in [*driver.phases, terminal_phase("rollback"),
+                                terminal_phase("promote")] if not spec.gate]
     declared: dict[str, Collection[str]] = {}
     for spec in needed:
         path = driver.runbooks / f"{spec.runbook}.ipynb"
@@ -420,7 +430,8 @@ def release_document(driver: Driver, state: DriverState) -> dict[str, Any]:
     return {"service": plan.service, "namespace": plan.namespace, "release": state.release,
             "stable": plan.stable, "canary": plan.canary, "started": state.started,
             "finished": state.finished, "status": state.status, "reason": state.reason,
-            "plan": "plan.yaml", "phases": state.phases}
+            "plan": "plan.yaml", "phases": state.phases, "webhooks": state.hooks,
+            "notifications": gates.NOTIFICATION_LOG if driver.plan.notifications else None}
 
 
 def write_release(driver: Driver, state: DriverState) -> Path:
@@ -505,9 +516,12 @@ def execute(driver: Driver, state: DriverState, spec: PhaseSpec, notebook: Path)
         return {"outcome": "error", "verdict": None,
                 "error": error or "the runbook recorded no result", "reason": ""}
     outcome = "ok" if result.outcome is runbook.Outcome.OK and not error else "error"
+    judgements = (result.decision or {}).get("judgements") or []
     return {"outcome": outcome, "verdict": result.verdict,
             "error": None if outcome == "ok" else (result.error or error),
-            "reason": result.reason, "weights": result.weights}
+            "reason": result.reason, "weights": result.weights,
+            "judgements": [{"judge": j.get("judge"), "verdict": j.get("verdict")}
+                           for j in judgements if isinstance(j, dict)]}
 
 
 def settle(state: DriverState, spec: PhaseSpec, record: dict[str, Any], hold_steps: int,
@@ -571,9 +585,47 @@ def next_phase(driver: Driver, state: DriverState) -> PhaseSpec:
     return spec
 
 
+def hooks_before(driver: Driver, lease: Lease, state: DriverState,
+                 spec: PhaseSpec) -> dict[str, Any] | None:
+    """The pre-rollout webhooks before the first phase, the pre-step ones before a phase that
+    moves traffic; the release.json entry of a refusal (None: go ahead)."""
+    if spec.name == "preflight" and not state.phases:
+        kind = "pre-rollout"
+    elif spec.runbook in gates.TRAFFIC_RUNBOOKS and not state.finish:
+        kind = "pre-step"
+    else:
+        return None
+    if not driver.plan.hooks(kind):
+        return None
+    calls = gates.call_hooks(driver, state, kind, phase=spec.name)
+    if calls.ok:
+        return None
+    at = now()
+    entry = {"index": len(state.phases) + 1, "name": f"{kind}-webhooks", "runbook": None,
+             "gate": kind, "notebook": None, "started": calls.entries[0]["at"],
+             "finished": stamp(at), "outcome": "ok", "verdict": "REFUSED",
+             "reason": calls.reason, "actor": driver.kube.actor, "runner": driver.runner}
+    state.phases.append(entry)
+    if kind == "pre-rollout":  # nothing has moved: nothing to roll back
+        _end(state, "failed", f"pre-rollout: {calls.reason}", at)
+        gates.tell(driver, state, "error", phase=spec.name, reason=state.reason)
+    else:  # held like an INCONCLUSIVE analysis: asked again, then rolled back
+        settle(state, replace(spec, judged=True), {"outcome": "ok", "verdict": "INCONCLUSIVE",
+                                                  "reason": calls.reason},
+               driver.plan.inconclusive.hold_steps, at)
+        gates.tell(driver, state, "held", phase=spec.name, verdict="INCONCLUSIVE",
+                   reason=calls.reason)
+    lease.write(state)
+    write_release(driver, state)
+    return entry
+
+
 def run_phase(driver: Driver, lease: Lease, state: DriverState) -> dict[str, Any]:
     """Execute the next phase with the crash-safe protocol; the finished release.json entry."""
     spec = next_phase(driver, state)
+    refused = hooks_before(driver, lease, state, spec)
+    if refused is not None:
+        return refused
     index = len(state.phases) + 1
     notebook = Path(state.folder) / f"{index:02d}-{spec.name}.ipynb"
     entry: dict[str, Any] = {
@@ -600,7 +652,82 @@ def run_phase(driver: Driver, lease: Lease, state: DriverState) -> dict[str, Any
     state.current = {**state.current, "status": "done", "finished": entry["finished"]}
     lease.write(state)  # the phase's completion, recorded where every runner looks
     write_release(driver, state)
+    announce(driver, state, spec, record)
     return entry
+
+
+def announce(driver: Driver, state: DriverState, spec: PhaseSpec,
+             record: dict[str, Any]) -> None:
+    """The messages a finished phase calls for (sent in the background)."""
+    name = spec.name
+    why = record.get("error") or record.get("reason") or ""
+    if record["outcome"] == "error":
+        gates.tell(driver, state, "error", phase=name, reason=why)
+    elif spec.judged:
+        kind, judges = gates.step_message(spec, record)
+        gates.tell(driver, state, kind, phase=name, verdict=record.get("verdict"),
+                   reason=why, judges=judges)
+    if state.status == "promoted":
+        gates.tell(driver, state, "promoted", phase=name, reason=state.reason)
+    elif state.status in ("rolled-back", "aborted"):
+        gates.tell(driver, state, "rolled-back", phase=name, reason=state.reason)
+    elif state.status == "failed":
+        gates.tell(driver, state, "error", phase=name, reason=state.reason)
+
+
+def run_gate(driver: Driver, lease: Lease, state: DriverState,
+             spec: PhaseSpec) -> dict[str, Any] | None:
+    """Look at an approve or confirm-promotion gate once: its release.json entry when it
+    opened or closed, None while it is still waiting (the next look is state.next_due)."""
+    at = now()
+    look = gates.check_approval if spec.gate == "approve" else gates.check_confirmation
+    check = look(driver, state, spec, at)
+    if check.status == "waiting":
+        first = state.waiting is None
+        if first:
+            state.waiting = {"gate": spec.name, "since": stamp(at)}
+            driver.say(check.reason)
+        state.next_due = stamp(check.due)
+        lease.write(state)
+        write_release(driver, state)
+        if first:
+            gates.tell(driver, state, "waiting", phase=spec.name, reason=check.reason)
+        return None
+    opened = check.status == "open"
+    verdict = {"approve": "APPROVED" if opened else "REJECTED"}.get(
+        spec.gate, "CONFIRMED" if opened else "REFUSED")
+    if "approval" not in check.entry and spec.gate == "approve":
+        verdict = "TIMEOUT"
+    entry = {"index": len(state.phases) + 1, "name": spec.name, "runbook": None,
+             "gate": spec.gate, "notebook": None,
+             "started": (state.waiting or {}).get("since") or stamp(at), "finished": stamp(at),
+             "outcome": "ok", "verdict": verdict, "reason": check.reason,
+             "actor": driver.kube.actor, "runner": driver.runner, **check.entry}
+    state.phases.append(entry)
+    state.waiting = None
+    if opened:
+        state.cursor += 1
+        state.inconclusive = 0
+        state.next_due = stamp(at + timedelta(seconds=spec.pause))
+    else:
+        _roll_back(state, f"{spec.name}: {check.reason}", stamp(at))
+    lease.write(state)
+    write_release(driver, state)
+    if spec.gate == "approve":
+        gates.tell(driver, state, "approved" if opened else "rolled-back", phase=spec.name,
+                   verdict=verdict, reason=check.reason)
+    return entry
+
+
+def after_release(driver: Driver, lease: Lease, state: DriverState) -> None:
+    """Once a release is over: its post-rollout webhooks (once; their answers change nothing
+    but are kept in the release)."""
+    if state.post_rollout or not driver.plan.hooks("post-rollout"):
+        return
+    gates.call_hooks(driver, state, "post-rollout", phase=state.status)
+    state.post_rollout = True
+    lease.write(state)
+    write_release(driver, state)
 
 
 def recover(driver: Driver, state: DriverState) -> None:
@@ -641,6 +768,9 @@ def current_state(driver: Driver, lease: Lease, *, new_when_done: bool) -> Drive
         write_release(driver, state)
         driver.say(f"release {state.release} of {driver.plan.service} ({driver.plan.canary} "
                    f"over {driver.plan.stable}): {state.folder}")
+        gates.tell(driver, state, "started",
+                   reason=f"{driver.plan.canary} over {driver.plan.stable}, "
+                          f"{len(driver.phases)} phases")
     elif state.plan_digest != driver.plan.digest() and not state.done:
         driver.say(f"note: the plan changed since release {state.release} started; "
                    "continuing it with the plan as it is now")
@@ -655,8 +785,11 @@ def step_once(driver: Driver, lease: Lease, state: DriverState) -> dict[str, Any
         due = None  # run the interrupted phase again now
     if due and due > now():
         return None
-    entry = run_phase(driver, lease, state)
+    spec = next_phase(driver, state)
+    entry = (run_gate(driver, lease, state, spec) if spec.gate
+             else run_phase(driver, lease, state))
     if state.done:
+        after_release(driver, lease, state)
         build_report(driver, state)
     return entry
 
@@ -710,6 +843,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 time.sleep(max(wait, 0) + 0.05)
     finally:
         lease.release()
+        gates.finish_messages(driver)
     conclude(driver, state)
     return ExitCode.OK if state.status == "promoted" else ExitCode.FAILED
 
@@ -737,6 +871,7 @@ def cmd_step(args: argparse.Namespace) -> int:
                 driver.say(f"next: {next_phase(driver, state).name} due at {state.next_due}")
     finally:
         lease.release()
+        gates.finish_messages(driver)
     return ExitCode.OK
 
 
@@ -763,6 +898,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
             driver.say(f"{what}; nothing to {kind}")
             return ExitCode.FAILED
         recover(driver, state)
+        state.waiting = None  # a person decided: no gate is waited at any more
         who = driver.kube.actor
         if kind == "abort":
             state.finish, state.aborted = "rollback", True
@@ -776,7 +912,34 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
         conclude(driver, state)
     finally:
         lease.release()
+        gates.finish_messages(driver)
     return ExitCode.OK if state.status in ("promoted", "aborted") else ExitCode.FAILED
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Open (or, with --reject, close) the approve gate of the release in progress: the
+    VirtualService annotations a runner reads, set with the caller's identity."""
+    from canarykit.cluster import client as cluster
+
+    if args.reason is not None and (len(args.reason) > gates.ONE_LINE or "\n" in args.reason):
+        raise BadInput("--reason", args.reason[:80], f"must be one line of at most "
+                       f"{gates.ONE_LINE} characters")
+    driver = open_driver(args)
+    state = lease_state(read_lease(driver.kube, driver.plan.service))
+    if state is None or state.done:
+        what = "no release" if state is None else f"release {state.release} is {state.status}"
+        driver.say(f"{what}; nothing to {'reject' if args.reject else 'approve'}")
+        return ExitCode.FAILED
+    vs = cluster.find_virtual_service(driver.kube, driver.plan.service)
+    who = driver.kube.actor or "unknown"
+    cluster.annotate(driver.kube, "VirtualService", vs["metadata"]["name"],
+                     gates.approval_patch(state.release, reject=args.reject, by=who,
+                                          reason=args.reason or ""))
+    waiting = (f"; the gate {state.waiting['gate']} opens at the next look"
+               if state.waiting else "; it applies when the release reaches its approve step")
+    driver.say(f"release {state.release} {'rejected' if args.reject else 'approved'} by {who}"
+               + waiting)
+    return ExitCode.OK
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
@@ -858,11 +1021,12 @@ COMMANDS = {
     "status": (cmd_status, "show the plan, the release in the cluster and the next phase"),
     "abort": (cmd_abort, "roll back now (rollback.ipynb); the release ends aborted"),
     "promote": (cmd_promote, "skip the remaining steps and promote now (promote.ipynb)"),
+    "approve": (cmd_approve, "approve (or --reject) the release at its approve step"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`rollout run|step|status|abort|promote PLAN`, each a subcommand of its own."""
+    """`rollout run|step|status|abort|promote|approve PLAN`, each a subcommand of its own."""
     commands = parser.add_subparsers(dest="rollout_command", required=True, metavar="COMMAND")
     for name, (handler, text) in COMMANDS.items():
         sub = commands.add_parser(name, help=text, description=text)
@@ -883,6 +1047,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only a changed plan starts one)")
         if name == "status":
             sub.add_argument("--output", choices=("text", "json"), default="text")
+        if name == "approve":
+            sub.add_argument("--reject", action="store_true",
+                             help="reject instead: the release is rolled back")
+            sub.add_argument("--reason", default=None, metavar="TEXT",
+                             help="one line kept with the decision in the audit chain")
         sub.set_defaults(rollout_handler=handler)
 
 

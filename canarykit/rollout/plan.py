@@ -2,10 +2,11 @@
 
 A plan names the service, its stable and canary subsets, where Prometheus is (names of
 environment variables or files, never a secret), the steps (internal canary, shadow, weights,
-blue-green, promote), the analysis run after each step, the INCONCLUSIVE policy and the
-report folder. `load_plan` refuses a bad plan with one BadInput naming the field path (e.g.
-`steps[2].weight`); `expand` turns the steps into the ordered phases the driver executes, each
-a runbook notebook with its papermill parameters.
+blue-green, approve, promote), the analysis run after each step, the INCONCLUSIVE policy, the
+report folder, the notification channels and the webhooks. `load_plan` refuses a bad plan with
+one BadInput naming the field path (e.g. `steps[2].weight`); `expand` turns the steps into the
+ordered phases the driver executes, each a runbook notebook with its papermill parameters (or
+a gate the driver waits at).
 """
 
 from __future__ import annotations
@@ -23,19 +24,25 @@ from canarykit.analysis.settings import PLAN, AnalysisSettings
 from canarykit.core import names
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
+from canarykit.notify.channels import Channel, parse_channels
+from canarykit.notify.hooks import Hook, parse_hooks
 from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_values, default
 
-STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "promote")
+STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "approve", "promote")
 INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
+APPROVAL_TIMEOUT_ACTIONS = ("rollback", "hold")  # hold: keep waiting for a person
 # What each step kind may set (beside `analysis` and `pause`), with the type it must have.
 STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "internal-canary": {"header": str, "header_value": str, "cookie_name": str,
                         "cookie_value": str},
     "shadow": {"percentage": (int, float), "window": str, "keep_mirror": bool},
     "blue-green": {"to_subset": str},
+    "approve": {"timeout": str, "on_timeout": str, "check_every": str},
     "promote": {},
 }
+APPROVE_DEFAULTS = {"timeout": "24h", "on_timeout": "rollback", "check_every": "1m"}
+NO_ANALYSIS = ("approve", "promote")  # steps that move no traffic have nothing to judge
 
 
 @dataclass
@@ -70,7 +77,7 @@ class Step:
     def to_dict(self) -> dict[str, Any]:
         value: Any = self.settings.get("weight") if self.kind == "weight" else self.settings
         out: dict[str, Any] = {self.kind: value}
-        if self.kind != "promote":
+        if self.kind not in NO_ANALYSIS:
             out["analysis"] = self.analysis.to_dict(PLAN) if self.analysis else False
         out["pause"] = self.pause
         return out
@@ -92,12 +99,19 @@ class Plan:
     inconclusive: InconclusivePolicy = field(default_factory=InconclusivePolicy)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     steps: list[Step] = field(default_factory=list)
+    notifications: list[Channel] = field(default_factory=list)
+    webhooks: list[Hook] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["analysis"] = self.analysis.to_dict(PLAN)
         out["steps"] = [step.to_dict() for step in self.steps]
+        out["notifications"] = [channel.to_dict() for channel in self.notifications]
+        out["webhooks"] = [hook.to_dict() for hook in self.webhooks]
         return out
+
+    def hooks(self, kind: str) -> list[Hook]:
+        return [hook for hook in self.webhooks if hook.kind == kind]
 
     def digest(self) -> str:
         """Identifies the plan's content, so a scheduled runner notices a changed plan."""
@@ -115,6 +129,7 @@ class PhaseSpec:
     step: int | None = None  # index into plan.steps (None: preflight, the final promote)
     judged: bool = False  # records a verdict the driver acts on
     pause: float = 0.0  # seconds to wait after it before the next phase
+    gate: str = ""  # "approve" or "confirm-promotion": the driver waits, no notebook runs
 
 
 # ---------------------------------------------------------------- loading
@@ -164,6 +179,8 @@ def parse_plan(data: Any) -> Plan:
     plan.inconclusive = _inconclusive(values)
     plan.analysis = parse_analysis("analysis", values.get("analysis", {}), AnalysisSettings())
     plan.steps = _steps(values.get("steps"), plan)
+    plan.notifications = parse_channels(values.get("notifications"), "notifications")
+    plan.webhooks = parse_hooks(values.get("webhooks"), "webhooks")
     return plan
 
 
@@ -287,9 +304,9 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
         step.settings = {"weight": int(weight)}
     else:
         step.settings = _step_settings(f"{path}.{kind}", kind, item[kind], plan)
-    if kind == "promote":
+    if kind in NO_ANALYSIS:
         if "analysis" in item:
-            raise BadInput(f"{path}.analysis", item["analysis"], "does not apply to promote")
+            raise BadInput(f"{path}.analysis", item["analysis"], f"does not apply to {kind}")
         return step
     raw_analysis = item.get("analysis", {})
     if raw_analysis is False:
@@ -330,6 +347,14 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
         if settings["to_subset"] not in (plan.stable, plan.canary):
             raise BadInput(f"{path}.to_subset", settings["to_subset"],
                            f"must be the stable ({plan.stable}) or canary ({plan.canary}) subset")
+    if kind == "approve":
+        settings = {**APPROVE_DEFAULTS, **settings}
+        for key in ("timeout", "check_every"):
+            if _duration(f"{path}.{key}", settings[key]) <= 0:
+                raise BadInput(f"{path}.{key}", settings[key], "must be above 0")
+        if settings["on_timeout"] not in APPROVAL_TIMEOUT_ACTIONS:
+            raise BadInput(f"{path}.on_timeout", settings["on_timeout"],
+                           "must be rollback or hold (keep waiting; never promote unapproved)")
     if kind == "internal-canary":
         for key, value in settings.items():
             if not value:
@@ -356,6 +381,9 @@ def expand(plan: Plan) -> list[PhaseSpec]:
         phases += _step_phases(index, step, plan)
     if plan.steps[-1].kind != "promote":
         phases.append(PhaseSpec("promote", "promote"))
+    if plan.hooks("confirm-promotion"):  # held until every confirm-promotion hook says 2xx
+        phases.insert(len(phases) - 1, PhaseSpec("confirm-promotion", "", {},
+                                                 phases[-1].step, gate="confirm-promotion"))
     return phases
 
 
@@ -377,6 +405,9 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
         found = [PhaseSpec(f"shift-{weight}", "shift-traffic", {"canary_weight": weight}, index)]
         label = str(weight)
         weight = weight if weight < 100 else -1  # the analysis wants a share below 100
+    elif step.kind == "approve":
+        return [PhaseSpec("approve", "", dict(step.settings), index, gate="approve",
+                          pause=_duration("pause", step.pause))]
     elif step.kind == "blue-green":
         subset = step.settings["to_subset"]
         found = [PhaseSpec(f"blue-green-{subset}", "blue-green", dict(step.settings), index)]

@@ -83,6 +83,18 @@ class Release:
     summary: dict[str, Any]  # release.json; empty when the driver never wrote it
     phases: list[Phase]
     plan: str | None  # plan.yaml as run, None when missing
+    notifications: list[dict[str, Any]] = field(default_factory=list)  # the delivery log
+
+    @property
+    def webhooks(self) -> list[dict[str, Any]]:
+        """What the plan's webhooks answered, in order (release.json)."""
+        return [e for e in self.summary.get("webhooks") or [] if isinstance(e, dict)]
+
+    @property
+    def approvals(self) -> list[dict[str, Any]]:
+        """Who decided at each approve gate, and how."""
+        return [{"phase": p.entry.get("name"), **p.entry["approval"]} for p in self.phases
+                if isinstance(p.entry.get("approval"), dict)]
 
 
 def find_release(release_folder: str = "", *, reports: str = "reports",
@@ -130,7 +142,18 @@ def read_release(folder: str | Path, *, need_summary: bool = False) -> Release:
     return Release(
         folder=folder, summary=summary, phases=_read_phases(folder, summary),
         plan=plan.read_text(encoding="utf-8", errors="replace") if plan.is_file() else None,
+        notifications=_notification_log(folder, summary),
     )
+
+
+def _notification_log(folder: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages the release sent (or failed to), from the log release.json names."""
+    from canarykit.notify.channels import read_log
+
+    name = summary.get("notifications")
+    if not isinstance(name, str) or Path(name).name != name:
+        return []  # only a file beside release.json
+    return read_log(folder / name)
 
 
 def _read_phases(folder: Path, summary: dict[str, Any]) -> list[Phase]:
@@ -147,6 +170,8 @@ def _read_phases(folder: Path, summary: dict[str, Any]) -> list[Phase]:
 
 def _read_phase(folder: Path, entry: dict[str, Any]) -> Phase:
     notebook = entry.get("notebook")
+    if not notebook and entry.get("gate"):  # a gate the driver waited at: no notebook runs
+        return Phase(entry, None, None)
     if not notebook:
         return Phase(entry, None, "release.json names no notebook for this phase")
     path = folder / str(notebook)

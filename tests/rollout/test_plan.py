@@ -207,3 +207,57 @@ def test_the_digest_changes_when_the_plan_changes():
     first = plan.parse_plan(with_changes())
     second = plan.parse_plan(with_changes(canary="v3"))
     assert first.digest() != second.digest()
+
+
+# ---------------------------------------------------------------- people in the loop
+
+
+def test_an_approve_step_is_a_gate_with_its_defaults_and_no_analysis():
+    loaded = plan.parse_plan(with_changes(steps=[{"weight": 25}, {"approve": {}},
+                                                 {"promote": {}}]))
+    phases = plan.expand(loaded)
+    assert [(p.name, p.gate) for p in phases] == [
+        ("preflight", ""), ("shift-25", ""), ("analyze-25", ""), ("approve", "approve"),
+        ("promote", "")]
+    assert phases[3].parameters == plan.APPROVE_DEFAULTS
+    assert not phases[3].judged and phases[3].runbook == ""
+
+
+@pytest.mark.parametrize(("step", "field", "value"), [
+    ({"approve": {"timeout": "never"}}, "steps[0].approve.timeout", "never"),
+    ({"approve": {"timeout": "0s"}}, "steps[0].approve.timeout", "0s"),
+    ({"approve": {"on_timeout": "promote"}}, "steps[0].approve.on_timeout", "promote"),
+    ({"approve": {"who": "alice"}}, "steps[0].approve.who", "alice"),
+    ({"approve": {}, "analysis": {}}, "steps[0].analysis", {}),
+])
+def test_a_bad_approve_step_is_refused_naming_the_field(step, field, value):
+    error = refused(with_changes(steps=[step]))
+    assert (error.field, error.value) == (field, value)
+
+
+def test_confirm_promotion_webhooks_put_a_gate_before_promote():
+    loaded = plan.parse_plan(with_changes(
+        steps=[{"weight": 50}],
+        webhooks=[{"kind": "confirm-promotion", "url_env": "CONFIRM_URL"}]))
+    phases = plan.expand(loaded)
+    assert [p.name for p in phases][-2:] == ["confirm-promotion", "promote"]
+    assert phases[-2].gate == "confirm-promotion"
+
+
+def test_channels_and_webhooks_round_trip_and_keep_only_variable_names():
+    data = with_changes(
+        notifications=[{"kind": "slack", "url_env": "SLACK_URL", "events": ["rolled-back"]},
+                       {"kind": "webhook", "url_env": "HOOK_URL", "secret_env": "HOOK_KEY"}],
+        webhooks=[{"kind": "pre-rollout", "url_env": "LOADTEST_URL", "timeout": "5s"}],
+        steps=[{"weight": 10}, {"approve": {"timeout": "1h"}}, {"promote": {}}])
+    loaded = plan.parse_plan(data)
+    again = plan.parse_plan(yaml.safe_load(yaml.safe_dump(loaded.to_dict())))
+    assert again == loaded
+    assert [c.kind for c in loaded.notifications] == ["slack", "webhook"]
+    assert loaded.hooks("pre-rollout")[0].url_env == "LOADTEST_URL"
+    assert "https://" not in yaml.safe_dump(loaded.to_dict())
+
+
+def test_a_bad_channel_is_refused_naming_its_path():
+    error = refused(with_changes(notifications=[{"kind": "pager", "url_env": "X"}]))
+    assert error.field.startswith("notifications[0]")
