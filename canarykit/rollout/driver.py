@@ -698,9 +698,10 @@ def run_gate(driver: Driver, lease: Lease, state: DriverState,
         spec.gate, "CONFIRMED" if opened else "REFUSED")
     if "approval" not in check.entry and spec.gate == "approve":
         verdict = "TIMEOUT"
+    since = (state.waiting or {}).get("since") or stamp(at)
     entry = {"index": len(state.phases) + 1, "name": spec.name, "runbook": None,
-             "gate": spec.gate, "notebook": None,
-             "started": (state.waiting or {}).get("since") or stamp(at), "finished": stamp(at),
+             "gate": spec.gate, "notebook": None, "started": since, "finished": stamp(at),
+             "duration_s": round((at - parse_stamp(since)).total_seconds(), 1),
              "outcome": "ok", "verdict": verdict, "reason": check.reason,
              "actor": driver.kube.actor, "runner": driver.runner, **check.entry}
     state.phases.append(entry)
@@ -838,7 +839,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 driver.say(phase_line(entry))
                 continue
             wait = (parse_stamp(state.next_due) - now()).total_seconds()
-            driver.say(f"waiting {wait:.0f}s until {state.next_due}")
+            if not state.waiting:  # a gate said once what it waits for
+                driver.say(f"waiting {wait:.0f}s until {state.next_due}")
             with keeping(lease):
                 time.sleep(max(wait, 0) + 0.05)
     finally:
@@ -1001,6 +1003,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             + f", folder {release['folder']}")
         for entry in release["phases"]:
             say(phase_line({**entry, "duration_s": entry.get("duration_s", 0)}))
+        if release.get("waiting"):
+            say(f"waiting at {release['waiting']['gate']} since {release['waiting']['since']}"
+                + (": `canarykit rollout approve PLAN` (or --reject)"
+                   if release["waiting"]["gate"] == "approve" else ""))
         if release["next"]:
             say(f"next: {release['next']} due at {release['next_due']}")
         if release["planChanged"]:
