@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "canarykit"
-PRODUCT = ("core", "mesh", "cluster", "analysis", "notify", "rollout", "cli")
+PRODUCT = ("core", "mesh", "cluster", "analysis", "notify", "rollout", "deploy", "cli")
 LAB = "canarykit.lab"
 
 
