@@ -5,6 +5,7 @@ tests/conftest.py imports `apiserver` from here; `kube_client` and `seed` are pl
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import sys
@@ -31,8 +32,11 @@ class ApiServerProcess:
     log: Path
 
 
-def start_apiserver(work_dir: Path, data_dir: Path | None = None) -> ApiServerProcess:
-    """Start the server on a free port and wait until its kubeconfig appears."""
+def start_apiserver(work_dir: Path, data_dir: Path | None = None, args: tuple[str, ...] = (),
+                    file_size_limit: int | None = None) -> ApiServerProcess:
+    """Start the server on a free port and wait until its kubeconfig appears. `args` are more
+    of its options (e.g. `--max-body-bytes`); `file_size_limit` caps every file it writes
+    (RLIMIT_FSIZE), which is how a disk that fills up looks to it."""
     work_dir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or work_dir / "data"
     kubeconfig = work_dir / "kubeconfig"
@@ -41,8 +45,9 @@ def start_apiserver(work_dir: Path, data_dir: Path | None = None) -> ApiServerPr
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "canarykit.lab.apiserver", "--port", "0",
-             "--data", str(data_dir), "--kubeconfig", str(kubeconfig)],
-            cwd=work_dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+             "--data", str(data_dir), "--kubeconfig", str(kubeconfig), *args],
+            cwd=work_dir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=None if file_size_limit is None else _limit_file_size(file_size_limit))
     deadline = time.monotonic() + START_SECONDS
     while not kubeconfig.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -53,6 +58,13 @@ def start_apiserver(work_dir: Path, data_dir: Path | None = None) -> ApiServerPr
     return ApiServerProcess(url=loaded["clusters"][0]["cluster"]["server"], kubeconfig=kubeconfig,
                             token=loaded["users"][0]["user"]["token"], data_dir=data_dir,
                             process=process, log=log)
+
+
+def _limit_file_size(limit: int):
+    def limit_in_child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_in_child
 
 
 def stop_apiserver_process(process: subprocess.Popen, timeout: float = 15) -> int:

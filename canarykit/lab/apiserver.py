@@ -6,6 +6,11 @@ for the few kinds canarykit touches. Production code reaches it only through the
 `kubernetes` client and a kubeconfig, exactly as it would reach a cluster. It serves plain HTTP
 by default; `--tls` serves HTTPS with a self-signed certificate, which kubectl needs because
 client-go sends bearer tokens only over TLS.
+
+Hostile input stays bounded: the token is checked before a body is read, a body is limited
+(`--max-body-bytes`, Kubernetes' 3 MiB by default; 413 past it), framing that cannot be trusted
+is a 400, every read and write has a timeout, and a watch ends when its client hangs up. A
+change is journaled and fsynced before it is served, so a failed save changes nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import json
 import os
 import re
 import secrets
+import select
+import socket
 import ssl
 import subprocess
 import sys
@@ -41,9 +48,16 @@ from canarykit.lab import process_main
 USER = "canarykit-admin"
 GROUPS = ["system:masters", "system:authenticated"]
 CLUSTER = "canarykit-lab"
-STATE_FILE = "state.json"
+SNAPSHOT_FILE = "state.json"  # the whole state as of its resourceVersion
+JOURNAL_FILE = "journal.jsonl"  # the changes since the snapshot, one JSON line each
+COMPACT_MIN_BYTES = 4 * 1024 * 1024  # the journal is folded into the snapshot past this size
 EVENT_HISTORY = 10_000
 DEFAULT_WATCH_SECONDS = 1800
+WATCH_CHECK_SECONDS = 1.0  # how often an idle watch looks whether its client hung up
+MAX_BODY_BYTES = 3 * 1024 * 1024  # Kubernetes' own request body limit (3 MiB)
+IO_TIMEOUT_SECONDS = 30.0  # a read or write stalled this long ends the connection
+LINGER_SECONDS = 2.0  # after refusing an unread body, how long to let the client read the answer
+BODY_METHODS = ("POST", "PUT", "PATCH")
 OBJECT_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 PUBLIC_PATHS = {"/healthz", "/readyz", "/livez", "/version"}
 JSON = "application/json"
@@ -95,6 +109,7 @@ RESOURCES = [
              "SelfSubjectReview", namespaced=False, verbs=("create",)),
 ]
 GROUPS_SERVED = list(dict.fromkeys(r.group for r in RESOURCES if r.group))
+NAMESPACES = RESOURCES[0]
 
 
 def find_resource(group: str, version: str, plural: str) -> Resource | None:
@@ -142,6 +157,15 @@ def stale(res: Resource, name: str) -> ApiError:
 
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {limit}")
+
+
+def cannot_save(err: OSError) -> ApiError:
+    return ApiError(500, "InternalError", f"Internal error occurred: the change could not be "
+                    f"saved, nothing was changed: {err}")
 
 
 def invalid(res: Resource, name: str, causes: list[dict]) -> ApiError:
@@ -327,41 +351,165 @@ class Event:
     old: dict | None = None
 
 
-class Store:
-    """Objects in memory, one global resourceVersion counter, persisted to a JSON file.
+def _fsync_directory(path: Path) -> None:
+    """A new file or a rename is durable only once its directory is synced too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    `cond` guards every read-modify-write, so of two writers sending the same resourceVersion
-    exactly one wins; watchers wait on it for new events.
+
+def _object_key(group: str, plural: str, obj: dict) -> tuple[str, str, str, str]:
+    meta = obj["metadata"]
+    return group, plural, meta.get("namespace", ""), meta["name"]
+
+
+class Journal:
+    """The changes since the last snapshot, one JSON line each, each fsynced before it is served.
+
+    A failed append is cut off again; if even that fails the journal is `broken` and the store
+    writes a snapshot before the next append, so a change answered with 500 is never replayed
+    behind later ones. (Should the process die before that, the failed change may come back on
+    restart, as a change whose etcd write timed out may: a 500 means the outcome is unknown.)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.size = 0
+        self.broken = False
+
+    def open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def append(self, record: dict) -> None:
+        if self.fd is None:
+            raise OSError("the store is closed")
+        line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
+        except OSError:
+            try:
+                self.truncate(self.size)
+            except OSError:
+                pass  # now broken: the store writes a snapshot before the next append
+            raise
+        self.size += len(line)
+
+    def truncate(self, size: int) -> None:
+        """Cut the journal back to `size` bytes, durably; on failure mark it broken."""
+        if self.fd is None:
+            raise OSError("the store is closed")
+        try:
+            os.ftruncate(self.fd, size)
+            os.fsync(self.fd)
+        except OSError:
+            self.broken = True
+            raise
+        self.size, self.broken = size, False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def read_journal(path: Path, after: int) -> list[dict]:
+    """The journal's records newer than `after` (older ones are already in the snapshot).
+
+    A torn last line is a write that was never acknowledged (the process died inside it) and
+    is dropped; a damaged line before it is corruption and stops the server from starting.
+    """
+    if not path.exists():
+        return []
+    *lines, _torn = path.read_bytes().split(b"\n")
+    records, last = [], after
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            rv = int(record["rv"])
+            _object_key(record["group"], record["plural"], record["object"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise RuntimeError(f"{path}: line {number} is damaged ({err!r}); move the file "
+                               "away to start from the snapshot alone") from err
+        if rv <= after:
+            continue
+        if rv <= last:
+            raise RuntimeError(f"{path}: line {number} repeats resourceVersion {rv}")
+        records.append(record)
+        last = rv
+    return records
+
+
+class Store:
+    """Objects in memory under one global resourceVersion counter, persisted in `data_dir` as a
+    snapshot (`state.json`) plus a journal of the changes since (`journal.jsonl`).
+
+    A change is appended to the journal and fsynced before it is applied in memory and answered,
+    so a failed save changes nothing that is served, and a write costs one journal line, not a
+    rewrite of the whole state. The journal is folded into a new snapshot at startup and once it
+    outgrows the snapshot (and COMPACT_MIN_BYTES), so compaction stays a bounded share of the
+    writing. `issued` is the highest resourceVersion ever handed to the disk, kept in the
+    snapshot, so no value is reused, not even one whose save failed. `cond` guards every
+    read-modify-write, so of two writers sending the same resourceVersion exactly one wins;
+    watchers wait on it for new events.
     """
 
     def __init__(self, data_dir: Path, token: str | None = None) -> None:
-        self.path = Path(data_dir) / STATE_FILE
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / SNAPSHOT_FILE
+        self.journal = Journal(self.data_dir / JOURNAL_FILE)
         self.cond = threading.Condition(threading.RLock())
         self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.rv = 0
-        self.token = token
+        self.issued = 0
+        self.snapshot_bytes = 0
         self.stopping = False
+        self.events: deque[Event] = deque()
+        stored_token = self.load()
+        self.token = token or stored_token or secrets.token_urlsafe(32)
+        self.history_floor = self.rv
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal.open()
+        self.compact()  # a restart replays at most one journal, and the token given is kept
+        if ("", "namespaces", "", "default") not in self.objects:
+            self.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
+                                  "metadata": {"name": "default"}}, "ADDED", None)
+
+    def load(self) -> str | None:
+        """The snapshot, then the journal's newer changes; returns the stored token."""
+        token = None
         if self.path.exists():
             state = json.loads(self.path.read_text())
             self.rv = int(state["resourceVersion"])
-            self.token = token or state.get("token")
+            token = state.get("token")
             for group, plural, obj in state["objects"]:
-                meta = obj["metadata"]
-                self.objects[(group, plural, meta.get("namespace", ""), meta["name"])] = obj
-        self.token = self.token or secrets.token_urlsafe(32)
-        self.events: deque[Event] = deque()
-        self.history_floor = self.rv
-        namespaces = find_resource("", "v1", "namespaces")
-        if ("", "namespaces", "", "default") not in self.objects:
-            self.put(namespaces, {"apiVersion": "v1", "kind": "Namespace",
-                                  "metadata": {"name": "default"}}, "ADDED", None)
-        else:
-            self.save()
+                self.objects[_object_key(group, plural, obj)] = obj
+        for record in read_journal(self.journal.path, self.rv):
+            key = _object_key(record["group"], record["plural"], record["object"])
+            if record["type"] == "DELETED":
+                self.objects.pop(key, None)
+            else:
+                self.objects[key] = record["object"]
+            self.rv = int(record["rv"])
+        self.issued = self.rv
+        return token
 
-    def save(self) -> None:
+    def compact(self) -> None:
+        """Write the whole state as the new snapshot, then empty the journal. Its records are
+        all at or below the snapshot's resourceVersion, so a crash in between replays none."""
         objects = [[g, p, obj] for (g, p, _, _), obj in sorted(self.objects.items())]
-        state = {"resourceVersion": self.rv, "token": self.token, "objects": objects}
-        write_atomically(self.path, json.dumps(state, indent=1, sort_keys=True))
+        state = {"resourceVersion": self.issued, "token": self.token, "objects": objects}
+        text = json.dumps(state, separators=(",", ":"), sort_keys=True)
+        write_atomically(self.path, text, fsync=True)
+        _fsync_directory(self.data_dir)
+        self.snapshot_bytes = len(text)
+        self.journal.truncate(0)
 
     def get(self, res: Resource, namespace: str, name: str) -> dict | None:
         return self.objects.get((res.group, res.plural, namespace, name))
@@ -371,31 +519,59 @@ class Store:
                 if (g, p) == (res.group, res.plural) and namespace in (None, ns)]
 
     def put(self, res: Resource, obj: dict, event: str, old: dict | None) -> dict:
-        """Store a change under a new resourceVersion, record the event, persist, wake watchers."""
+        """Save a change under a new resourceVersion, then serve it: apply it, record the event,
+        wake watchers. If saving fails this raises a 500 Status and nothing is applied."""
         with self.cond:
-            self.rv += 1
+            rv = self.issued + 1
             obj = copy.deepcopy(obj)
             obj["apiVersion"] = res.api_version(res.versions[0])
             meta = obj["metadata"]
-            meta["resourceVersion"] = str(self.rv)
+            meta["resourceVersion"] = str(rv)
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", times.timestamp())
             meta.setdefault("generation", 1)
-            key = (res.group, res.plural, meta.get("namespace", ""), meta["name"])
+            self.save({"rv": rv, "type": event, "group": res.group, "plural": res.plural,
+                       "object": obj})
+            key = _object_key(res.group, res.plural, obj)
             if event == "DELETED":
                 del self.objects[key]
             else:
                 self.objects[key] = obj
-            self.events.append(Event(self.rv, event, res, obj, old))
+            self.rv = rv
+            self.events.append(Event(rv, event, res, obj, old))
             while len(self.events) > EVENT_HISTORY:
                 self.history_floor = self.events.popleft().rv
-            self.save()
             self.cond.notify_all()
+            self.compact_if_due()
             return copy.deepcopy(obj)
+
+    def save(self, record: dict) -> None:
+        """Append the record durably, or raise a 500 Status; its resourceVersion is spent
+        either way, since part of it may be on the disk."""
+        try:
+            if self.journal.broken:
+                self.compact()
+            self.issued = record["rv"]
+            self.journal.append(record)
+        except OSError as err:
+            sys.stderr.write(f"apiserver: could not save resourceVersion {record['rv']}: "
+                             f"{err}\n")
+            raise cannot_save(err) from err
+
+    def compact_if_due(self) -> None:
+        """Fold the journal in once it outgrows the snapshot: amortised, a write then costs a
+        bounded multiple of its own size. A failure here loses nothing (the journal stays)."""
+        if self.journal.size <= max(COMPACT_MIN_BYTES, self.snapshot_bytes):
+            return
+        try:
+            self.compact()
+        except OSError as err:
+            sys.stderr.write(f"apiserver: could not compact the journal (kept): {err}\n")
 
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
+            self.journal.close()
             self.cond.notify_all()
 
 
@@ -609,9 +785,6 @@ class Api:
                      "details": {**_details(t.res, t.name), "uid": old["metadata"]["uid"]}}, []
 
 
-NAMESPACES = RESOURCES[0]
-
-
 def self_subject_review(t: Target) -> dict:
     return {"apiVersion": t.res.api_version(t.version), "kind": "SelfSubjectReview",
             "metadata": {"creationTimestamp": times.timestamp()},
@@ -706,19 +879,37 @@ def parse_target(path: str) -> Target | None:
 
 
 class Handler(BaseHTTPRequestHandler):
-    """One request: authenticate, route, answer JSON or a chunked watch stream."""
+    """One request: authenticate, read the body within its limit, route, answer JSON or a
+    chunked watch stream.
+
+    Every read and write has a timeout, so a client that stalls or vanishes frees its thread.
+    A body is read only after the token is checked and its size accepted; a request whose body
+    stays unread is answered, then its connection closed (what follows is not a request).
+    """
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: ApiServer
+    body_unread = False
 
     def setup(self) -> None:
         """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
+        self.timeout = self.server.io_timeout
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(30)
+            self.request.settimeout(self.timeout)
             self.request.do_handshake()
-            self.request.settimeout(None)
         super().setup()
+
+    def finish(self) -> None:
+        """After refusing a body we did not read, stop writing and discard what the client
+        still sends for a moment, so it reads our answer rather than a connection reset."""
+        super().finish()
+        if self.body_unread:
+            linger(self.connection, LINGER_SECONDS)
+
+    def handle_expect_100(self) -> bool:
+        """Defer `100 Continue` to read_body: a refused request is never invited to send."""
+        return True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.handle_request("GET")
@@ -747,13 +938,18 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        body = self.read_body()
+        self.body_unread = has_body(self.headers)
         try:
-            if path not in PUBLIC_PATHS and not self.authenticated():
-                raise ApiError(401, "Unauthorized", "Unauthorized")
+            body = b""
+            if path not in PUBLIC_PATHS:
+                if not self.authenticated():
+                    raise ApiError(401, "Unauthorized", "Unauthorized")
+                body = self.read_body(method)
             code, payload, warnings = self.route(method, path, query, body)
         except ApiError as err:
             code, payload, warnings = err.code, err.status(), []
+        except (TimeoutError, ConnectionError):  # the client stalled or left: drop the connection
+            raise
         except Exception as err:  # a bug or a failing webhook: answer 500, keep serving
             traceback.print_exc(file=sys.stderr)
             code, payload, warnings = 500, ApiError(
@@ -767,16 +963,68 @@ class Handler(BaseHTTPRequestHandler):
         token = header[7:].strip() if header.startswith("Bearer ") else ""
         return secrets.compare_digest(token.encode(), self.server.store.token.encode())
 
-    def read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    def read_body(self, method: str) -> bytes:
+        """The body within the server's limit: 413 past it, 400 for framing that cannot be
+        trusted (a bad or missing Content-Length, a body cut short); a client that stops sending
+        meets the socket timeout instead of holding this thread."""
+        limit = self.server.max_body_bytes
+        lengths = [v.strip() for v in self.headers.get_all("Content-Length") or []]
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        if codings:
+            if lengths:
+                raise bad_request("a request may not carry both Content-Length and "
+                                  "Transfer-Encoding")
+            if [c.strip().lower() for c in ",".join(codings).split(",")] != ["chunked"]:
+                raise bad_request(f"unsupported Transfer-Encoding: {', '.join(codings)}")
+            self.send_continue()
+            body = self.read_chunked(limit)
+        elif lengths:
+            if len(set(lengths)) != 1 or not re.fullmatch(r"[0-9]+", lengths[0]):
+                raise bad_request(f"invalid Content-Length: {', '.join(lengths)}")
+            length = int(lengths[0]) if len(lengths[0]) <= 18 else limit + 1
+            if length > limit:
+                raise too_large(limit)
+            self.send_continue()
+            body = self.rfile.read(length)
+            if len(body) < length:
+                raise bad_request(f"the body ended after {len(body)} of the {length} bytes "
+                                  "its Content-Length announced")
+        elif method in BODY_METHODS:
+            raise bad_request(f"a {method} request needs a Content-Length")
+        else:
+            body = b""
+        self.body_unread = False
+        return body
+
+    def send_continue(self) -> None:
+        if (self.headers.get("Expect", "").lower() == "100-continue"
+                and self.request_version >= "HTTP/1.1"):
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def read_chunked(self, limit: int) -> bytes:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            size_text = line.split(b";")[0].strip()
+            if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_text):
+                raise bad_request("invalid chunked body: bad chunk size line")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise too_large(limit)
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise bad_request("invalid chunked body: a chunk was cut short")
+            chunks.append(chunk)
+        for _ in range(100):  # trailers, ignored
+            line = self.rfile.readline(8192)
+            if line in (b"\r\n", b"\n"):
+                return b"".join(chunks)
+            if not line.endswith(b"\n"):
+                break
+        raise bad_request("invalid chunked body: no end after the last chunk")
 
     def route(self, method: str, path: str, query: dict,
               body: bytes) -> tuple[int, dict | None, list[str]]:
@@ -816,6 +1064,12 @@ class Handler(BaseHTTPRequestHandler):
             return api.replace(t, parsed, dry_run)
         return api.delete(t, parsed, dry_run)
 
+    def end_headers(self) -> None:
+        """Announce the close when the rest of the connection cannot be read as requests."""
+        if self.body_unread:
+            self.send_header("Connection", "close")
+        super().end_headers()
+
     def send_json(self, code: int, payload: dict, warnings: list[str]) -> None:
         data = json.dumps(payload, separators=(",", ":")).encode()
         self.send_response(code)
@@ -839,8 +1093,28 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
+    def client_gone(self) -> bool:
+        """A watch client sends nothing after its request, so a readable socket means it hung
+        up (or broke the protocol): either way its watch is over."""
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+
+    def next_events(self, since: int, deadline: float) -> list[Event] | None:
+        """The events after `since`, waiting for some until the deadline; [] once the watch is
+        over (its time is up or the server stops), None when its client has gone."""
+        store = self.server.store
+        with store.cond:
+            while True:
+                pending = [e for e in store.events if e.rv > since] if store.rv > since else []
+                if pending or store.stopping or time.monotonic() >= deadline:
+                    return pending
+                if self.client_gone():
+                    return None
+                store.cond.wait(min(WATCH_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
+
     def watch(self, t: Target, query: dict) -> None:
-        """Stream events as newline-delimited JSON until timeoutSeconds or shutdown."""
+        """Stream events as newline-delimited JSON until timeoutSeconds, shutdown or hang-up."""
         store = self.server.store
         labels = parse_label_selector(query.get("labelSelector", ""))
         fields = parse_field_selector(query.get("fieldSelector", ""))
@@ -870,25 +1144,40 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for event in initial:
                 self.write_chunk(json.dumps(event).encode() + b"\n")
-            while True:
-                with store.cond:
-                    pending = [e for e in store.events if e.rv > since]
-                    while not pending and not store.stopping and time.monotonic() < deadline:
-                        store.cond.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-                        pending = [e for e in store.events if e.rv > since]
+            while pending := self.next_events(since, deadline):
                 for event in pending:
                     since = event.rv
                     line = watch_line(event, t, labels, fields)
                     if line is not None:
                         self.write_chunk(line)
-                if not pending:
-                    break
+            if pending is None:
+                self.close_connection = True
+                return
             self.write_chunk(b"")
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client went away or stopped reading (the write timed out)
             self.close_connection = True
         except Exception:  # headers are out: log it and drop the connection
             traceback.print_exc(file=sys.stderr)
             self.close_connection = True
+
+
+def has_body(headers: Any) -> bool:
+    """Whether the request announces a body at all (an unread one means closing afterwards)."""
+    lengths = [v.strip() for v in headers.get_all("Content-Length") or []]
+    return bool(headers.get_all("Transfer-Encoding")) or any(v != "0" for v in lengths)
+
+
+def linger(sock: socket.socket, seconds: float) -> None:
+    """Half-close, then read and drop what the client still sends, for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return
+    except OSError:
+        pass
 
 
 def watch_line(event: Event, t: Target, labels: list, fields: list) -> bytes | None:
@@ -914,9 +1203,12 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], store: Store,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 io_timeout: float = IO_TIMEOUT_SECONDS) -> None:
         super().__init__(address, Handler)
         self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.io_timeout = io_timeout
         self.api = Api(store)
         self.certificate: str | None = None
         if tls is not None:
@@ -969,11 +1261,13 @@ def ensure_certificate(data_dir: Path, host: str) -> tuple[Path, Path]:
 
 
 def start_server(data_dir: str | Path, port: int = 0, host: str = "127.0.0.1",
-                 token: str | None = None, tls: bool = False) -> tuple[ApiServer, threading.Thread]:
+                 token: str | None = None, tls: bool = False,
+                 max_body_bytes: int = MAX_BODY_BYTES,
+                 io_timeout: float = IO_TIMEOUT_SECONDS) -> tuple[ApiServer, threading.Thread]:
     """Start serving in a background thread (for the lab to embed); stop with server.stop()."""
     store = Store(Path(data_dir), token)
     certificate = ensure_certificate(Path(data_dir), host) if tls else None
-    server = ApiServer((host, port), store, certificate)
+    server = ApiServer((host, port), store, certificate, max_body_bytes, io_timeout)
     thread = threading.Thread(target=server.serve_forever, name="apiserver", daemon=True)
     thread.start()
     return server, thread
@@ -1003,6 +1297,12 @@ def write_kubeconfig(path: str | Path, server: ApiServer) -> None:
 # ---------------------------------------------------------------- CLI
 
 
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -1014,12 +1314,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls", action="store_true",
                         help="serve HTTPS with a self-signed certificate kept in --data "
                         "(kubectl sends tokens only over TLS)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=MAX_BODY_BYTES,
+                        help="largest request body accepted; larger ones get 413 "
+                        f"(default {MAX_BODY_BYTES}, Kubernetes' own limit)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve in the foreground until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
     server, thread = start_server(args.data, args.port, args.host, args.token,
-                                  getattr(args, "tls", False))
+                                  getattr(args, "tls", False),
+                                  getattr(args, "max_body_bytes", MAX_BODY_BYTES))
     stop = process_main.stop_on_signals()
     write_kubeconfig(args.kubeconfig, server)
     sys.stderr.write(f"apiserver listening on {server.url}, kubeconfig {args.kubeconfig}\n")

@@ -5,10 +5,19 @@ Raw HTTP appears only for what the client cannot send (bad JSON, a missing token
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
 import json
+import os
+import re
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -723,3 +732,389 @@ def test_tls_serves_https_that_its_own_kubeconfig_trusts(tmp_path):
         assert review.status.user_info.username == "canarykit-admin"
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- hostile input
+
+VS_PATH = "/apis/networking.istio.io/v1/namespaces/default/virtualservices"
+
+
+def head(method: str, path: str, token: str | None, *headers: str) -> bytes:
+    """A raw request head, for what no client sends (framing the official client gets right)."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1",
+             *([f"Authorization: Bearer {token}"] if token else []), *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def exchange(url: str, request: bytes, *, hang_up: bool = False,
+             timeout: float = 5.0) -> tuple[int, dict, dict | None]:
+    """Send raw bytes, return the answer's status, headers and JSON body. `hang_up` closes our
+    sending side afterwards, as a client that gives up does; an answer that needs the rest of
+    an announced body never comes, and the read times out."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        if hang_up:
+            sock.shutdown(socket.SHUT_WR)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        data = response.read()
+        return response.status, dict(response.headers), json.loads(data) if data else None
+
+
+def thread_count(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.M)[1])
+
+
+def eventually(check, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", VS_PATH), ("PUT", VS_PATH + "/reviews"), ("PATCH", VS_PATH + "/reviews"),
+    ("DELETE", VS_PATH + "/reviews"), ("GET", VS_PATH + "?watch=true")])
+def test_a_request_without_the_token_is_refused_before_its_body_is_read(
+        apiserver, method, path):  # noqa: F811
+    # The announced megabyte is never sent: only an answer given without reading it arrives.
+    status, headers, body = exchange(apiserver.url, head(
+        method, path, None, "Content-Type: application/json", "Content-Length: 1000000"))
+    assert status == 401 and body["reason"] == "Unauthorized"
+    assert headers["Connection"] == "close"
+
+
+def test_expect_100_continue_comes_only_after_the_token_is_checked(apiserver):  # noqa: F811
+    address = urlsplit(apiserver.url)
+    body = json.dumps({"metadata": {"name": "invited"}}).encode()
+    for token, first_line in ((None, b"HTTP/1.1 401 "), (apiserver.token, b"HTTP/1.1 100 ")):
+        with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+            sock.sendall(head("POST", "/api/v1/namespaces", token, "Expect: 100-continue",
+                              "Content-Type: application/json", f"Content-Length: {len(body)}"))
+            assert sock.recv(200).startswith(first_line)
+            if token:
+                sock.sendall(body)
+                response = http.client.HTTPResponse(sock)
+                response.begin()
+                assert response.status == 201
+
+
+def test_a_body_over_the_limit_is_413_in_kubernetes_shape_before_it_is_read(
+        apiserver):  # noqa: F811
+    limit = server_module.MAX_BODY_BYTES
+    assert limit == 3 * 1024 * 1024  # Kubernetes' own request limit
+    status, headers, body = exchange(apiserver.url, head(
+        "POST", VS_PATH, apiserver.token, "Content-Type: application/json",
+        f"Content-Length: {limit + 1}"))
+    assert status == 413
+    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": f"Request entity too large: limit is {limit}",
+                    "reason": "RequestEntityTooLarge", "code": 413}
+    assert headers["Connection"] == "close"
+
+
+def test_the_official_client_sending_an_object_over_the_limit_gets_413(custom):
+    big = virtual_service()
+    big["metadata"]["annotations"] = {"padding": "x" * server_module.MAX_BODY_BYTES}
+    with pytest.raises(client.ApiException) as err:
+        custom.create_namespaced_custom_object(*vs_args(), big)
+    assert err.value.status == 413
+    assert status_of(err.value)["reason"] == "RequestEntityTooLarge"
+    assert custom.list_namespaced_custom_object(*vs_args())["items"] == []
+
+
+def test_the_body_limit_is_one_setting_that_binds_chunked_bodies_too(tmp_path):
+    server = start_apiserver(tmp_path / "small", args=("--max-body-bytes", "1000"))
+    try:
+        def chunked(*pieces: bytes) -> bytes:
+            return b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+        status, _, body = exchange(server.url, head(
+            "POST", VS_PATH, server.token, "Transfer-Encoding: chunked") + chunked(
+                b"x" * 600, b"x" * 600))
+        assert status == 413 and body["message"] == "Request entity too large: limit is 1000"
+        status, _, _ = exchange(server.url, head("POST", VS_PATH, server.token,
+                                                 "Content-Length: 1001"))
+        assert status == 413
+        namespace = json.dumps({"metadata": {"name": "chunked"}}).encode()
+        status, _, body = exchange(server.url, head(
+            "POST", "/api/v1/namespaces", server.token, "Content-Type: application/json",
+            "Transfer-Encoding: chunked") + chunked(namespace[:10], namespace[10:]))
+        assert status == 201 and body["metadata"]["name"] == "chunked"
+    finally:
+        stop_apiserver_process(server.process)
+
+
+@pytest.mark.parametrize("framing", [
+    ["Content-Length: abc"], ["Content-Length: -5"], ["Content-Length: +5"],
+    ["Content-Length: 5", "Content-Length: 6"], [],
+    ["Transfer-Encoding: chunked", "Content-Length: 2"], ["Transfer-Encoding: gzip"],
+    ["Transfer-Encoding: chunked"]],
+    ids=["non-numeric", "negative", "signed", "conflicting", "missing", "both framings",
+         "unknown coding", "bad chunk size"])
+def test_a_body_whose_length_cannot_be_trusted_is_a_bad_request(apiserver, framing):  # noqa: F811
+    status, _, body = exchange(apiserver.url, head(
+        "POST", "/api/v1/namespaces", apiserver.token, "Content-Type: application/json",
+        *framing) + b"{}\r\n")
+    assert status == 400 and body["reason"] == "BadRequest"
+
+
+def test_a_body_cut_short_by_a_hang_up_is_a_bad_request_and_stores_nothing(
+        apiserver, api):  # noqa: F811
+    whole = json.dumps({"metadata": {"name": "cut"}}).encode()
+    status, _, body = exchange(apiserver.url, head(
+        "POST", "/api/v1/namespaces", apiserver.token, "Content-Type: application/json",
+        f"Content-Length: {len(whole) + 50}") + whole, hang_up=True)
+    assert status == 400 and f"ended after {len(whole)} of the" in body["message"]
+    assert "cut" not in {n.metadata.name for n in client.CoreV1Api(api).list_namespace().items}
+
+
+def test_a_client_that_stops_sending_is_dropped_after_the_io_timeout(tmp_path):
+    server, thread = server_module.start_server(tmp_path / "data", io_timeout=1)
+    try:
+        baseline = threading.active_count()
+        with socket.create_connection(server.server_address, timeout=10) as sock:
+            sock.sendall(head("POST", "/api/v1/namespaces", server.token,
+                              "Content-Length: 100") + b'{"meta')
+            started = time.monotonic()
+            try:
+                assert sock.recv(1024) == b""  # the server closed the connection
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - started < 5
+        assert eventually(lambda: threading.active_count() <= baseline)
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def test_abandoned_watches_give_their_threads_back(apiserver):  # noqa: F811
+    pid, address = apiserver.process.pid, urlsplit(apiserver.url)
+    baseline = thread_count(pid)
+    watchers = []
+    for _ in range(20):
+        sock = socket.create_connection((address.hostname, address.port), timeout=5)
+        sock.sendall(head("GET", VS_PATH + "?watch=true", apiserver.token))
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        watchers.append((sock, response))
+    assert thread_count(pid) >= baseline + 20
+    for sock, response in watchers:  # gone without a word, as a killed client goes
+        response.close()
+        sock.close()
+    assert eventually(lambda: thread_count(pid) <= baseline + 2)
+
+
+# ---------------------------------------------------------------- durable storage
+
+
+@contextlib.contextmanager
+def embedded(data_dir: Path):
+    """An in-process server and an official client for it, for tests that fail its disk."""
+    server, thread = server_module.start_server(data_dir)
+    kubeconfig = data_dir.parent / f"kubeconfig-{server.server_address[1]}"
+    server_module.write_kubeconfig(kubeconfig, server)
+    try:
+        with config.new_client_from_config(config_file=str(kubeconfig)) as api:
+            yield client.CustomObjectsApi(api)
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+def everything(api: client.ApiClient) -> dict:
+    """Every stored object a client can list, to compare before and after a restart."""
+    custom = client.CustomObjectsApi(api)
+    listed = {plural: custom.list_cluster_custom_object(ISTIO, "v1", plural)["items"]
+              for plural in ("virtualservices", "destinationrules")}
+    listed["namespaces"] = api.sanitize_for_serialization(
+        client.CoreV1Api(api).list_namespace().items)
+    return listed
+
+
+def test_a_disk_that_fills_up_fails_the_write_with_500_and_serves_nothing_of_it(
+        tmp_path):
+    # Each file the server writes is capped at 64 KiB: the writes of 8 KiB objects fail soon.
+    server = start_apiserver(tmp_path / "full", file_size_limit=64 * 1024)
+    acknowledged = []
+    try:
+        with kube_client(server) as api:
+            custom = client.CustomObjectsApi(api)
+            for n in range(20):
+                body = virtual_service(f"vs-{n}")
+                body["metadata"]["annotations"] = {"padding": "x" * 8192}
+                try:
+                    acknowledged.append(custom.create_namespaced_custom_object(*vs_args(), body))
+                except client.ApiException as refused:
+                    assert refused.status == 500
+                    assert status_of(refused)["reason"] == "InternalError"
+                    failed = f"vs-{n}"
+                    break
+            else:
+                pytest.fail("the capped disk never filled up")
+            with pytest.raises(client.ApiException) as err:
+                custom.get_namespaced_custom_object(*vs_args(), failed)
+            assert err.value.status == 404
+            listed = custom.list_namespaced_custom_object(*vs_args())
+            assert listed["items"] == acknowledged
+            before = everything(api)
+    finally:
+        stop_apiserver_process(server.process)
+
+    again = start_apiserver(tmp_path / "again", data_dir=server.data_dir)
+    try:
+        with kube_client(again) as api:
+            assert everything(api) == before
+            created = client.CustomObjectsApi(api).create_namespaced_custom_object(
+                *vs_args(), virtual_service(failed))
+        newest = max(int(o["metadata"]["resourceVersion"]) for o in acknowledged)
+        assert int(created["metadata"]["resourceVersion"]) > newest
+    finally:
+        stop_apiserver_process(again.process)
+
+
+@pytest.mark.parametrize("failures", [1, 10], ids=["append fails", "append and its undo fail"])
+def test_a_failed_save_changes_nothing_now_or_after_a_restart(tmp_path, monkeypatch, failures):
+    data, real_fsync, failing = tmp_path / "data", os.fsync, {"left": 0}
+
+    def fsync(fd: int) -> None:
+        if failing["left"] > 0:
+            failing["left"] -= 1
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with embedded(data) as custom:
+        created = custom.create_namespaced_custom_object(*vs_args(), virtual_service())
+        list_rv = custom.list_namespaced_custom_object(*vs_args())["metadata"]["resourceVersion"]
+        failing["left"] = failures
+        with pytest.raises(client.ApiException) as err:
+            custom.patch_namespaced_custom_object(*vs_args(), "reviews",
+                                                  {"spec": {"hosts": ["lost"]}})
+        assert err.value.status == 500 and status_of(err.value)["reason"] == "InternalError"
+        failing["left"] = 0
+        assert custom.get_namespaced_custom_object(*vs_args(), "reviews") == created
+        listed = custom.list_namespaced_custom_object(*vs_args())
+        assert listed["metadata"]["resourceVersion"] == list_rv
+        kept = custom.patch_namespaced_custom_object(*vs_args(), "reviews",
+                                                     {"spec": {"hosts": ["kept"]}})
+        # the failed write's resourceVersion is spent: part of it may have reached the disk
+        assert int(kept["metadata"]["resourceVersion"]) > int(list_rv) + 1
+    with embedded(data) as custom:
+        assert custom.get_namespaced_custom_object(*vs_args(), "reviews") == kept
+        later = custom.patch_namespaced_custom_object(*vs_args(), "reviews",
+                                                      {"spec": {"hosts": ["later"]}})
+        assert int(later["metadata"]["resourceVersion"]) > int(kept["metadata"]["resourceVersion"])
+
+
+def test_every_acknowledged_change_survives_crashes_and_restarts_with_growing_versions(
+        apiserver, tmp_path):  # noqa: F811
+    versions: list[int] = []
+
+    def changes(api: client.ApiClient, round_: int) -> None:
+        custom = client.CustomObjectsApi(api)
+        seed_ns = f"team-{round_}"
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": seed_ns}})
+        results = [
+            custom.create_namespaced_custom_object(*vs_args(namespace=seed_ns),
+                                                   virtual_service(namespace=seed_ns)),
+            custom.create_namespaced_custom_object(*vs_args(), virtual_service(f"a-{round_}")),
+            custom.create_namespaced_custom_object(*vs_args(), virtual_service(f"b-{round_}")),
+            custom.create_namespaced_custom_object(ISTIO, "v1", "default", "destinationrules",
+                                                   destination_rule(f"dr-{round_}")),
+            custom.patch_namespaced_custom_object(*vs_args(), f"a-{round_}",
+                                                  {"spec": {"hosts": ["patched"]}}),
+            custom.delete_namespaced_custom_object(*vs_args(), f"b-{round_}")]
+        rvs = [int(r["metadata"]["resourceVersion"]) for r in results]
+        assert rvs == sorted(rvs) and min(rvs) > max(versions, default=0)
+        versions.extend(rvs)
+
+    server = apiserver
+    for round_, stop in enumerate(("crash", "sigterm", "crash")):
+        with kube_client(server) as api:
+            changes(api, round_)
+            before = everything(api)
+        if stop == "crash":
+            server.process.kill()  # by PID, no clean shutdown
+            server.process.wait()
+        else:
+            assert stop_apiserver_process(server.process) == 0
+        server = start_apiserver(tmp_path / f"restart-{round_}", data_dir=apiserver.data_dir)
+        try:
+            with kube_client(server) as api:
+                assert everything(api) == before
+        except BaseException:
+            stop_apiserver_process(server.process)
+            raise
+    try:
+        with kube_client(server) as api:
+            changes(api, 3)
+    finally:
+        stop_apiserver_process(server.process)
+
+
+def test_one_write_among_2000_stored_objects_appends_one_line_and_rewrites_nothing(tmp_path):
+    data = tmp_path / "data"
+    store = server_module.Store(data)
+    vs = server_module.find_resource(ISTIO, "v1", "virtualservices")
+    for n in range(2000):
+        store.put(vs, virtual_service(f"vs-{n}"), "ADDED", None)
+    store.stop()
+    snapshot, journal = data / server_module.SNAPSHOT_FILE, data / server_module.JOURNAL_FILE
+    with embedded(data) as custom:  # a restart folds the journal into the snapshot
+        assert len(custom.list_namespaced_custom_object(*vs_args())["items"]) == 2000
+        before = snapshot.stat()
+        assert before.st_size > 2000 * 200
+        journal_before = journal.stat().st_size
+        for n in range(10):
+            custom.patch_namespaced_custom_object(*vs_args(), f"vs-{n}",
+                                                  {"spec": {"hosts": ["x"]}})
+        growth = journal.stat().st_size - journal_before
+        after = snapshot.stat()
+    assert 0 < growth < 10 * 1024  # ten journal lines, not ten copies of the state
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_the_journal_is_folded_into_the_snapshot_now_and_then(tmp_path, monkeypatch):
+    monkeypatch.setattr(server_module, "COMPACT_MIN_BYTES", 0)  # fold once past the snapshot
+    data = tmp_path / "data"
+    store = server_module.Store(data)
+    vs = server_module.find_resource(ISTIO, "v1", "virtualservices")
+    journal = data / server_module.JOURNAL_FILE
+    folds = 0
+    for n in range(300):
+        size = journal.stat().st_size
+        store.put(vs, virtual_service(f"vs-{n}"), "ADDED", None)
+        folds += journal.stat().st_size < size
+        assert journal.stat().st_size <= (data / server_module.SNAPSHOT_FILE).stat().st_size
+    store.stop()
+    assert 3 <= folds <= 12  # now and then: about once each time the state doubles
+    again = server_module.Store(data)
+    try:
+        assert len(again.list(vs, "default")) == 300
+    finally:
+        again.stop()
+
+
+def test_a_journal_line_torn_by_a_crash_is_dropped_but_a_damaged_one_stops_the_start(tmp_path):
+    data = tmp_path / "data"
+    store = server_module.Store(data)
+    vs = server_module.find_resource(ISTIO, "v1", "virtualservices")
+    kept = store.put(vs, virtual_service(), "ADDED", None)
+    store.stop()
+    journal = data / server_module.JOURNAL_FILE
+    with open(journal, "ab") as out:
+        out.write(b'{"group":"networking.istio.io","rv":')  # the process died mid-append
+    again = server_module.Store(data)
+    assert again.get(vs, "default", "reviews") == kept
+    assert journal.stat().st_size == 0  # folded into the snapshot at startup
+    again.put(vs, virtual_service("second"), "ADDED", None)
+    again.stop()
+    journal.write_bytes(b"not json\n" + journal.read_bytes())
+    with pytest.raises(RuntimeError, match="line 1 is damaged"):
+        server_module.Store(data)
