@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -107,7 +109,13 @@ RESOURCES = [
              "DestinationRule", short_names=("dr",), returns_deleted_object=True),
     Resource("authentication.k8s.io", ("v1",), "selfsubjectreviews", "selfsubjectreview",
              "SelfSubjectReview", namespaced=False, verbs=("create",)),
+    Resource("", ("v1",), "serviceaccounts", "serviceaccount", "ServiceAccount",
+             short_names=("sa",)),
+    Resource("rbac.authorization.k8s.io", ("v1",), "roles", "role", "Role"),
+    Resource("rbac.authorization.k8s.io", ("v1",), "rolebindings", "rolebinding", "RoleBinding"),
 ]
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+TOKEN_PREFIX = "sa."  # service-account tokens: sa.NAMESPACE.NAME.MAC, checked without state
 GROUPS_SERVED = list(dict.fromkeys(r.group for r in RESOURCES if r.group))
 NAMESPACES = RESOURCES[0]
 
@@ -690,8 +698,6 @@ class Api:
                      "metadata": {"resourceVersion": rv}, "items": items}, []
 
     def create(self, t: Target, body: Any, dry_run: bool) -> tuple[int, dict, list[str]]:
-        if t.res.plural == "selfsubjectreviews":
-            return 201, self_subject_review(t), []
         obj = self._check_body(t, body, None)
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
@@ -785,10 +791,99 @@ class Api:
                      "details": {**_details(t.res, t.name), "uid": old["metadata"]["uid"]}}, []
 
 
-def self_subject_review(t: Target) -> dict:
+def self_subject_review(t: Target, user: User) -> dict:
     return {"apiVersion": t.res.api_version(t.version), "kind": "SelfSubjectReview",
             "metadata": {"creationTimestamp": times.timestamp()},
-            "status": {"userInfo": {"username": USER, "groups": list(GROUPS)}}}
+            "status": {"userInfo": {"username": user.name, "groups": list(user.groups)}}}
+
+
+# ---------------------------------------------------------------- who asks, and may they
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    groups: tuple[str, ...]
+    namespace: str = ""  # a service account's own namespace
+
+    @property
+    def is_admin(self) -> bool:
+        return "system:masters" in self.groups
+
+
+ADMIN = User(USER, tuple(GROUPS))
+
+
+def service_account_token(secret: str, namespace: str, name: str) -> str:
+    """A token for a service account, as the TokenRequest API issues it (an HMAC over the
+    account with the server's own token as key, so checking it needs no stored state)."""
+    mac = hmac.new(secret.encode(), f"{namespace}/{name}".encode(), hashlib.sha256).hexdigest()
+    return f"{TOKEN_PREFIX}{namespace}.{name}.{mac}"
+
+
+def user_for_token(secret: str, token: str) -> User | None:
+    if secrets.compare_digest(token.encode(), secret.encode()):
+        return ADMIN
+    parts = token.split(".")
+    if len(parts) != 4 or f"{parts[0]}." != TOKEN_PREFIX:
+        return None
+    _, namespace, name, _ = parts
+    if not secrets.compare_digest(token.encode(),
+                                  service_account_token(secret, namespace, name).encode()):
+        return None
+    return User(f"{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}",
+                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                 "system:authenticated"), namespace)
+
+
+def rule_allows(rule: Any, group: str, plural: str, verb: str, name: str | None) -> bool:
+    """One PolicyRule, with Kubernetes' semantics: `*` matches all; resourceNames limit the
+    rule to requests naming one of them (never list, watch or create)."""
+    if not isinstance(rule, dict):
+        return False
+
+    def has(key: str, value: str) -> bool:
+        values = rule.get(key) or []
+        return isinstance(values, list) and ("*" in values or value in values)
+
+    names_ = rule.get("resourceNames") or []
+    return (has("apiGroups", group) and has("resources", plural) and has("verbs", verb)
+            and (not names_ or (name is not None and name in names_)))
+
+
+def authorized(store: Store, user: User, t: Target, verb: str) -> bool:
+    """RBAC for service accounts: the Roles bound to them in the request's namespace (every
+    authenticated user may ask who it is, as Kubernetes' system:basic-user grants)."""
+    if user.is_admin or t.res.plural == "selfsubjectreviews":
+        return True
+    if t.namespace is None:
+        return False  # no ClusterRoles here: nothing cluster-wide for service accounts
+    bindings = store.list(find_resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
+                          t.namespace)
+    roles = find_resource("rbac.authorization.k8s.io", "v1", "roles")
+    for binding in bindings:
+        subjects = binding.get("subjects") or []
+        bound = any(isinstance(s, dict) and s.get("kind") == "ServiceAccount"
+                    and f"{SERVICE_ACCOUNT_PREFIX}{s.get('namespace') or t.namespace}:"
+                        f"{s.get('name')}" == user.name for s in subjects)
+        ref = binding.get("roleRef") or {}
+        if not bound or ref.get("kind") != "Role":
+            continue
+        role = store.get(roles, t.namespace, str(ref.get("name")))
+        if role and any(rule_allows(rule, t.res.group, t.res.plural, verb, t.name)
+                        for rule in role.get("rules") or []):
+            return True
+    return False
+
+
+def forbidden(user: User, t: Target, verb: str) -> ApiError:
+    """403 in Kubernetes' words."""
+    what = f"{t.res.qualified} {json.dumps(t.name)}" if t.name else t.res.qualified
+    where = f' in the namespace "{t.namespace}"' if t.namespace else " at the cluster scope"
+    return ApiError(403, "Forbidden",
+                    f'{what} is forbidden: User "{user.name}" cannot {verb} resource '
+                    f'"{t.res.plural}" in API group "{t.res.group}"{where}',
+                    {"name": t.name or "", "group": t.res.group, "kind": t.res.plural})
 
 
 def check_dry_run(value: Any) -> bool:
@@ -891,6 +986,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: ApiServer
     body_unread = False
+    user: User = ADMIN
 
     def setup(self) -> None:
         """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
@@ -942,7 +1038,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = b""
             if path not in PUBLIC_PATHS:
-                if not self.authenticated():
+                self.user = self.authenticated()
+                if self.user is None:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 body = self.read_body(method)
             code, payload, warnings = self.route(method, path, query, body)
@@ -958,10 +1055,10 @@ class Handler(BaseHTTPRequestHandler):
         if payload is not None:
             self.send_json(code, payload, warnings)
 
-    def authenticated(self) -> bool:
+    def authenticated(self) -> User | None:
         header = self.headers.get("Authorization", "")
         token = header[7:].strip() if header.startswith("Bearer ") else ""
-        return secrets.compare_digest(token.encode(), self.server.store.token.encode())
+        return user_for_token(self.server.store.token, token)
 
     def read_body(self, method: str) -> bytes:
         """The body within the server's limit: 413 past it, 400 for framing that cannot be
@@ -1034,6 +1131,8 @@ class Handler(BaseHTTPRequestHandler):
         doc = discovery(path, f"{self.server.server_address[0]}:{self.server.server_address[1]}")
         if doc is not None and method == "GET":
             return 200, doc, []
+        if method == "POST" and path.endswith("/token"):
+            return self.token_request(path)
         t = parse_target(path)
         if t is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource",
@@ -1048,6 +1147,10 @@ class Handler(BaseHTTPRequestHandler):
         if verb not in t.res.verbs or (
                 t.res.namespaced and t.namespace is None and verb not in ("list", "watch")):
             raise method_not_allowed(method, t.res)
+        if not authorized(self.server.store, self.user, t, verb):
+            raise forbidden(self.user, t, verb)
+        if t.res.plural == "selfsubjectreviews":
+            return 201, self_subject_review(t, self.user), []
         if verb == "watch":
             self.watch(t, query)
             return 200, None, []
@@ -1063,6 +1166,27 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "update":
             return api.replace(t, parsed, dry_run)
         return api.delete(t, parsed, dry_run)
+
+    def token_request(self, path: str) -> tuple[int, dict, list[str]]:
+        """TokenRequest (POST .../serviceaccounts/NAME/token): a token for an existing
+        service account; only the administrator may ask here."""
+        parts = path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "namespaces"] or len(parts) != 7 or parts[4:7:2] != [
+                "serviceaccounts", "token"]:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource",
+                           {})
+        namespace, name = parts[3], parts[5]
+        accounts = find_resource("", "v1", "serviceaccounts")
+        if not self.user.is_admin:
+            raise forbidden(self.user, Target(accounts, "v1", namespace, name), "create")
+        if self.server.store.get(accounts, namespace, name) is None:
+            raise not_found(accounts, name)
+        token = service_account_token(self.server.store.token, namespace, name)
+        return 201, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                     "metadata": {"name": name, "namespace": namespace},
+                     "spec": {"audiences": ["https://kubernetes.default.svc"]},
+                     "status": {"token": token, "expirationTimestamp": times.timestamp(
+                         time.time() + 3600)}}, []
 
     def end_headers(self) -> None:
         """Announce the close when the rest of the connection cannot be read as requests."""

@@ -1118,3 +1118,94 @@ def test_a_journal_line_torn_by_a_crash_is_dropped_but_a_damaged_one_stops_the_s
     journal.write_bytes(b"not json\n" + journal.read_bytes())
     with pytest.raises(RuntimeError, match="line 1 is damaged"):
         server_module.Store(data)
+
+
+# ---------------------------------------------------------------- service accounts and RBAC
+
+
+def service_account_client(api, apiserver, name: str, rules: list[dict]):  # noqa: F811
+    """A client acting as service account `name`, bound to a Role with `rules`."""
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account("default", {"metadata": {"name": name}})
+    rbac.create_namespaced_role("default", {"metadata": {"name": name}, "rules": rules})
+    rbac.create_namespaced_role_binding("default", {
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}]})
+    token = core.create_namespaced_service_account_token(
+        name, "default", {"spec": {"audiences": []}}).status.token
+    configuration = client.Configuration()
+    configuration.host = api.configuration.host
+    configuration.ssl_ca_cert = api.configuration.ssl_ca_cert
+    configuration.verify_ssl = api.configuration.verify_ssl
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration), token
+
+
+def test_a_service_account_does_only_what_its_role_grants(api, apiserver, custom):  # noqa: F811
+    custom.create_namespaced_custom_object(*vs_args(), virtual_service())
+    rules = [{"apiGroups": [ISTIO], "resources": ["virtualservices"], "verbs": ["get", "list"]}]
+    as_account, _ = service_account_client(api, apiserver, "reader", rules)
+    with as_account:
+        mine = client.CustomObjectsApi(as_account)
+        assert mine.get_namespaced_custom_object(*vs_args(), "reviews")["metadata"]["name"] == \
+            "reviews"
+        assert len(mine.list_namespaced_custom_object(*vs_args())["items"]) == 1
+        with pytest.raises(client.ApiException) as caught:
+            mine.patch_namespaced_custom_object(*vs_args(), "reviews",
+                                                {"metadata": {"labels": {"a": "b"}}})
+        assert caught.value.status == 403
+        status = status_of(caught.value)
+        assert status["reason"] == "Forbidden"
+        assert status["message"] == (
+            'virtualservices.networking.istio.io "reviews" is forbidden: User '
+            '"system:serviceaccount:default:reader" cannot patch resource "virtualservices" '
+            'in API group "networking.istio.io" in the namespace "default"')
+        with pytest.raises(client.ApiException) as secret:
+            client.CoreV1Api(as_account).list_namespaced_secret("default")
+        assert secret.value.status in (403, 404)  # nothing on secrets, whatever is served
+    assert custom.get_namespaced_custom_object(*vs_args(), "reviews")["metadata"].get(
+        "labels") is None  # nothing half-applied
+
+
+def test_resource_names_limit_a_rule_to_the_objects_it_names(api, apiserver):  # noqa: F811
+    rules = [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+              "verbs": ["get", "update"], "resourceNames": ["canarykit-reviews"]},
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}]
+    as_account, _ = service_account_client(api, apiserver, "leaser", rules)
+    with as_account:
+        leases = client.CoordinationV1Api(as_account)
+        for name in ("canarykit-reviews", "other"):
+            leases.create_namespaced_lease("default", {"metadata": {"name": name},
+                                                       "spec": {"holderIdentity": "me"}})
+        assert leases.read_namespaced_lease("canarykit-reviews", "default").spec.holder_identity
+        with pytest.raises(client.ApiException) as caught:
+            leases.read_namespaced_lease("other", "default")
+        assert caught.value.status == 403
+        with pytest.raises(client.ApiException) as listing:
+            leases.list_namespaced_lease("default")
+        assert listing.value.status == 403
+
+
+def test_a_service_account_is_itself_and_a_forged_token_nobody(api, apiserver):  # noqa: F811
+    as_account, token = service_account_client(api, apiserver, "canarykit-reviews", [])
+    with as_account:
+        review = client.AuthenticationV1Api(as_account).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        assert review.status.user_info.username == \
+            "system:serviceaccount:default:canarykit-reviews"
+    forged = token[:-4] + ("0000" if not token.endswith("0000") else "1111")
+    assert raw(apiserver, "GET", "/api/v1/namespaces/default/services", token=forged)[0] == 401
+
+
+def test_only_the_administrator_gets_tokens_for_existing_accounts(api, apiserver):  # noqa: F811
+    core = client.CoreV1Api(api)
+    with pytest.raises(client.ApiException) as missing:
+        core.create_namespaced_service_account_token("nobody", "default", {"spec": {}})
+    assert missing.value.status == 404
+    rules = [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["*"]}]
+    as_account, _ = service_account_client(api, apiserver, "ambitious", rules)
+    with as_account, pytest.raises(client.ApiException) as caught:
+        client.CoreV1Api(as_account).create_namespaced_service_account_token(
+            "ambitious", "default", {"spec": {}})
+    assert caught.value.status == 403
