@@ -22,10 +22,15 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.canarykit-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing canarykit and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
+  # kubernetes-validate (the tests check rendered manifests with it) goes beside the
+  # environment, not on its path: the kubernetes client imports it, and with it jsonschema
+  # (seconds), at every start whenever it can.
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/kubernetes-validate \
+    'kubernetes-validate>=1.30'
   echo "$want" > "$stamp"
 fi

@@ -10,10 +10,13 @@ pandas and plotly are imported only by the functions that need them:
 from __future__ import annotations
 
 import csv
+import errno
 import html
 import io
 import json
 import math
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +27,7 @@ from canarykit.cluster import audit
 from canarykit.core import names, times
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.rollout import runbook
+from canarykit.rollout import redact, runbook
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,6 +55,22 @@ CHANGE_FIELDS = ("operation", "target", "changed", "params", "resourceVersion", 
 
 # ---------------------------------------------------------------- reading the folder
 
+# What a release folder may hold; beyond these a file or a field is refused, not read.
+MAX_RELEASE_JSON = 16 * 1024 * 1024
+MAX_NOTEBOOK = 64 * 1024 * 1024
+MAX_PLAN = 1024 * 1024
+MAX_LOG = 64 * 1024 * 1024  # audit.jsonl, notifications.jsonl
+MAX_TEXT = 10_000  # characters of one text field of release.json
+MAX_PHASES = 10_000
+MAX_INDEX = 1_000_000
+MAX_NAME = 255
+RELEASE_JSON, PLAN_YAML, AUDIT_LOG = "release.json", "plan.yaml", "audit.jsonl"
+SUMMARY_TEXT = ("service", "namespace", "release", "stable", "canary", "status", "reason")
+PHASE_TEXT = ("name", "runbook", "outcome", "verdict", "actor", "runner", "gate", "reason",
+              "error")
+TIME_FIELDS = ("started", "finished")
+LATEST_UNIX = 253_402_300_799  # 9999-12-31T23:59:59Z
+
 
 @dataclass
 class Phase:
@@ -60,6 +79,7 @@ class Phase:
     entry: dict[str, Any]
     result: runbook.RunbookResult | None
     error: str | None
+    notebook_read: bool = False  # its notebook is a file of the release folder, and was read
 
     def get(self, key: str) -> Any:
         """A field from release.json's entry, else from the recorded result."""
@@ -77,13 +97,14 @@ class Phase:
 
 @dataclass
 class Release:
-    """Everything a release folder holds, as plain data."""
+    """Everything a release folder holds, as plain data; no URL in it keeps its userinfo."""
 
     folder: Path
     summary: dict[str, Any]  # release.json; empty when the driver never wrote it
     phases: list[Phase]
     plan: str | None  # plan.yaml as run, None when missing
     notifications: list[dict[str, Any]] = field(default_factory=list)  # the delivery log
+    plan_source: str | None = field(default=None, repr=False)  # plan.yaml as written
 
     @property
     def webhooks(self) -> list[dict[str, Any]]:
@@ -97,68 +118,203 @@ class Release:
                 if isinstance(p.entry.get("approval"), dict)]
 
 
+def plain_name(field_name: str, value: Any) -> str:
+    """`value` if it names a file directly inside the release folder: no folder part, no
+    '..', nothing absolute, so a name in release.json can never point elsewhere."""
+    if (not isinstance(value, str) or not value or len(value) > MAX_NAME
+            or value in (".", "..") or any(c in value for c in "/\\\0")
+            or any(ord(c) < 32 for c in value)):
+        raise BadInput(field_name, redact.shown(value),
+                       "must name a file inside the release folder (no folder, no '..')")
+    return value
+
+
+def read_in_folder(folder: Path, name: str, limit: int) -> str | None:
+    """The text of the file `name` directly in `folder`; None when there is none. A symbolic
+    link, anything but a regular file, or a file larger than `limit` is refused: what a
+    release folder shows must come from inside it."""
+    path = folder / plain_name("release folder", name)
+    flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if path.is_symlink():  # O_NOFOLLOW refuses it too, where there is one
+            raise OSError(errno.ELOOP, "symbolic link")
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise BadInput(name, "a symbolic link", "is refused: only regular files inside "
+                           "the release folder are read") from None
+        raise BadInput(name, str(folder), f"cannot be read ({exc.strerror})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BadInput(name, "not a regular file", "is refused: only regular files "
+                           "inside the release folder are read")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BadInput(name, f"more than {limit:,} bytes", "is too large to read")
+    return data.decode("utf-8", errors="replace")
+
+
+def check_output(path: Path, field_name: str) -> Path:
+    """Refuse to replace a symbolic link or anything but a regular file at `path` (outputs
+    are written to a temporary file and renamed over it, never through a link)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise BadInput(field_name, str(path), f"cannot be checked ({exc.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise BadInput(field_name, str(path), "is a symbolic link: refusing to write there")
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(field_name, str(path), "exists and is not a regular file")
+    return path
+
+
 def find_release(release_folder: str = "", *, reports: str = "reports",
                  service: str = "reviews") -> Path:
-    """`release_folder`, or the newest release folder under reports/SERVICE/."""
+    """`release_folder`, or the newest release folder under reports/SERVICE/ (a symbolic
+    link there is not a release folder)."""
     if release_folder:
         folder = Path(release_folder)
         if not folder.is_dir():
-            raise BadInput("release_folder", release_folder, "is not a folder")
+            raise BadInput("release_folder", redact.shown(release_folder), "is not a folder")
         return folder
     names.check_dns_label("service", service)
     root = Path(reports) / service
-    found = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    found = ([p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+             if root.is_dir() else [])
     if not found:
         raise BadInput("release_folder", release_folder,
                        f"no release folder under {root}; give one")
-    return max(found, key=lambda p: (p / "release.json").stat().st_mtime
-               if (p / "release.json").exists() else p.stat().st_mtime)
+
+    def changed(folder: Path) -> float:
+        summary = folder / RELEASE_JSON
+        return (summary if summary.exists() else folder).lstat().st_mtime
+
+    return max(found, key=changed)
 
 
 def read_release(folder: str | Path, *, need_summary: bool = False) -> Release:
     """The release in `folder`; BadInput saying why it is not one.
 
     Without release.json (the driver died before writing it) the notebooks are still read,
-    unless `need_summary`: the report has nothing to head its page with then.
+    unless `need_summary`: the report has nothing to head its page with then. Only files
+    directly inside the folder are read (never through a symbolic link), release.json is
+    checked field by field, and no URL read keeps its user:password@.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise BadInput("release_folder", str(folder),
+        raise BadInput("release_folder", redact.shown(str(folder)),
                        "is not a release folder: no such directory")
-    path = folder / "release.json"
-    if not path.is_file():
+    text = read_in_folder(folder, RELEASE_JSON, MAX_RELEASE_JSON)
+    path = folder / RELEASE_JSON
+    if text is None:
         if need_summary:
             raise BadInput("release_folder", str(folder),
                            "is not a release folder: it has no release.json")
-        summary: Any = {}
+        summary: dict[str, Any] = {}
     else:
         try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BadInput("release.json", str(path), f"is not readable JSON ({exc})") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("phases", []), list):
-        raise BadInput("release.json", str(path), "must be an object with a list of phases")
-    plan = folder / "plan.yaml"
+            loaded = json.loads(text)
+        except RecursionError:
+            raise BadInput(RELEASE_JSON, str(path), "is nested too deeply") from None
+        except ValueError as exc:
+            raise BadInput(RELEASE_JSON, str(path),
+                           f"is not readable JSON ({str(exc)[:200]})") from None
+        summary = check_summary(loaded)
+    plan_name = plain_name(f"{RELEASE_JSON} plan", summary.get("plan") or PLAN_YAML)
+    plan = read_in_folder(folder, plan_name, MAX_PLAN)
     return Release(
         folder=folder, summary=summary, phases=_read_phases(folder, summary),
-        plan=plan.read_text(encoding="utf-8", errors="replace") if plan.is_file() else None,
-        notifications=_notification_log(folder, summary),
+        plan=None if plan is None else redact.strip_userinfo(plan),
+        notifications=_notification_log(folder, summary), plan_source=plan,
     )
 
 
-def _notification_log(folder: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The messages the release sent (or failed to), from the log release.json names."""
-    from canarykit.notify.channels import read_log
+def check_summary(summary: Any) -> dict[str, Any]:
+    """release.json, checked: the fields the report and the notebook use have their types and
+    sensible sizes (BadInput naming the first that does not), URLs lose their userinfo."""
+    if not isinstance(summary, dict):
+        raise BadInput(RELEASE_JSON, redact.shown(summary),
+                       "must be an object with a list of phases")
+    for key in SUMMARY_TEXT:
+        _check_text(f"{RELEASE_JSON} {key}", summary.get(key))
+    for key in TIME_FIELDS:
+        _check_time(f"{RELEASE_JSON} {key}", summary.get(key))
+    for key in ("plan", "notifications"):
+        if summary.get(key) is not None:
+            plain_name(f"{RELEASE_JSON} {key}", summary[key])
+    phases = summary.get("phases", [])
+    if phases is None:
+        phases = []
+    if not isinstance(phases, list) or not all(isinstance(e, dict) for e in phases):
+        raise BadInput(f"{RELEASE_JSON} phases", redact.shown(phases),
+                       "must be a list of objects")
+    if len(phases) > MAX_PHASES:
+        raise BadInput(f"{RELEASE_JSON} phases", f"{len(phases):,} phases",
+                       f"is more than {MAX_PHASES:,}")
+    for number, entry in enumerate(phases):
+        where = f"{RELEASE_JSON} phases[{number}]"
+        index = entry.get("index")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)
+                                  or not 0 <= index <= MAX_INDEX):
+            raise BadInput(f"{where}.index", redact.shown(index),
+                           f"must be a whole number from 0 to {MAX_INDEX:,}")
+        for key in PHASE_TEXT:
+            _check_text(f"{where}.{key}", entry.get(key))
+        for key in TIME_FIELDS:
+            _check_time(f"{where}.{key}", entry.get(key))
+        if entry.get("notebook") is not None:
+            plain_name(f"{where}.notebook", entry["notebook"])
+        if entry.get("approval") is not None and not isinstance(entry["approval"], dict):
+            raise BadInput(f"{where}.approval", redact.shown(entry["approval"]),
+                           "must be an object")
+    hooks = summary.get("webhooks")
+    if hooks is not None and (not isinstance(hooks, list)
+                              or not all(isinstance(e, dict) for e in hooks)):
+        raise BadInput(f"{RELEASE_JSON} webhooks", redact.shown(hooks),
+                       "must be a list of objects")
+    return {**redact.strip_userinfo_deep(summary), "phases": redact.strip_userinfo_deep(phases)}
 
+
+def _check_text(where: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise BadInput(where, redact.shown(value), "must be text")
+    if len(value) > MAX_TEXT:
+        raise BadInput(where, f"{len(value):,} characters", f"is longer than {MAX_TEXT:,}")
+
+
+def _check_time(where: str, value: Any) -> None:
+    if value is not None and moment(value) is None:
+        raise BadInput(where, redact.shown(value),
+                       "must be a time (RFC 3339, e.g. 2024-05-01T12:00:00Z, or Unix seconds)")
+
+
+def _notification_log(folder: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages the release sent (or failed to), from the log release.json names (a file
+    beside it); a line torn by a crash is skipped."""
     name = summary.get("notifications")
-    if not isinstance(name, str) or Path(name).name != name:
-        return []  # only a file beside release.json
-    return read_log(folder / name)
+    text = read_in_folder(folder, name, MAX_LOG) if name else None
+    records = []
+    for line in (text or "").splitlines():
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            records.append(redact.strip_userinfo_deep(record))
+    return records
 
 
 def _read_phases(folder: Path, summary: dict[str, Any]) -> list[Phase]:
     """Each phase of release.json, plus notebooks it does not list (the driver died first)."""
-    entries = [dict(e) for e in summary.get("phases") or [] if isinstance(e, dict)]
+    entries = [dict(e) for e in summary.get("phases") or []]
     listed = {e.get("notebook") for e in entries}
     for path in sorted(folder.glob("[0-9][0-9]-*.ipynb")):
         if path.name not in listed:
@@ -174,18 +330,56 @@ def _read_phase(folder: Path, entry: dict[str, Any]) -> Phase:
         return Phase(entry, None, None)
     if not notebook:
         return Phase(entry, None, "release.json names no notebook for this phase")
-    path = folder / str(notebook)
-    if not path.is_file():
+    text = read_in_folder(folder, notebook, MAX_NOTEBOOK)
+    if text is None:
         return Phase(entry, None, f"notebook {notebook} is missing")
     try:
-        result, error = runbook.read_notebook(path)
+        result, error = runbook.parse_notebook(text, notebook)
     except BadInput as exc:
-        return Phase(entry, None, f"notebook {notebook} is unreadable: {exc.problem}")
+        return Phase(entry, None, f"notebook {notebook} is unreadable: {exc.problem}", True)
     if result is None and error is None:
         error = "the run recorded no result (it died before its last cell)"
-    if result is not None and result.error:
-        error = result.error
-    return Phase(entry, result, error)
+    if result is not None:
+        result.decision = _decision(result.decision)
+        if result.error:
+            error = result.error[:runbook.MAX_ERROR]
+    return Phase(entry, result, error, True)
+
+
+def _decision(decision: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded decision in the shape the report and the frames read: judgements a list of
+    objects, their values, thresholds and evidence objects, their queries a list."""
+    if decision is None:
+        return None
+    judgements = decision.get("judgements")
+    shaped = []
+    for judgement in judgements if isinstance(judgements, list) else []:
+        if not isinstance(judgement, dict):
+            continue
+        queries = judgement.get("queries")
+        shaped.append({
+            **judgement,
+            **{key: judgement.get(key) if isinstance(judgement.get(key), dict) else None
+               for key in ("values", "thresholds", "evidence")},
+            "queries": [str(q) for q in queries] if isinstance(queries, list) else [],
+        })
+    return {**decision, "judgements": shaped}
+
+
+def _audit_log(release: Release) -> Path | None:
+    """The release's audit log, if it is a regular file inside the folder (never a link)."""
+    path = release.folder / AUDIT_LOG
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(AUDIT_LOG, "a symbolic link" if stat.S_ISLNK(info.st_mode)
+                       else "not a regular file",
+                       "is refused: only regular files inside the release folder are read")
+    if info.st_size > MAX_LOG:
+        raise BadInput(AUDIT_LOG, f"{info.st_size:,} bytes", "is too large to read")
+    return path
 
 
 def audit_check(release: Release) -> dict[str, Any]:
@@ -194,15 +388,23 @@ def audit_check(release: Release) -> dict[str, Any]:
         change["auditHash"]
         for phase in release.phases
         for change in (phase.result.changes if phase.result else [])
-        if change.get("auditHash") and not change.get("dryRun")
+        if isinstance(change.get("auditHash"), str) and not change.get("dryRun")
     }
-    path = release.folder / "audit.jsonl"
-    check = audit.verify_chain(path, expected_heads=expected)
+    path = _audit_log(release)
+    if path is None:
+        check = audit.verify_chain(release.folder / AUDIT_LOG, expected_heads=expected)
+        return {**check.to_dict(), "expected": len(expected), "entries": []}
     try:
-        records = audit.read_records(path) if path.exists() else []
-    except (OSError, ValueError):
+        check = audit.verify_chain(path, expected_heads=expected).to_dict()
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+        check = {"ok": False, "records": 0, "problem": "the audit log is not a chain of "
+                 "JSON records", "head": None}
+    try:
+        records = [r for r in audit.read_records(path) if isinstance(r, dict)]
+    except (OSError, ValueError, RecursionError):
         records = []
-    return {**check.to_dict(), "expected": len(expected), "entries": records}
+    return {**redact.strip_userinfo_deep(check), "expected": len(expected),
+            "entries": redact.strip_userinfo_deep(records)}
 
 
 def moment(value: Any) -> datetime | None:
@@ -210,10 +412,14 @@ def moment(value: Any) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC) if math.isfinite(value) else None
+        if not math.isfinite(value) or not 0 <= value <= LATEST_UNIX:
+            return None
+        return datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, str) or len(value) > 64:
+        return None
     try:
-        return times.parse_timestamp(str(value).strip())
-    except ValueError:
+        return times.parse_timestamp(value.strip())
+    except (ValueError, OverflowError):
         return None
 
 
@@ -242,9 +448,11 @@ def release_frames(release: Release) -> dict[str, pd.DataFrame]:
                        "decision_reason": decision.get("reason"),
                        "weights": result.weights, "notes": result.notes})
         for row in result.metrics:
-            at, value = moment(row.get("timestamp")), row.get("value")
-            if at and isinstance(value, int | float) and math.isfinite(value):
-                metric_rows.append({**row, "timestamp": at, "value": float(value), **tag})
+            at, value, version = moment(row.get("timestamp")), row.get("value"), row.get("version")
+            if (at and isinstance(value, int | float) and math.isfinite(value)
+                    and isinstance(row.get("metric"), str) and isinstance(version, str | int)):
+                metric_rows.append({**row, "timestamp": at, "value": float(value),
+                                    "version": str(version), **tag})
         for judgement in decision.get("judgements") or []:
             if not isinstance(judgement, dict):
                 continue
@@ -536,13 +744,16 @@ def replay_periods(release: Release) -> tuple[list[WeightPeriod], str]:
 
     stable, canary, name = (_summary_field(release, key) for key in ("stable", "canary",
                                                                        "release"))
-    path = release.folder / "audit.jsonl"
+    path = _audit_log(release) or release.folder / AUDIT_LOG
     try:
         records = audit.read_records(path) if path.is_file() else []
-    except (OSError, ValueError) as exc:
-        raise BadInput("audit.jsonl", str(path), f"is not a readable audit log ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise BadInput(AUDIT_LOG, str(path),
+                       f"is not a readable audit log ({str(exc)[:200]})") from None
+    records = [r for r in records if isinstance(r, dict)]
     begin = next((r for r in reversed(records) if r.get("operation") == "begin_rollout"
-                  and (r.get("params") or {}).get("release") == name), None)
+                  and isinstance(r.get("params"), dict) and r["params"].get("release") == name),
+                 None)
     if begin is not None:
         periods = phases.weight_periods(
             records, virtual_service=str(begin.get("target")),
@@ -672,6 +883,7 @@ def export_replay_csv(release: Release | str | Path,
 
     if not isinstance(release, Release):
         release = read_release(release, need_summary=True)
+    target = check_output(Path(path), "replay.csv")
     defaults = AnalysisSettings()
     interval = defaults.interval_seconds if interval_seconds is None else interval_seconds
     history = defaults.dispersion_history_seconds if history_seconds is None else history_seconds
@@ -750,7 +962,6 @@ def export_replay_csv(release: Release | str | Path,
         if edges:
             row += cumulative(s[2] or empty[2]) + cumulative(c[2] or empty[2])
         writer.writerow(row)
-    target = Path(path)
     write_atomically(target, text.getvalue(), mode=0o644)
     return ReplayExport(target, len(stamps), before, float(start), float(start + after * interval),
                         bool(edges), notes)
@@ -795,43 +1006,61 @@ def post_rollout_export(result: runbook.RunbookResult, *, release_folder: str = 
     try:
         folder = find_release(release_folder, reports=reports, service=service)
         release = read_release(folder, need_summary=True)
+        target = check_output(folder / _output_name(file_name), file_name)
         prometheus, config = _release_prometheus(release)
-        done = export_replay_csv(release, prometheus, folder / file_name,
+        done = export_replay_csv(release, prometheus, target,
                                  interval_seconds=config.interval_seconds,
                                  history_seconds=config.dispersion_history_seconds)
     except (CanaryKitError, OSError) as exc:
-        result.notes.append(f"{file_name} not written: {exc}")
+        note = f"{redact.shown(file_name)} not written: {exc}"
+        result.notes.append(redact.strip_userinfo(note))
         return None
     result.notes.append(f"{done.path}: {done.rows} rows of counts ({done.history_rows} of "
                         "stable's history) for canarykit replay; " + "; ".join(done.notes))
     return done
 
 
+def _output_name(name: Any) -> str:
+    """The export's file name: a plain .csv name inside the release folder."""
+    plain_name("file_name", name)
+    if not name.endswith(".csv"):
+        raise BadInput("file_name", redact.shown(name), "must end in .csv")
+    return name
+
+
 def _release_prometheus(release: Release) -> tuple[m.PrometheusSettings, AnalysisSettings]:
     """The Prometheus and the analysis settings of the release's plan.yaml (without one:
     $CANARYKIT_PROMETHEUS_URL and the default settings). Only these two sections are read, so
     a plan written by another canarykit version still gives them."""
-    import yaml
-
     from canarykit.analysis import metrics as m
     from canarykit.analysis.settings import PLAN, AnalysisSettings
+    from canarykit.core import yamlsafe
     from canarykit.rollout import target
 
-    path = release.folder / "plan.yaml"
+    path = release.folder / PLAN_YAML
     plan: Any = {}
-    if release.plan is not None:
-        try:
-            plan = yaml.safe_load(release.plan) or {}
-        except yaml.YAMLError as exc:
-            raise BadInput("plan.yaml", str(path), f"is not valid YAML ({exc})") from None
+    if release.plan_source is not None:
+        plan = yamlsafe.load(release.plan_source, PLAN_YAML) or {}
     plan = plan if isinstance(plan, dict) else {}
     found = plan.get("prometheus") if isinstance(plan.get("prometheus"), dict) else {}
-    url = target.resolve_prometheus_url(str(found.get("url") or ""))
+    given, token_env = found.get("url") or "", found.get("bearer_token_env") or None
+    if not isinstance(given, str) or len(given) > MAX_TEXT:
+        raise BadInput("plan.yaml prometheus.url", redact.shown(given), "must be a URL")
+    if redact.strip_userinfo(given) != given:
+        raise BadInput("plan.yaml prometheus.url", redact.shown(given),
+                       "must not carry credentials; use basic_auth_user and "
+                       "basic_auth_password_env")
+    if token_env is not None and not isinstance(token_env, str):
+        raise BadInput("plan.yaml prometheus.bearer_token_env", redact.shown(token_env),
+                       "must be the NAME of an environment variable")
+    url = target.resolve_prometheus_url(given)
     if not url:
         raise BadInput("prometheus_url", "", f"no Prometheus to read the counts from: {path} "
                        f"names none and ${target.PROMETHEUS_URL_ENV} is not set")
-    settings = m.PrometheusSettings(url=url,
-                                    bearer_token_env=found.get("bearer_token_env") or None)
+    if redact.strip_userinfo(url) != url:
+        raise BadInput(f"${target.PROMETHEUS_URL_ENV}", redact.shown(url),
+                       "must not carry credentials")
+    settings = m.PrometheusSettings(url=url, bearer_token_env=token_env)
     analysis = AnalysisSettings.from_dict(plan.get("analysis") or {}, where=PLAN,
                                           path="plan.yaml analysis")
     return settings.validate(), analysis

@@ -4,6 +4,10 @@
 charts the post-rollout notebook uses too) and writes `folder/report.html` from the Jinja2
 templates in `templates/`. Autoescaping shows every string from the cluster, parameters or
 notebooks as text; figures go into <script> elements through `|tojson`, which cannot close them.
+Nothing the page shows carries a secret: every value goes through `redact.for_display` (URL
+userinfo removed, credential-looking lines withheld), and the only links are relative links to
+notebooks read from the release folder. The page is written to a temporary file and renamed
+over report.html, which is refused when it is a symbolic link.
 The file opens offline with zero network requests: plotly.js is embedded once,
 gzip-compressed and base64 encoded, and unpacked in the browser with `DecompressionStream`.
 """
@@ -24,6 +28,7 @@ from canarykit import __version__
 from canarykit.core import times
 from canarykit.core.errors import ExitCode
 from canarykit.core.files import write_atomically
+from canarykit.rollout import redact
 from canarykit.rollout import release as releases
 
 if TYPE_CHECKING:
@@ -46,9 +51,9 @@ LONG_LIST = 4  # longer lists (or lists of objects) show as "N items" in the jud
 def build_report(folder: Path) -> Path:
     """Write `folder/report.html` from what the release left in `folder`; return its path."""
     release = releases.read_release(folder, need_summary=True)
+    target = releases.check_output(release.folder / REPORT_NAME, REPORT_NAME)
     figures = releases.release_figures(releases.release_frames(release), evidence=True)
     page = render(release, figures, releases.audit_check(release))
-    target = release.folder / REPORT_NAME
     write_atomically(target, page, 0o644)  # a reader never opens half a report
     return target
 
@@ -56,14 +61,17 @@ def build_report(folder: Path) -> Path:
 def render(release: releases.Release, figures: dict[str, go.Figure],
            audit: dict[str, Any]) -> str:
     """The whole page as a string."""
+    import markupsafe
+
     changes = [(phase, change) for phase in release.phases
                for change in (phase.result.changes if phase.result else [])
                if isinstance(change, dict)]
-    charts = [{"id": f"chart-{name}", "figure": json.loads(figure.to_json())}
+    charts = [{"id": f"chart-{name}",
+               "figure": redact.for_display_deep(json.loads(figure.to_json()))}
               for name, figure in figures.items()]
     return environment().get_template("report.html.j2").render(
         release=release, folder=release.folder.name, changes=changes, charts=charts,
-        audit=audit, version=__version__, plotly=packed_plotly(),
+        audit=audit, version=__version__, plotly=markupsafe.Markup(packed_plotly()),
         built=times.display_minutes(),
     )
 
@@ -76,13 +84,27 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("canarykit.rollout", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-        lstrip_blocks=True, finalize=lambda value: "" if value is None else value,
+        lstrip_blocks=True, finalize=shown,
     )
     env.filters.update(clock=clock, took=took, rfc3339=rfc3339, compact=compact,
                        diff_lines=diff_lines, sibling_href=sibling_href)
     env.globals.update(status_class=STATUS_CLASS, verdict_class=VERDICT_CLASS)
     env.policies["json.dumps_kwargs"] = {"separators": (",", ":")}
     return env
+
+
+def shown(value: Any) -> Any:
+    """Every value a template outputs, as the page may show it: None as nothing, text without
+    URL userinfo or credential-looking lines. Markup (the macros' output, whose values went
+    through here already, JSON from |tojson of redacted figures, the plotly bundle) as is."""
+    import markupsafe
+
+    if value is None:
+        return ""
+    if isinstance(value, markupsafe.Markup) or (
+            isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    return redact.for_display(str(value))
 
 
 @functools.cache
@@ -147,8 +169,10 @@ def diff_lines(diff: str) -> list[tuple[str, str]]:
 
 
 def sibling_href(name: Any) -> str:
-    """A link to a file next to the report: a notebook named "javascript:..." stays a file."""
-    return quote(str(name), safe="")
+    """A relative link to a file next to the report ("./NAME", every character but letters,
+    digits and "_.-~" percent-encoded): never a scheme, a host or another folder, so a
+    notebook named "javascript:..." stays a file."""
+    return "./" + quote(releases.plain_name("notebook", name), safe="")
 
 
 # ---------------------------------------------------------------- command line

@@ -18,32 +18,75 @@ from typing import Any
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.names import looks_like_credential, names_a_credential
 from canarykit.core.times import timestamp
+from canarykit.rollout.redact import strip_userinfo, strip_userinfo_deep
 
 RESULT_MIME = "application/vnd.canarykit.result+json"
+MAX_ERROR = 2000  # characters of a failed run's error read back
 
 
 def check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """Refuse parameters that look like credentials: they would be saved in the notebook.
 
-    The error names the parameter and never repeats the value.
+    The error names the parameter and never repeats the value. Refused inside a runbook that
+    the papermill command runs, papermill's output notebook (written with the parameters before
+    the first cell ran) is taken care of first, so the refusal leaves no copy on disk
+    (`canarykit.rollout.handrun`).
     """
-    for name, value in parameters.items():
-        if names_a_credential(name) and value:
-            raise BadInput(
-                name,
-                "<hidden>",
-                "looks like a credential; pass the name of an environment variable or file "
-                f"instead (e.g. {name}_env)",
-            )
-        if isinstance(value, str) and looks_like_credential(value):
-            raise BadInput(
-                name, "<hidden>", "looks like a credential and would be saved in the notebook"
-            )
-        if isinstance(value, dict):
-            check_parameters({f"{name}.{k}": v for k, v in value.items()})
-        if isinstance(value, list | tuple):
-            check_parameters({f"{name}[{i}]": v for i, v in enumerate(value)})
+    found = credential_parameters(parameters)
+    if found:
+        _, field_name, problem = found[0]
+        note = _leave_no_copy({name: parameters[name] for name, _, _ in found})
+        raise BadInput(field_name, "<hidden>", problem + note)
     return parameters
+
+
+def credential_parameters(parameters: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(parameter, field to name, problem) for every parameter that is or holds a credential;
+    a dict or list parameter is looked into ("prometheus.api_key", "tokens[0]")."""
+    found = []
+    for name, value in parameters.items():
+        problem = _credential_problem(str(name), value)
+        if problem:
+            found.append((name, *problem))
+    return found
+
+
+def _credential_problem(name: str, value: Any) -> tuple[str, str] | None:
+    if looks_like_credential(name):
+        return "<a parameter name>", "looks like a credential and would be saved in the notebook"
+    if names_a_credential(name) and value:
+        return name, ("looks like a credential; pass the name of an environment variable or "
+                      f"file instead (e.g. {name}_env)")
+    if isinstance(value, str) and looks_like_credential(value):
+        return name, "looks like a credential and would be saved in the notebook"
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list | tuple) else ())
+    for key, item in items:
+        inner = f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]"
+        problem = _credential_problem(inner, item)
+        if problem:
+            return problem
+    return None
+
+
+def _leave_no_copy(refused: dict[str, Any]) -> str:
+    """Inside a notebook kernel: what happened to the copy papermill may have saved (a note
+    for the error). Never lets a failure here hide the refusal itself."""
+    kernel_app = sys.modules.get("ipykernel.kernelapp")
+    if kernel_app is None or not kernel_app.IPKernelApp.initialized():
+        return ""  # not a notebook kernel: nothing was saved before the check
+    try:
+        from canarykit.rollout import handrun
+
+        return handrun.protect_papermill_output(refused)
+    except Exception:  # noqa: BLE001 - the refusal matters more than the note
+        return handrun_hint()
+
+
+def handrun_hint() -> str:
+    """What to do about the copy a papermill run may have saved."""
+    return ("; if papermill passed it, the notebook papermill wrote holds it: delete it or run "
+            "`canarykit runbook scrub NOTEBOOK` (run runbooks with `canarykit runbook run`)")
 
 
 class Outcome(enum.StrEnum):
@@ -108,7 +151,7 @@ def error_text(exc: BaseException) -> str:
     """One line for a result's `error`: canarykit's own errors whole (they are written for the
     user), others' first line only (a traceback or a server's body does not belong there)."""
     text = str(exc) if isinstance(exc, CanaryKitError) else (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text[:500]}"
+    return f"{type(exc).__name__}: {strip_userinfo(text)[:500]}"
 
 
 def new_result(runbook: str, parameters: dict[str, Any]) -> RunbookResult:
@@ -117,37 +160,58 @@ def new_result(runbook: str, parameters: dict[str, Any]) -> RunbookResult:
 
 
 def record(result: RunbookResult) -> RunbookResult:
-    """Display `result` in the notebook under RESULT_MIME (call once, in the last cell)."""
+    """Display `result` in the notebook under RESULT_MIME (call once, in the last cell); no
+    URL in it keeps its user:password@."""
     from IPython.display import display
 
     result.finished = result.finished or timestamp()
-    data = json.loads(json.dumps(result.to_dict(), default=str))
+    data = strip_userinfo_deep(json.loads(json.dumps(result.to_dict(), default=str)))
     summary = f"{result.runbook}: {result.outcome.value}"
     if result.decision:
         summary += f", decision {result.verdict}: {result.reason}"
-    display({RESULT_MIME: data, "text/plain": summary}, raw=True)
+    display({RESULT_MIME: data, "text/plain": strip_userinfo(summary)}, raw=True)
     return result
 
 
 def read_notebook(notebook: Path | str) -> tuple[RunbookResult | None, str | None]:
-    """(the last result recorded, the error a failed run left) of an executed notebook.
+    """(the last result recorded, the error a failed run left) of an executed notebook."""
+    try:
+        text = Path(notebook).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise BadInput("notebook", str(notebook), f"is not a readable notebook ({exc})") from None
+    return parse_notebook(text, str(notebook))
+
+
+def parse_notebook(text: str, where: str) -> tuple[RunbookResult | None, str | None]:
+    """`read_notebook` of a notebook's text (`where` names it in errors).
 
     The result is None if the run never got that far; papermill keeps the traceback of a
     failed run in the notebook, and the error is its first one. Read as JSON: nbformat's
     schema validation would cost seconds of imports and adds nothing to reading outputs.
+    Data, not trusted code: outputs of the wrong shape are skipped, and no URL read back keeps
+    its user:password@.
     """
     try:
-        cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells") or []
-    except (OSError, ValueError, AttributeError) as exc:
-        raise BadInput("notebook", str(notebook), f"is not a readable notebook ({exc})") from None
+        cells = json.loads(text).get("cells") or []
+    except (ValueError, AttributeError, RecursionError) as exc:
+        problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise BadInput("notebook", where, f"is not a readable notebook ({problem})") from None
     found, error = None, None
-    for cell in cells:
-        for output in cell.get("outputs") or [] if cell.get("cell_type") == "code" else []:
-            if RESULT_MIME in (output.get("data") or {}):
-                found = output["data"][RESULT_MIME]
+    for cell in cells if isinstance(cells, list) else []:
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        outputs = cell.get("outputs")
+        for output in outputs if isinstance(outputs, list) else []:
+            if not isinstance(output, dict):
+                continue
+            data = output.get("data")
+            if isinstance(data, dict) and RESULT_MIME in data:
+                found = data[RESULT_MIME]
             if error is None and output.get("output_type") == "error":
-                error = f"{output.get('ename')}: {output.get('evalue')}"
-    return (RunbookResult.from_dict(found) if isinstance(found, dict) else None), error
+                error = strip_userinfo(f"{output.get('ename')}: {output.get('evalue')}")[:MAX_ERROR]
+    if not isinstance(found, dict):
+        return None, error
+    return RunbookResult.from_dict(strip_userinfo_deep(found)), error
 
 
 def read_result(notebook: Path | str) -> RunbookResult | None:

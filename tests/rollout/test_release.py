@@ -285,3 +285,93 @@ def test_a_bad_interval_or_history_is_refused_naming_it(release, argument, value
         release_folder.export_replay_csv(release, nobody, release / "replay.csv",
                                          **{argument: value})
     assert refused.value.field == argument
+
+
+# ---------------------------------------------------------------- hostile folders
+
+
+def test_a_symlinked_replay_csv_is_refused_and_its_target_untouched(release, tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (release / "replay.csv").symlink_to(target)
+    result = runbook.new_result("post-rollout-analysis", {})
+    assert release_folder.post_rollout_export(result, release_folder=str(release)) is None
+    assert result.notes == ["replay.csv not written: replay.csv: is a symbolic link: refusing "
+                            f"to write there (got '{release / 'replay.csv'}')"]
+    assert target.read_text() == "keep me" and (release / "replay.csv").is_symlink()
+    nobody = m.PrometheusSettings("http://127.0.0.1:9")  # never asked
+    with pytest.raises(BadInput, match="is a symbolic link"):
+        release_folder.export_replay_csv(release, nobody, release / "replay.csv")
+
+
+@pytest.mark.parametrize("name", ["../replay.csv", "/tmp/replay.csv", "replay.txt"])
+def test_the_post_rollout_export_writes_only_a_csv_inside_the_folder(release, name):
+    result = runbook.new_result("post-rollout-analysis", {})
+    assert release_folder.post_rollout_export(result, release_folder=str(release),
+                                              file_name=name) is None
+    assert result.notes[0].startswith(f"{name} not written: file_name: must ")
+
+
+def test_the_post_rollout_export_never_repeats_a_password_from_the_plan(release):
+    plan = (release / "plan.yaml").read_text().replace(
+        "http://127.0.0.1:9090", "http://reader:hunter2-XYZ@127.0.0.1:9090")
+    (release / "plan.yaml").write_text(plan)
+    result = runbook.new_result("post-rollout-analysis", {})
+    assert release_folder.post_rollout_export(result, release_folder=str(release)) is None
+    assert "must not carry credentials" in result.notes[0]
+    assert "hunter2" not in result.notes[0] and "http://127.0.0.1:9090" in result.notes[0]
+
+
+def test_what_is_read_back_from_a_release_folder_has_no_url_userinfo(release):
+    summary = json.loads((release / "release.json").read_text())
+    summary["reason"] = "see http://admin:hunter2@grafana/d/1"
+    summary["notifications"] = "notifications.jsonl"
+    (release / "release.json").write_text(json.dumps(summary))
+    (release / "notifications.jsonl").write_text(
+        json.dumps({"channel": "ops", "error": "http://x:hunter2@hooks"}) + "\n{torn")
+    (release / "plan.yaml").write_text("prometheus: {url: 'http://r:hunter2@prom:9090'}\n")
+    read = release_folder.read_release(release)
+    assert read.summary["reason"] == "see http://grafana/d/1"
+    assert read.notifications == [{"channel": "ops", "error": "http://hooks"}]
+    assert read.plan == "prometheus: {url: 'http://prom:9090'}\n"
+    frames = release_folder.release_frames(read)
+    assert "hunter2" not in frames["release"].to_json(date_format="iso")
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"phases": [{"index": "2"}]}, "release.json phases[0].index: must be a whole number"),
+    ({"phases": {"1": {}}}, "release.json phases: must be a list of objects"),
+    ({"started": "noon"}, "release.json started: must be a time"),
+    ({"reason": "x" * 10_000_001}, "release.json reason: is longer than 10,000 (got "
+                                   "'10,000,001 characters')"),
+    ({"phases": [{"notebook": "/etc/passwd"}]}, "phases[0].notebook: must name a file inside"),
+])
+def test_the_post_rollout_notebook_refuses_a_hostile_release_json_in_one_line(
+        release, change, named):
+    summary = json.loads((release / "release.json").read_text())
+    (release / "release.json").write_text(json.dumps({**summary, **change}))
+    result = runbook.new_result("post-rollout-analysis", {})
+    with pytest.raises(BadInput) as refused:
+        release_folder.post_rollout_analysis(result, release_folder=str(release))
+    assert named in str(refused.value) and len(str(refused.value)) < 300
+    assert result.outcome == runbook.Outcome.ERROR and named in result.error
+
+
+def test_a_symlinked_release_folder_is_not_taken_for_the_newest(release, tmp_path):
+    elsewhere = release_fixture.write_release(tmp_path / "elsewhere" / "r-9")
+    os.utime(elsewhere / "release.json", (2_000_000_000, 2_000_000_000))
+    (release.parent / "r-9").symlink_to(elsewhere, target_is_directory=True)
+    assert release_folder.find_release("", reports=str(tmp_path / "reports"),
+                                       service="reviews") == release
+
+
+@pytest.mark.parametrize("value", [1e300, -1, float("nan"), "2024-13-01", "x" * 100, True,
+                                   "0001-01-01T00:00:00+01:00", [2024]])
+def test_a_time_that_is_not_a_time_is_none(value):
+    assert release_folder.moment(value) is None
+
+
+def test_an_audit_log_of_non_records_is_reported_broken_not_a_crash(release):
+    (release / "audit.jsonl").write_text("[1, 2]\n\"text\"\n")
+    check = release_folder.audit_check(release_folder.read_release(release))
+    assert not check["ok"] and check["entries"] == []

@@ -8,9 +8,12 @@ import html
 import json
 import re
 import shutil
+import stat
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat
 import pytest
@@ -55,6 +58,23 @@ def embedded_figures(page: str) -> dict[str, dict]:
     return {name: json.loads(text) for name, text in found}
 
 
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.links += [value or "" for name, value in attrs
+                       if name in ("href", "src", "action", "formaction", "xlink:href")]
+
+
+def links_in(page: str) -> list[str]:
+    """Every URL an element of the page links to or loads (what the browser sees)."""
+    parser = _Links()
+    parser.feed(page)
+    return parser.links
+
+
 def edit_result(notebook: Path, change) -> None:
     """Rewrite the result recorded in an executed notebook."""
     nb = nbformat.read(str(notebook), as_version=4)
@@ -85,7 +105,7 @@ def test_timeline_links_every_executed_notebook_relatively(release):
     notebooks = sorted(p.name for p in release.glob("*.ipynb"))
     assert len(notebooks) == 8
     for name in notebooks:
-        assert f'<a href="{name}">' in timeline
+        assert f'<a href="./{name}">' in timeline
     assert timeline.count('<tr class="phase"') == 8
     assert "canarykit-admin" in timeline and "ci-runner-1:4242" in timeline
 
@@ -108,7 +128,7 @@ def test_notebooks_the_driver_did_not_list_yet_are_still_reported(release):
     summary["phases"] = summary["phases"][:-1]  # the driver died before rewriting release.json
     (release / "release.json").write_text(json.dumps(summary))
     page = report.build_report(release).read_text(encoding="utf-8")
-    assert '<a href="08-rollback.ipynb">' in section(page, "timeline")
+    assert '<a href="./08-rollback.ipynb">' in section(page, "timeline")
 
 
 def test_judge_table_shows_verdicts_reasons_queries_values_and_thresholds(release):
@@ -263,15 +283,27 @@ def test_hostile_markup_in_figure_labels_cannot_close_the_script_element(release
     assert "<" not in raw and ">" not in raw
 
 
-def test_a_notebook_link_never_leaves_the_release_folder(release):
+def test_every_link_is_a_relative_link_to_a_notebook_read_from_the_folder(release):
     summary = json.loads((release / "release.json").read_text())
-    summary["phases"][0]["notebook"] = "javascript:alert(1)"
-    summary["phases"][1]["notebook"] = "../../other/01-preflight.ipynb"
+    hostile = {0: "javascript:alert(1)", 1: "JaVaScRiPt:alert(2)", 2: "vbscript:msgbox",
+               3: "data:text,x"}
+    shutil.copyfile(release / summary["phases"][0]["notebook"], release / hostile[0])
+    for number, name in hostile.items():
+        summary["phases"][number]["notebook"] = name
+    summary["phases"][4]["name"] = "javascript:alert(3)"
     (release / "release.json").write_text(json.dumps(summary))
-    timeline = section(report.build_report(release).read_text(encoding="utf-8"), "timeline")
-    assert '<a href="javascript%3Aalert%281%29">' in timeline
-    assert '<a href="..%2F..%2Fother%2F01-preflight.ipynb">' in timeline
-    assert 'href="javascript:' not in timeline and 'href="../' not in timeline
+    page = report.build_report(release).read_text(encoding="utf-8")
+    links = links_in(page)
+    # the file named "javascript:alert(1)" and the 8 notebooks (4 no longer listed, still found)
+    assert len(links) == 9
+    for link in links:
+        assert link.startswith("./") and ":" not in link and "/" not in link[2:], link
+        assert (release / unquote(link[2:])).is_file(), link
+    assert '<a href="./javascript%3Aalert%281%29">' in page  # a file named so: a file
+    assert "javascript:alert(1)</a>" in page  # shown as text
+    for missing in ("JaVaScRiPt:alert(2)", "vbscript:msgbox", "data:text,x"):  # no file: text
+        assert f"<td>{missing}</td>" in section(page, "timeline")
+    assert not re.search(r"(?i)\b(href|src)\s*=\s*[\"']?\s*(javascript|vbscript|data):", page)
 
 
 def test_json_inside_a_script_element_cannot_close_it():
@@ -364,3 +396,200 @@ def test_report_build_of_unreadable_release_json_exits_2(tmp_path, capsys):
     (tmp_path / "release.json").write_text("{not json")
     assert _run(tmp_path) == 2
     assert "release.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- nothing escapes its folder
+
+OUTSIDE_SECRET = "k8s-token-0f9e8d7c6b5a"  # what an outside file holds
+
+
+def outside_file(tmp_path: Path, name: str = "kubeconfig") -> Path:
+    """A file outside the release folder holding a secret (a kubeconfig with its token)."""
+    path = tmp_path / "outside" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"users:\n- name: admin\n  user:\n    token: {OUTSIDE_SECRET}\n")
+    return path
+
+
+def outside_notebook(tmp_path: Path, release: Path) -> Path:
+    """An executed notebook outside the release folder whose notes hold the secret."""
+    path = tmp_path / "outside" / "01-preflight.ipynb"
+    path.parent.mkdir(exist_ok=True)
+    shutil.copyfile(release / "01-preflight.ipynb", path)
+    edit_result(path, lambda result: result.update(notes=[f"token {OUTSIDE_SECRET}"]))
+    return path
+
+
+def refused(folder: Path, capsys) -> str:
+    """`report build FOLDER` exits 2 with one line naming the problem, writes no report and
+    shows nothing of the outside file; the line."""
+    assert _run(folder) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("canarykit: error: ") and len(err) < 400
+    assert OUTSIDE_SECRET not in err
+    output = folder / "report.html"
+    assert not output.exists() or not stat.S_ISREG(output.lstat().st_mode)
+    return err
+
+
+def test_a_symlinked_report_html_is_refused_and_its_target_untouched(release, tmp_path,
+                                                                     capsys):
+    target = outside_file(tmp_path, "bashrc")
+    before = target.read_bytes()
+    (release / "report.html").symlink_to(target)
+    assert "report.html: is a symbolic link" in refused(release, capsys)
+    assert target.read_bytes() == before
+    assert (release / "report.html").is_symlink()  # not replaced either
+    assert [p.name for p in target.parent.iterdir()] == ["bashrc"]
+
+
+def test_a_report_html_that_is_a_folder_is_refused(release, capsys):
+    (release / "report.html").mkdir()
+    assert "report.html: exists and is not a regular file" in refused(release, capsys)
+
+
+def test_a_symlinked_plan_yaml_is_refused_and_nothing_of_it_embedded(release, tmp_path,
+                                                                    capsys):
+    (release / "plan.yaml").unlink()
+    (release / "plan.yaml").symlink_to(outside_file(tmp_path))
+    assert "plan.yaml: is refused: only regular files inside the release folder are read" \
+        in refused(release, capsys)
+
+
+@pytest.mark.parametrize("kind", ["absolute", "parent", "nested"])
+def test_a_notebook_path_leaving_the_folder_is_refused_and_nothing_embedded(
+        release, tmp_path, capsys, kind):
+    outside = outside_notebook(tmp_path, release)
+    name = {"absolute": str(outside), "parent": f"../../../outside/{outside.name}",
+            "nested": f"sub/../{outside.name}"}[kind]
+    summary = json.loads((release / "release.json").read_text())
+    summary["phases"][0]["notebook"] = name
+    (release / "release.json").write_text(json.dumps(summary))
+    err = refused(release, capsys)
+    assert "phases[0].notebook: must name a file inside the release folder" in err
+
+
+@pytest.mark.parametrize("name", ["01-preflight.ipynb", "audit.jsonl", "release.json",
+                                  "notifications.jsonl"])
+def test_a_symlinked_file_of_the_folder_is_refused_and_nothing_embedded(
+        release, tmp_path, capsys, name):
+    outside = (outside_notebook(tmp_path, release) if name.endswith(".ipynb")
+               else outside_file(tmp_path))
+    if name == "notifications.jsonl":
+        summary = json.loads((release / "release.json").read_text())
+        (release / "release.json").write_text(json.dumps({**summary, "notifications": name}))
+    (release / name).unlink(missing_ok=True)
+    (release / name).symlink_to(outside)
+    assert f"{name}: is refused: only regular files inside the release folder are read" \
+        in refused(release, capsys)
+
+
+def test_files_release_json_names_must_be_beside_it(release, tmp_path, capsys):
+    outside = outside_file(tmp_path)
+    summary = json.loads((release / "release.json").read_text())
+    for field_name in ("plan", "notifications"):
+        (release / "release.json").write_text(json.dumps({**summary, field_name: str(outside)}))
+        assert f"release.json {field_name}: must name a file inside the release folder" \
+            in refused(release, capsys)
+
+
+# ---------------------------------------------------------------- no secret escapes
+
+PASSWORD = "pa55w0rd-Xq7"
+
+
+def test_the_report_never_shows_a_password_from_a_url(release):
+    plan = (release / "plan.yaml").read_text().replace(
+        "http://127.0.0.1:9090", f"http://reader:{PASSWORD}@prometheus:9090")
+    (release / "plan.yaml").write_text(plan)
+    summary = json.loads((release / "release.json").read_text())
+    summary["reason"] = f"rolled back; Prometheus at https://admin:{PASSWORD}@prom failed"
+    summary["notifications"] = "notifications.jsonl"
+    summary["webhooks"] = [{"kind": "pre-rollout", "name": f"https://ci:{PASSWORD}@ci.example",
+                            "ok": True, "reason": "", "at": "2024-05-01T12:00:00Z"}]
+    (release / "release.json").write_text(json.dumps(summary))
+    (release / "notifications.jsonl").write_text(json.dumps({
+        "channel": "ops", "kind": "webhook", "event": "rollback", "ok": False,
+        "error": f"POST http://hook:{PASSWORD}@hooks.example answered 500"}) + "\n")
+    edit_result(release / "05-analyze-5.ipynb", lambda result: result.update(
+        notes=[f"queried http://reader:{PASSWORD}@prometheus:9090"],
+        decision={**result["decision"], "reason": f"see http://x:{PASSWORD}@grafana"}))
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert PASSWORD not in page and "pa55w0rd" not in page
+    assert "url: http://prometheus:9090" in section(page, "details")  # the plan, shown
+    assert "queried http://prometheus:9090" in page
+    assert "POST http://hooks.example answered 500" in section(page, "people")
+
+
+def test_credential_looking_lines_are_withheld_from_the_report(release):
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    edit_result(release / "02-internal-canary.ipynb", lambda result: result.update(
+        notes=[f"pushed with {token}", "plain note"],
+        parameters={**result["parameters"], "header": "-----BEGIN RSA PRIVATE KEY-----\nMIIB"}))
+    with (release / "plan.yaml").open("a") as plan:
+        plan.write("password: s3cr3t-in-the-plan\n")
+    page = report.build_report(release).read_text(encoding="utf-8")
+    for secret in (token, "MIIB", "s3cr3t-in-the-plan"):
+        assert secret not in page
+    assert page.count("(withheld: looked like a credential)") >= 3
+    assert "plain note" in page
+
+
+# ---------------------------------------------------------------- hostile release.json
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"phases": "all of them"}, "release.json phases: must be a list of objects"),
+    ({"phases": [1, 2]}, "release.json phases: must be a list of objects"),
+    ({"phases": [{"index": "3", "name": "x"}]}, "phases[0].index: must be a whole number"),
+    ({"phases": [{"index": True}]}, "phases[0].index: must be a whole number"),
+    ({"phases": [{"index": 10 ** 30}]}, "phases[0].index: must be a whole number"),
+    ({"phases": [{"index": 1, "notebook": ["a.ipynb"]}]}, "phases[0].notebook: must name"),
+    ({"phases": [{"index": 1, "name": {"x": 1}}]}, "phases[0].name: must be text"),
+    ({"phases": [{"index": 1, "approval": "yes"}]}, "phases[0].approval: must be an object"),
+    ({"phases": [{"index": 1, "started": "yesterday"}]}, "phases[0].started: must be a time"),
+    ({"reason": "x" * 10_000_000}, "release.json reason: is longer than 10,000"),
+    ({"service": ["reviews"]}, "release.json service: must be text"),
+    ({"started": "not a time"}, "release.json started: must be a time"),
+    ({"finished": 1e300}, "release.json finished: must be a time"),
+    ({"finished": "9999-12-31T23:59:59-05:00"}, "release.json finished: must be a time"),
+    ({"webhooks": "none"}, "release.json webhooks: must be a list of objects"),
+    ({"notifications": 5}, "release.json notifications: must name a file"),
+])
+def test_a_release_json_field_of_the_wrong_type_or_size_exits_2_in_one_line(
+        release, capsys, change, named):
+    summary = json.loads((release / "release.json").read_text())
+    (release / "release.json").write_text(json.dumps({**summary, **change}))
+    assert _run(release) == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert err.count("\n") == 1 and len(err) < 400 and "Traceback" not in err
+    assert not (release / "report.html").exists()
+
+
+def test_release_json_nested_too_deeply_or_too_large_exits_2(release, capsys):
+    (release / "release.json").write_text("[" * 200_000 + "]" * 200_000)
+    assert _run(release) == 2
+    assert "release.json: is nested too deeply" in capsys.readouterr().err
+    with (release / "release.json").open("w") as big:
+        big.write('{"phases": [], "reason": "')
+        big.write("x" * (16 * 1024 * 1024))
+        big.write('"}')
+    assert _run(release) == 2
+    assert "release.json: is too large to read" in capsys.readouterr().err
+
+
+def test_hostile_shapes_inside_a_notebook_result_still_give_a_report(release):
+    def hostile(result):
+        result["decision"] = {"verdict": "FAIL", "reason": "x", "judgements": [
+            {"judge": "a", "values": [1, 2], "thresholds": "none", "evidence": [3],
+             "queries": "up"}, "not a judgement", 5]}
+        result["metrics"] = [{"timestamp": 1e300, "version": "v2", "metric": "x", "value": 1},
+                             {"timestamp": "2024-05-01T12:05:00Z", "version": {"v": 2},
+                              "metric": "success-rate", "value": 0.5}]
+        result["changes"] = [{"auditHash": ["not", "a", "hash"], "diff": 7}]
+        result["weights"] = {"v1": "half", "v2": None}
+    edit_result(release / "07-analyze-25.ipynb", hostile)
+    page = report.build_report(release).read_text(encoding="utf-8")
+    assert "7. analyze-25" in section(page, "judges")
+    assert charts_in(page) == 4

@@ -106,3 +106,62 @@ def test_a_result_from_another_version_keeps_what_it_knows():
         {"runbook": "promote", "parameters": {}, "outcome": "maybe", "future_field": 1})
     assert again.outcome is runbook.Outcome.ERROR  # unknown outcome: never taken as ok
     assert again.changes == [] and again.verdict is None
+
+
+def test_every_credential_parameter_is_found_and_a_credential_name_is_never_repeated():
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    found = runbook.credential_parameters({
+        "service": "reviews", "api_key": "k", "urls": ["http://ok", "http://u:p@h"],
+        token: 1})
+    assert [(name, field) for name, field, _ in found] == [
+        ("api_key", "api_key"), ("urls", "urls[1]"), (token, "<a parameter name>")]
+    with pytest.raises(BadInput) as refused:
+        runbook.check_parameters({token: 1})
+    assert token not in str(refused.value)
+
+
+def test_outside_a_notebook_kernel_a_refusal_says_nothing_of_papermill():
+    with pytest.raises(BadInput) as refused:
+        runbook.check_parameters({"api_key": "k-123"})
+    assert str(refused.value) == ("api_key: looks like a credential; pass the name of an "
+                                  "environment variable or file instead (e.g. api_key_env) "
+                                  "(got '<hidden>')")
+
+
+def test_a_recorded_result_keeps_no_url_userinfo(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw: shown.append(data))
+    result = runbook.new_result("analyze", {"service": "reviews"})
+    result.notes.append("Prometheus at http://reader:hunter2@prom:9090 answers")
+    result.decision = {"verdict": "PASS", "reason": "see https://u:hunter2@grafana"}
+    runbook.record(result)
+    assert "hunter2" not in json.dumps(shown)
+    assert shown[0][runbook.RESULT_MIME]["notes"] == ["Prometheus at http://prom:9090 answers"]
+
+
+def test_error_text_keeps_no_url_userinfo():
+    assert runbook.error_text(RuntimeError("GET http://a:hunter2@h failed")) == (
+        "RuntimeError: GET http://h failed")
+
+
+@pytest.mark.parametrize("text", [
+    '{"cells": "none"}', '{"cells": [1, {"cell_type": "code", "outputs": {"a": 1}}]}',
+    '{"cells": [{"cell_type": "code", "outputs": [2, {"data": []}]}]}',
+])
+def test_a_notebook_of_the_wrong_shape_has_no_result(text):
+    assert runbook.parse_notebook(text, "x.ipynb") == (None, None)
+
+
+def test_a_notebook_nested_too_deeply_is_refused_in_one_line():
+    with pytest.raises(BadInput, match="nested too deeply"):
+        runbook.parse_notebook("[" * 100_000 + "]" * 100_000, "x.ipynb")
+
+
+def test_a_recorded_result_read_back_keeps_no_url_userinfo():
+    output = {"output_type": "display_data", "data": {runbook.RESULT_MIME: {
+        "runbook": "analyze", "notes": ["http://u:hunter2@prom"]}}}
+    text = json.dumps({"cells": [{"cell_type": "code", "outputs": [output]}]})
+    result, _ = runbook.parse_notebook(text, "x.ipynb")
+    assert result.notes == ["http://prom"]
