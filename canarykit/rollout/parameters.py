@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,11 @@ def default(runbook_name: str, name: str) -> Any:
 # ---------------------------------------------------------------- a run's parameters
 
 
+# The names IPython binds in every kernel (output history, input history, directories); any
+# other new name is a parameter, an underscore in front or not.
+_IPYTHON_NAME = re.compile(r"_+|_i+|_i?\d+|_(?:oh|ih|dh|sh|exit_code)|In|Out")
+
+
 def given_parameters(runbook_name: str, namespace: dict[str, Any],
                      before: set[str]) -> dict[str, Any]:
     """The parameters a run was given: names bound since `before` (the parameters cell and the
@@ -139,13 +145,17 @@ def given_parameters(runbook_name: str, namespace: dict[str, Any],
                        "is not a runbook (known: " + ", ".join(RUNBOOK_PARAMETERS) + ")")
     given = {
         name: value for name, value in namespace.items()
-        if name not in before and not name.startswith("_") and name not in _RUNBOOK_VARIABLES
-        and not callable(value) and type(value).__name__ != "module"
+        if name not in before and not _IPYTHON_NAME.fullmatch(name)
+        and name not in _RUNBOOK_VARIABLES and not callable(value)
+        and type(value).__name__ != "module"
     }
     runbook.check_parameters(given)
     known = RUNBOOK_PARAMETERS[runbook_name]
     for name in sorted(set(given) - set(known)):
-        raise BadInput(name, given[name], f"is not a parameter of the {runbook_name} runbook "
+        shown = given[name]
+        if isinstance(shown, str) and len(shown) > 80:
+            shown = shown[:80] + "..."
+        raise BadInput(name, shown, f"is not a parameter of the {runbook_name} runbook "
                        f"(parameters: {', '.join(known)})")
     return {name: given[name] for name in known if name in given}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from canarykit.analysis.settings import AnalysisSettings
+from canarykit.core.errors import BadInput
 from canarykit.rollout import parameters
 
 RUNBOOKS = Path(__file__).resolve().parents[2] / "canarykit" / "runbooks"
@@ -86,3 +87,15 @@ def test_a_plan_passes_the_runbook_its_analysis_settings_as_parameters():
     assert set(values) <= set(parameters.RUNBOOK_PARAMETERS["shadow"])
     assert values["judges"] == "latency" and values["window"] == "30s"
     assert parameters.analysis_settings("shadow", values) == settings
+
+
+def test_an_underscore_in_front_does_not_hide_a_credential_or_an_unknown_parameter():
+    namespace = {"_": 1, "_i3": "x", "_oh": {}, "In": [], "_api_key": "ghp_" + "a" * 36}
+    with pytest.raises(BadInput) as secret:
+        parameters.given_parameters("analyze", namespace, set())
+    assert "ghp_" not in str(secret.value)
+    with pytest.raises(BadInput) as unknown:
+        parameters.given_parameters("analyze", {"_colour": "x" * 500}, set())
+    assert unknown.value.field == "_colour" and len(str(unknown.value)) < 600
+    assert parameters.given_parameters("analyze", {"_": 1, "__": 2, "_i12": "", "_12": 3},
+                                       set()) == {}
