@@ -26,15 +26,24 @@ def _percent(text: str) -> int:
     return value
 
 
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
+    )
+    parser.add_argument(
+        "--timeout", metavar="SECONDS",
+        help="seconds each request to the API server may take (default: "
+             "$CANARYKIT_KUBE_TIMEOUT, else 30)",
+    )
+
+
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("service", metavar="SERVICE", help="the service (VirtualService host)")
     parser.add_argument(
         "-n", "--namespace", help="namespace (default: the context's, else default)"
     )
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
-    parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
-    )
+    _add_connection_arguments(parser)
     parser.add_argument(
         "--audit-log",
         type=Path,
@@ -111,10 +120,25 @@ def _add_cluster_command(name: str, parser: argparse.ArgumentParser) -> None:
 
 def _add_audit_command(parser: argparse.ArgumentParser) -> None:
     audit_commands = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    verify = audit_commands.add_parser("verify", help="check the hash chain of an audit log")
+    verify = audit_commands.add_parser(
+        "verify", help="check the hash chain of an audit log, and against the cluster",
+        description="Check every record's hash and link (and HMAC, when "
+                    "$CANARYKIT_AUDIT_HMAC_KEY is set) and every unfinished change. With "
+                    "--cluster (implied by --kubeconfig/--context), also check that each "
+                    "object the log changed carries the log's newest change to it as its "
+                    "audit head: records cut from the end or a rewritten chain are found.")
     verify.add_argument(
-        "path", type=Path, metavar="PATH", help="audit log file, or a folder holding audit.jsonl"
-    )
+        "path", type=Path, metavar="PATH",
+        help="audit log file, or a folder holding audit.jsonl (a release folder: its plan "
+             "names the cluster)")
+    verify.add_argument("--cluster", action="store_true",
+                        help="check the log against the cluster (the release folder's plan's, "
+                             "else as kubectl)")
+    verify.add_argument("--reconcile", action="store_true",
+                        help="with the cluster: first record the outcome of unfinished "
+                             "changes the cluster answers for")
+    _add_connection_arguments(verify)
+    verify.add_argument("--output", choices=("text", "json"), default="text")
     verify.set_defaults(handler=run_audit_verify)
 
 
@@ -147,7 +171,7 @@ def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
 def _connect(args: argparse.Namespace):
     from canarykit.cluster import client as cluster
 
-    return cluster.connect(args.kubeconfig, args.context, args.namespace)
+    return cluster.connect(args.kubeconfig, args.context, args.namespace, args.timeout)
 
 
 def _print_changes(applied: list[Any], args: argparse.Namespace) -> None:
@@ -219,16 +243,78 @@ def run_rollback(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+MAX_NOTES = 10  # notes `audit verify` prints; --output json has them all
+
+
+def _plan_cluster(folder: Path) -> dict[str, str]:
+    """kubeconfig, context and namespace named by a release folder's plan.yaml (if any)."""
+    from canarykit.core import yamlsafe
+    from canarykit.core.errors import BadInput
+
+    plan = folder / "plan.yaml"
+    if not plan.is_file():
+        return {}
+    if plan.stat().st_size > 1024 * 1024:
+        raise BadInput(str(plan), "(plan)", "is larger than 1 MiB: not a plan")
+    try:
+        loaded = yamlsafe.load(plan.read_text(encoding="utf-8"), str(plan))
+    except UnicodeDecodeError:
+        raise BadInput(str(plan), "(plan)", "is not UTF-8 text") from None
+    if not isinstance(loaded, dict):
+        raise BadInput(str(plan), "(plan)", "is not a YAML mapping")
+    found = {}
+    for name in ("kubeconfig", "context", "namespace"):
+        value = loaded.get(name)
+        if value not in (None, "") and not isinstance(value, str):
+            raise BadInput(f"{plan}: {name}", str(value)[:80], "must be a string")
+        if value:
+            found[name] = value
+    return found
+
+
 def run_audit_verify(args: argparse.Namespace) -> int:
     from canarykit.cluster import audit
+    from canarykit.core.errors import BadInput
 
-    path = args.path / "audit.jsonl" if args.path.is_dir() else args.path
-    check = audit.verify_chain(path)
-    if check.ok:
-        print(f"{path}: audit chain intact, {check.records} records, head {check.head[:16]}")
-        return ExitCode.OK
-    print(f"{path}: audit chain BROKEN: {check.problem}", file=sys.stderr)
-    return ExitCode.FAILED
+    folder = args.path if args.path.is_dir() else None
+    path = folder / "audit.jsonl" if folder else args.path
+    if not path.exists():
+        raise BadInput("PATH", str(path), "no such audit log")
+    key = audit.hmac_key()
+    if args.cluster or args.kubeconfig or args.context:
+        from canarykit.cluster import client as cluster
+
+        plan = _plan_cluster(folder) if folder else {}
+        kube = cluster.connect(args.kubeconfig or plan.get("kubeconfig"),
+                               args.context or plan.get("context"), plan.get("namespace"),
+                               args.timeout)
+        check = cluster.verify_log(kube, path, key=key, reconcile=args.reconcile)
+    elif args.reconcile:
+        raise BadInput("--reconcile", True, "needs the cluster (--cluster or --kubeconfig)")
+    else:
+        check = audit.verify_chain(path, key=key)
+    if args.output == "json":
+        print(json.dumps({"path": str(path), **check.to_dict()}, indent=2))
+    elif check.status == audit.UNREADABLE:
+        raise BadInput("audit log", str(path), check.problem)
+    elif check.ok:
+        against = (f"; checked against the cluster at {check.server}: {check.checked} objects "
+                   "carry their newest change in it") if check.server else ""
+        print(f"{path}: audit chain intact, {check.records} records ({check.changes} changes), "
+              f"head {check.head[:16]}{against}")
+    else:
+        more = len(check.problems) - 1
+        extra = f" (and {more} more problems: --output json lists them)" if more else ""
+        print(f"{path}: audit chain {check.status.upper()}: {check.problem}{extra}",
+              file=sys.stderr)
+    if args.output == "text":
+        for note in check.notes[:MAX_NOTES]:
+            print(f"  note: {note}")
+        if len(check.notes) > MAX_NOTES:
+            print(f"  ... and {len(check.notes) - MAX_NOTES} more notes (--output json)")
+    if check.status == audit.UNREADABLE:
+        return ExitCode.BAD_INPUT
+    return ExitCode.OK if check.ok else ExitCode.FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,5 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except (CanaryKitError, KeyboardInterrupt) as exc:
         if not isinstance(exc, KeyboardInterrupt):
-            print(f"canarykit: error: {exc}", file=sys.stderr)
+            print(f"canarykit: error: {_one_line(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
+
+
+def _one_line(message: str) -> str:
+    """An error as the one line a user sees: no line breaks, no credentials in URLs."""
+    from canarykit.core.urls import scrub
+
+    return scrub(" ".join(message.split()))

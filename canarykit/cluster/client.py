@@ -6,17 +6,25 @@ again: if the fields canarykit manages still hold what the change was computed f
 the change is re-applied on top of the fresh object; otherwise it stops with
 `ConcurrentChangeError`, so an update is never lost nor blindly overwritten (a GitOps
 controller reverting weights, another runner, a person with kubectl).
+
+Every request has a timeout (`--timeout`, else CANARYKIT_KUBE_TIMEOUT, else
+DEFAULT_KUBE_TIMEOUT), and the audit log is never held locked across a request: the change's
+intent is recorded first, the request made, its outcome recorded after (see `audit`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import socket
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -32,16 +40,24 @@ from canarykit.cluster.state import (
     with_annotation,
     with_state,
 )
+from canarykit.core import yamlsafe
 from canarykit.core.errors import BadInput, CanaryKitError, ClusterError, ConcurrentChangeError
 from canarykit.core.names import check_dns_label, check_service_host, service_name
+from canarykit.core.urls import scrub, without_userinfo
 from canarykit.mesh import istio, validate
 from canarykit.mesh.traffic import Change, restore_managed_fields
 
 PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+# What a request that got no answer raises (timeouts, refused or reset connections, TLS).
+NO_ANSWER = (urllib3.exceptions.HTTPError, OSError)
 MAX_CONFLICT_RETRIES = 5
 DEFAULT_KUBECONFIG = "~/.kube/config"  # what kubectl reads with no flag and no $KUBECONFIG
 IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 ROUTE_SETTINGS = ("mirror", "mirrorPercentage", "fault", "timeout", "retries")  # shown by status
+DEFAULT_KUBE_TIMEOUT = 30.0  # seconds per request to the API server, unless told otherwise
+KUBE_TIMEOUT_ENV = "CANARYKIT_KUBE_TIMEOUT"
+MAX_KUBE_TIMEOUT = 3600.0
+MAX_KUBECONFIG_BYTES = 4 * 1024 * 1024  # kubeconfigs are kilobytes; /dev/zero is not one
 
 
 class InvalidChange(CanaryKitError):
@@ -58,8 +74,9 @@ class Cluster:
     namespace: str
     istio_version: str
     actor: str
-    server: str
+    server: str  # without userinfo: it is printed and recorded
     context: str | None = None
+    timeout: float = DEFAULT_KUBE_TIMEOUT  # seconds per request
 
 
 @dataclass
@@ -165,16 +182,76 @@ def kubeconfig_source(kubeconfig: str | None = None) -> tuple[str, str] | None:
     return None
 
 
+def request_timeout(value: Any = None, field_name: str = "--timeout") -> float:
+    """Seconds each request to the API server may take: `value`, else $CANARYKIT_KUBE_TIMEOUT,
+    else DEFAULT_KUBE_TIMEOUT. A hung server then fails one command, not every one after it."""
+    if value is None or value == "":
+        value, field_name = os.environ.get(KUBE_TIMEOUT_ENV) or "", KUBE_TIMEOUT_ENV
+        if not value:
+            return DEFAULT_KUBE_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (0 < seconds <= MAX_KUBE_TIMEOUT):
+        raise BadInput(field_name, str(value)[:40],
+                       f"must be a number of seconds above 0, at most {MAX_KUBE_TIMEOUT:g}")
+    return seconds
+
+
+class _TimedApiClient(client.ApiClient):
+    """The official client, with a timeout on every request that does not name its own: so
+    the calls other modules make through `Cluster.api` (leases, approvals) have one too."""
+
+    def __init__(self, configuration: client.Configuration, timeout: float) -> None:
+        # Connection attempts may be retried (nothing was sent); a request that was sent is
+        # never re-sent by urllib3 after a read error or timeout: a PUT must not land twice
+        # unseen, and a hung server must cost one timeout, not four.
+        configuration.retries = urllib3.Retry(total=1, connect=1, read=0, redirect=0,
+                                              status=0, other=0, raise_on_status=False)
+        super().__init__(configuration)
+        self.timeout = timeout
+        request = self.rest_client.request  # every request of every client version ends here
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            kwargs["_request_timeout"] = kwargs.get("_request_timeout") or timeout
+            return request(*args, **kwargs)
+
+        self.rest_client.request = timed
+
+
+def _read_bounded(field_name: str, path: str) -> str:
+    """A kubeconfig's text: a regular file (a FIFO or /dev/zero would never end), bounded,
+    UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise BadInput(field_name, path, f"cannot read the kubeconfig ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        kind = "a folder" if os.path.isdir(path) else "not a regular file"
+        raise BadInput(field_name, path, f"is not a valid kubeconfig: {kind}")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as stream:
+        data = stream.read(MAX_KUBECONFIG_BYTES + 1)
+    if len(data) > MAX_KUBECONFIG_BYTES:
+        raise BadInput(field_name, path, "is not a valid kubeconfig: larger than "
+                       f"{MAX_KUBECONFIG_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(field_name, path,
+                       "is not a valid kubeconfig: not UTF-8 text (a binary file?)") from None
+
+
 def _read_kubeconfig(field: str, path: str) -> dict[str, Any]:
     """One kubeconfig file as a mapping ({} when empty); BadInput naming it when malformed."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            loaded = yaml.safe_load(stream) or {}
-    except OSError as exc:
-        raise BadInput(field, path, f"cannot read the kubeconfig ({exc.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        problem = " ".join(str(exc).split())
-        raise BadInput(field, path, f"is not a valid kubeconfig: bad YAML ({problem})") from None
+        loaded = yamlsafe.load(_read_bounded(field, path), field) or {}
+    except BadInput as exc:
+        if exc.value == path:
+            raise
+        raise BadInput(field, path, f"is not a valid kubeconfig: {exc.problem}") from None
     if not isinstance(loaded, dict):
         raise BadInput(field, path, "is not a valid kubeconfig: not a YAML mapping")
     contexts = loaded.get("contexts") or []
@@ -183,11 +260,13 @@ def _read_kubeconfig(field: str, path: str) -> dict[str, Any]:
     ):
         raise BadInput(field, path, "is not a valid kubeconfig: contexts is not a list of "
                        "named contexts")
+    if not isinstance(loaded.get("current-context") or "", str):
+        raise BadInput(field, path, "is not a valid kubeconfig: current-context is not a name")
     return loaded
 
 
 def _connect_kubeconfig(
-    field: str, paths: str, context: str | None
+    field: str, paths: str, context: str | None, timeout: float
 ) -> tuple[client.ApiClient, str | None, str | None]:
     """A client from the listed kubeconfig files merged as kubectl merges them (missing files
     skipped, the first file to set a name or the current context wins), its namespace and user."""
@@ -208,46 +287,56 @@ def _connect_kubeconfig(
     current = next((loaded[p]["current-context"] for p in files
                     if loaded[p].get("current-context")), None)
     if context and context not in contexts:
-        raise BadInput("--context", context, f"not in the kubeconfig (has: {', '.join(contexts)})")
+        names = ", ".join(contexts)
+        raise BadInput("--context", context, f"not in the kubeconfig (has: {names[:200]})")
     name = context or current
     if name not in contexts:
-        raise BadInput(field, paths, f"its current-context {name!r} is not one of its contexts "
-                       "(give --context)")
+        raise BadInput(field, paths, f"its current-context {str(name)[:80]!r} is not one of its "
+                       "contexts (give --context)")
+    configuration = type.__call__(client.Configuration)
     try:
-        api = config.new_client_from_config(config_file=os.pathsep.join(files), context=name)
+        config.load_kube_config(config_file=os.pathsep.join(files), context=name,
+                                client_configuration=configuration, persist_config=False)
     except (ConfigException, yaml.YAMLError, OSError, TypeError, KeyError, AttributeError,
             ValueError) as exc:  # what the client's loader raises on a malformed file
-        problem = " ".join(str(exc).split()) or type(exc).__name__
+        problem = scrub(" ".join(str(exc).split()))[:200] or type(exc).__name__
         raise BadInput(field, paths, f"is not a usable kubeconfig: {problem}") from None
     chosen = contexts[name].get("context")
     chosen = chosen if isinstance(chosen, dict) else {}
-    return api, chosen.get("namespace"), chosen.get("user")
+    namespace, user = chosen.get("namespace"), chosen.get("user")
+    return (_TimedApiClient(configuration, timeout), namespace if isinstance(namespace, str)
+            else None, user if isinstance(user, str) else None)
 
 
 def connect(
-    kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    namespace: str | None = None,
+    timeout: float | None = None,
 ) -> Cluster:
     """Connect as kubectl would (see `kubeconfig_source`) and learn the Istio API version.
 
-    `kubeconfig` is a file, or a path list like $KUBECONFIG.
+    `kubeconfig` is a file, or a path list like $KUBECONFIG. `timeout`: seconds per request
+    (see `request_timeout`).
     """
+    timeout = request_timeout(timeout)
     source = kubeconfig_source(kubeconfig)
     if source is None:
         try:
-            configuration = client.Configuration()
+            configuration = type.__call__(client.Configuration)
             config.load_incluster_config(client_configuration=configuration)
         except ConfigException as exc:
             raise ClusterError(f"cannot load the in-cluster configuration: {exc}") from exc
-        api = client.ApiClient(configuration)
+        api: client.ApiClient = _TimedApiClient(configuration, timeout)
         context_namespace, user = _read_text(IN_CLUSTER_NAMESPACE_FILE), None
     else:
-        api, context_namespace, user = _connect_kubeconfig(*source, context)
+        api, context_namespace, user = _connect_kubeconfig(*source, context, timeout)
     namespace = namespace or context_namespace or "default"
     check_dns_label("--namespace", namespace)
-    server = api.configuration.host
+    server = without_userinfo(api.configuration.host)
     version = detect_istio_version(api, server)
     actor = who_am_i(api) or user or "unknown"
-    return Cluster(api, namespace, version, actor, server, context)
+    return Cluster(api, namespace, version, actor, server, context, timeout)
 
 
 def _read_text(path: str) -> str | None:
@@ -263,8 +352,9 @@ def detect_istio_version(api: client.ApiClient, server: str = "") -> str:
         groups = client.ApisApi(api).get_api_versions()
     except ApiException as exc:
         raise _cluster_error(exc, "discovery of API groups") from exc
-    except Exception as exc:  # urllib3 connection errors
-        raise ClusterError(f"cannot reach the Kubernetes API at {server}: {_short(exc)}") from exc
+    except Exception as exc:  # urllib3 connection errors and timeouts
+        raise ClusterError(f"cannot reach the Kubernetes API at {without_userinfo(server)}: "
+                           f"{_network_problem(exc, api)}") from None
     for group in groups.groups or []:
         if group.name == istio.ISTIO_GROUP:
             served = [v.version for v in group.versions]
@@ -290,16 +380,32 @@ def who_am_i(api: client.ApiClient) -> str | None:
     return user_info.username if user_info else None
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    return scrub(text)[:200]
+
+
+def _network_problem(exc: BaseException, api: Any) -> str:
+    """Why a request got no answer, in a few words (a timeout says which setting to raise)."""
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
+        seconds = getattr(api, "timeout", None)
+        within = f" within {seconds:g} s" if seconds else ""
+        return f"no answer{within} (raise --timeout or {KUBE_TIMEOUT_ENV} if the server is slow)"
+    return _short(reason)
+
+
+def _unreachable(cluster: Cluster, what: str, exc: BaseException) -> ClusterError:
+    return ClusterError(f"{what}: cannot reach the Kubernetes API at {cluster.server}: "
+                        f"{_network_problem(exc, cluster.api)}")
 
 
 def _status_message(exc: ApiException) -> str:
     try:
-        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
+        message = json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except (ValueError, AttributeError, RecursionError):
+        message = str(exc.reason)
+    return scrub(str(message))[:500]
 
 
 def _cluster_error(exc: ApiException, what: str) -> ClusterError:
@@ -317,15 +423,25 @@ def _custom(cluster: Cluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
 
 
-def get_object(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
+class NotFound(ClusterError):
+    """The object does not exist (any more)."""
+
+
+def get_object(
+    cluster: Cluster, kind: str, name: str, namespace: str | None = None
+) -> dict[str, Any]:
+    """One object of `kind` in `namespace` (default: the cluster's namespace)."""
+    namespace = namespace or cluster.namespace
     try:
         return _custom(cluster).get_namespaced_custom_object(
-            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind], name
+            istio.ISTIO_GROUP, cluster.istio_version, namespace, PLURALS[kind], name
         )
     except ApiException as exc:
         if exc.status == 404:
-            raise ClusterError(f"{kind} {cluster.namespace}/{name} not found") from exc
-        raise _cluster_error(exc, f"reading {kind} {cluster.namespace}/{name}") from exc
+            raise NotFound(f"{kind} {namespace}/{name} not found") from None
+        raise _cluster_error(exc, f"reading {kind} {namespace}/{name}") from None
+    except NO_ANSWER as exc:
+        raise _unreachable(cluster, f"reading {kind} {namespace}/{name}", exc) from None
 
 
 def list_objects(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
@@ -334,7 +450,10 @@ def list_objects(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
             istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind]
         )
     except ApiException as exc:
-        raise _cluster_error(exc, f"listing {PLURALS[kind]} in {cluster.namespace}") from exc
+        raise _cluster_error(exc, f"listing {PLURALS[kind]} in {cluster.namespace}") from None
+    except NO_ANSWER as exc:
+        raise _unreachable(cluster, f"listing {PLURALS[kind]} in {cluster.namespace}",
+                           exc) from None
     return found.get("items", [])
 
 
@@ -377,7 +496,10 @@ def annotate(cluster: Cluster, kind: str, name: str, patch: dict[str, Any]) -> d
             istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind], name,
             patch)
     except ApiException as exc:
-        raise _cluster_error(exc, f"annotating {kind} {cluster.namespace}/{name}") from exc
+        raise _cluster_error(exc, f"annotating {kind} {cluster.namespace}/{name}") from None
+    except NO_ANSWER as exc:
+        raise _unreachable(cluster, f"annotating {kind} {cluster.namespace}/{name}",
+                           exc) from None
 
 
 # --- changing -----------------------------------------------------------------------------
@@ -402,16 +524,19 @@ def _rebase(fresh: dict[str, Any], change: Change, head: str | None) -> dict[str
 def _replace(cluster: Cluster, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
     kind, name = body["kind"], body["metadata"]["name"]
     body = {**body, "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}"}
-    return _custom(cluster).replace_namespaced_custom_object(
-        istio.ISTIO_GROUP,
-        cluster.istio_version,
-        cluster.namespace,
-        PLURALS[kind],
-        name,
-        body,
-        dry_run="All" if dry_run else None,
-        field_manager="canarykit",
-    )
+    try:
+        return _custom(cluster).replace_namespaced_custom_object(
+            istio.ISTIO_GROUP,
+            cluster.istio_version,
+            cluster.namespace,
+            PLURALS[kind],
+            name,
+            body,
+            dry_run="All" if dry_run else None,
+            field_manager="canarykit",
+        )
+    except NO_ANSWER as exc:
+        raise _unreachable(cluster, f"changing {istio.object_ref(body)}", exc) from None
 
 
 def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -426,6 +551,14 @@ def _differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
+@dataclass
+class _Progress:
+    """Whether a real (not dry-run) write was sent and no answer came: then nobody knows
+    whether it was applied until the object is read again."""
+
+    unanswered_write: bool = False
+
+
 def apply_change(
     cluster: Cluster,
     change: Change,
@@ -433,7 +566,13 @@ def apply_change(
     dry_run: bool = False,
     audit_log: Path | str | None = None,
 ) -> AppliedChange:
-    """Validate, dry-run and apply one object change; append an audit record when applied."""
+    """Validate, dry-run and apply one object change, recorded in the audit log around it.
+
+    The intent is appended (and unfinished changes of earlier runs settled) before anything
+    is sent, its hash goes with the change as the object's audit head, and the outcome is
+    appended after: a process that dies in between leaves an intent the next writer and
+    `audit verify` resolve against the cluster. The log is never locked during a request.
+    """
     ref = istio.object_ref(change.after)
     if not change.changed:
         return AppliedChange(change, change.before, dry_run, attempts=0)
@@ -443,17 +582,107 @@ def apply_change(
     if dry_run:
         return AppliedChange(change, _apply_with_retries(cluster, change, None, True)[0], True)
     log_path = Path(audit_log) if audit_log else audit.default_audit_log()
+    intent = _record_intent(cluster, log_path, _audit_entry(cluster, change, ref))
+    progress = _Progress()
+    try:
+        result, attempts = _apply_with_retries(cluster, change, intent["hash"], False, progress)
+    except BaseException as exc:
+        outcome = (audit.UNKNOWN if progress.unanswered_write else audit.CONFLICT
+                   if isinstance(exc, ConcurrentChangeError) else audit.FAILED)
+        try:
+            _record_outcome(log_path, intent, outcome, error=_short(exc))
+        except CanaryKitError:
+            pass  # the intent stays unfinished: the next writer settles it
+        raise
+    try:
+        _record_outcome(log_path, intent, audit.APPLIED,
+                        resourceVersion=result.get("metadata", {}).get("resourceVersion"),
+                        attempts=attempts)
+    except CanaryKitError as exc:
+        raise CanaryKitError(f"{ref} was changed, but its outcome could not be recorded ({exc}); "
+                             "the next change records it") from None
+    return AppliedChange(change, result, False, attempts, intent)
+
+
+def _record_intent(cluster: Cluster, log_path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append the intent; first settle the unfinished changes of earlier runs on this cluster,
+    asking the cluster about them with the log let go."""
     with audit.locked_log(log_path) as log:
-        record = log.prepare(_audit_entry(cluster, change, ref))
-        result, attempts = _apply_with_retries(cluster, change, record["hash"], False)
-        log.write(record)
-    return AppliedChange(change, result, False, attempts, record)
+        waiting = audit.unfinished(log.records(), cluster.server)
+        if not waiting:
+            return log.append(entry)
+    heads = _current_heads(cluster, {item.target for item in waiting})
+    with audit.locked_log(log_path) as log:
+        audit.settle(log, heads, actor=cluster.actor, server=cluster.server)
+        return log.append(entry)
+
+
+def _record_outcome(log_path: Path, intent: dict[str, Any], result: str, **details: Any) -> None:
+    with audit.locked_log(log_path) as log:
+        log.append({"type": audit.OUTCOME, "intent": intent["hash"], "target": intent["target"],
+                    "result": result, **{k: v for k, v in details.items() if v is not None}})
+
+
+def _current_heads(cluster: Cluster, targets: set[str]) -> dict[str, str | None]:
+    """target -> the audit head its object carries (None: no head, or no object); a target
+    the cluster does not answer for is left out, so its change stays unfinished."""
+    heads: dict[str, str | None] = {}
+    for target in sorted(targets):
+        try:
+            heads[target] = _head_of(cluster, target)
+        except NotFound:
+            heads[target] = None
+        except ClusterError:
+            continue
+    return heads
+
+
+def _head_of(cluster: Cluster, target: str) -> str | None:
+    kind, namespace, name = audit.managed_target(target) or ("", "", "")
+    obj = get_object(cluster, kind, name, namespace)
+    head = (obj.get("metadata", {}).get("annotations") or {}).get(AUDIT_HEAD_ANNOTATION)
+    return head if isinstance(head, str) else None
+
+
+def object_heads(cluster: Cluster, targets: list[str]) -> list[audit.ObjectHead]:
+    """What the cluster says of each managed object the audit log names (for verification)."""
+    found = []
+    for target in targets:
+        try:
+            found.append(audit.ObjectHead(target, True, _head_of(cluster, target)))
+        except NotFound:
+            found.append(audit.ObjectHead(target, False))
+    return found
+
+
+def verify_log(
+    cluster: Cluster, path: Path | str, *, key: bytes | None = None, reconcile: bool = False
+) -> audit.ChainCheck:
+    """The audit log checked against this cluster (see `audit.verify_chain`); `reconcile`
+    first records the outcome of the unfinished changes the cluster answers for."""
+    if reconcile and Path(path).is_file():
+        with audit.locked_log(path) as log:
+            waiting = audit.unfinished(log.records(), cluster.server)
+        if waiting:
+            heads = _current_heads(cluster, {item.target for item in waiting})
+            with audit.locked_log(path) as log:
+                audit.settle(log, heads, actor=cluster.actor, server=cluster.server)
+    return audit.verify_chain(path, key=key, server=cluster.server,
+                              cluster_heads=lambda targets: object_heads(cluster, targets))
+
+
+def _give_up_seconds(cluster: Cluster) -> float:
+    """How long after its intent a change may still land: every request of every attempt,
+    each with one connection retry, plus a minute for clocks that differ."""
+    return 60 + 2 * cluster.timeout * (3 * MAX_CONFLICT_RETRIES + 1)
 
 
 def _apply_with_retries(
-    cluster: Cluster, change: Change, head: str | None, dry_run: bool
+    cluster: Cluster, change: Change, head: str | None, dry_run: bool,
+    progress: _Progress | None = None,
 ) -> tuple[dict[str, Any], int]:
     ref = istio.object_ref(change.after)
+    progress = progress or _Progress()
     expected = _guarded_fields(change.before)
     body = _rebase(change.before, change, head)
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
@@ -461,17 +690,23 @@ def _apply_with_retries(
             preview = _replace(cluster, body, dry_run=True)
             if dry_run:
                 return preview, attempt
-            return _replace(cluster, body, dry_run=False), attempt
+            progress.unanswered_write = True
+            result = _replace(cluster, body, dry_run=False)
+            progress.unanswered_write = False
+            return result, attempt
         except ApiException as exc:
+            progress.unanswered_write = False
             if exc.status == 422:
                 raise ClusterError(
                     f"the cluster rejected the change to {ref}: {_status_message(exc)}"
-                ) from exc
+                ) from None
             if exc.status == 404:
-                raise ClusterError(f"{ref} was deleted while canarykit was changing it") from exc
+                raise ClusterError(f"{ref} was deleted while canarykit was changing it") from None
             if exc.status != 409:
-                raise _cluster_error(exc, f"changing {ref}") from exc
+                raise _cluster_error(exc, f"changing {ref}") from None
         fresh = get_object(cluster, change.after["kind"], change.after["metadata"]["name"])
+        if head and canarykit_annotations(fresh).get(AUDIT_HEAD_ANNOTATION) == head:
+            return fresh, attempt  # our own write landed (a request sent twice)
         found = _guarded_fields(fresh)
         if found != expected:
             fields = ", ".join(_differing(expected, found))
@@ -487,8 +722,9 @@ def _apply_with_retries(
 
 def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:
     return {
+        "type": audit.INTENT,
         "actor": cluster.actor,
-        "server": cluster.server,
+        "server": without_userinfo(cluster.server),
         "target": ref,
         "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}",
         "operation": change.operation,
@@ -496,6 +732,8 @@ def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:
         "before": istio.managed_fields(change.before),
         "after": istio.managed_fields(change.after),
         "baseResourceVersion": change.before.get("metadata", {}).get("resourceVersion"),
+        "baseAuditHead": canarykit_annotations(change.before).get(AUDIT_HEAD_ANNOTATION),
+        "deadline": audit.deadline_after(_give_up_seconds(cluster)),
     }
 
 

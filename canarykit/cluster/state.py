@@ -53,17 +53,53 @@ def new_state(
     )
 
 
+MAX_STATE_CHARS = 1024 * 1024  # far above any real state; an annotation is at most 256 KiB
+_FIELD = f"metadata.annotations[{ROLLOUT_ANNOTATION}]"
+_REQUIRED = {"stable": str, "canary": str, "release": str, "started_at": str, "snapshot": dict}
+_OPTIONAL = {"step": int, "phase": str, "history": list}
+_SNAPSHOT = ("virtualService", "destinationRule")  # what rollback restores
+
+
 def read_state(vs: dict[str, Any]) -> RolloutState | None:
-    """The rollout in progress on this VirtualService, or None."""
+    """The rollout in progress on this VirtualService, or None.
+
+    The annotation is checked whole (fields, their types, the snapshot rollback restores):
+    anyone who can edit the object can write it, and a rollback must not stop half way on a
+    state it cannot use.
+    """
     raw = (vs.get("metadata", {}).get("annotations") or {}).get(ROLLOUT_ANNOTATION)
     if not raw:
         return None
+    if not isinstance(raw, str) or len(raw) > MAX_STATE_CHARS:
+        raise BadInput(_FIELD, f"{type(raw).__name__} of {len(str(raw)):,} characters",
+                       "is not rollout state")
     try:
-        return RolloutState.from_dict(json.loads(raw))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise BadInput(
-            f"metadata.annotations[{ROLLOUT_ANNOTATION}]", raw[:80], f"is not rollout state: {exc}"
-        ) from exc
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadInput(_FIELD, raw[:80], "is not rollout state: not JSON") from None
+    if not isinstance(data, dict):
+        raise BadInput(_FIELD, raw[:80], "is not rollout state: not a JSON object")
+    for name, kind in {**_REQUIRED, **_OPTIONAL}.items():
+        if name not in data:
+            if name in _REQUIRED:
+                raise BadInput(f"{_FIELD}.{name}", "(missing)",
+                               "is missing: the rollout state is incomplete; fix or remove "
+                               "the annotation")
+            continue
+        value = data[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadInput(f"{_FIELD}.{name}", str(value)[:80],
+                           f"must be a {'number' if kind is int else kind.__name__}")
+    for name in _SNAPSHOT:
+        if not isinstance(data["snapshot"].get(name), dict):
+            raise BadInput(f"{_FIELD}.snapshot.{name}", "(missing)" if name not in
+                           data["snapshot"] else str(data["snapshot"][name])[:80],
+                           "must be the managed fields rollback restores (a mapping)")
+    name = data["snapshot"].get("destinationRuleName")
+    if name is not None and not isinstance(name, str):
+        raise BadInput(f"{_FIELD}.snapshot.destinationRuleName", str(name)[:80],
+                       "must be the DestinationRule's name")
+    return RolloutState.from_dict(data)
 
 
 def with_annotation(obj: dict[str, Any], key: str, value: str | None) -> dict[str, Any]:

@@ -1,8 +1,19 @@
 """The cluster module against the local API server, through the official client only."""
 
 import copy
+import http.server
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +27,7 @@ from canarykit.cluster.state import (
     read_state,
     with_state,
 )
+from canarykit.core import times
 from canarykit.core.errors import BadInput, ConcurrentChangeError
 from canarykit.mesh import istio, traffic
 from tests.apiserver_fixture import seed
@@ -433,3 +445,379 @@ def test_in_a_pod_without_any_kubeconfig_the_in_cluster_config_is_used(home, mon
     assert cluster.kubeconfig_source() is None
     monkeypatch.setenv("KUBECONFIG", "/nowhere/config")
     assert cluster.kubeconfig_source() == ("KUBECONFIG", "/nowhere/config")
+
+
+# --- the audit record and the change are inseparable ----------------------------------------
+
+
+def _raw_records(log):
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_a_change_is_recorded_before_and_after_it_and_verified_against_the_cluster(lab):
+    kube, log = lab
+    applied = cluster.set_weight(kube, "reviews", 25, audit_log=log)
+    raw = _raw_records(log)
+    assert [(r.get("type"), r.get("operation") or r.get("result")) for r in raw] == [
+        ("intent", "begin_rollout"), ("outcome", "applied"),
+        ("intent", "set_canary_weight"), ("outcome", "applied")]
+    head = _read(kube)["metadata"]["annotations"][AUDIT_HEAD_ANNOTATION]
+    assert head == raw[2]["hash"] == applied.audit_record["hash"]
+    assert raw[2]["baseAuditHead"] == raw[0]["hash"]
+    assert raw[3]["intent"] == head and raw[3]["resourceVersion"]
+    check = cluster.verify_log(kube, log)
+    assert check.ok and check.checked == 1 and check.server == kube.server
+
+
+def test_a_refused_change_records_why_and_is_not_a_change(lab):
+    kube, log = lab
+    before = _read(kube)
+    _other_writer(kube).replace_namespaced_custom_object(
+        "networking.istio.io", "v1", "default", "virtualservices", "reviews",
+        traffic.set_canary_weight(before, 50).after)
+    with pytest.raises(ConcurrentChangeError):
+        cluster.apply_change(kube, traffic.set_canary_weight(before, 10), audit_log=log)
+    outcome = _raw_records(log)[-1]
+    assert (outcome["type"], outcome["result"]) == ("outcome", "conflict")
+    assert "changed by someone else" in outcome["error"]
+    assert audit.read_records(log) == []
+    assert audit.verify_chain(log).ok
+
+
+KILL_AFTER_PUT = """
+import os, signal, sys
+from canarykit.cluster import client as cluster
+
+kubeconfig, log, weight, moment = sys.argv[1:]
+real = cluster._replace
+
+def replace(kube, body, dry_run):
+    if moment == "before" and dry_run:
+        os.kill(os.getpid(), signal.SIGKILL)  # the intent is recorded, nothing sent yet
+    result = real(kube, body, dry_run)
+    if moment == "after" and not dry_run:
+        os.kill(os.getpid(), signal.SIGKILL)  # the PUT reached the server, no outcome yet
+    return result
+
+cluster._replace = replace
+cluster.set_weight(cluster.connect(kubeconfig), "reviews", int(weight), audit_log=log)
+"""
+
+
+def _killed_while_changing(apiserver, log, weight, moment):
+    done = subprocess.run([sys.executable, "-c", KILL_AFTER_PUT, str(apiserver.kubeconfig),
+                           str(log), str(weight), moment], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def test_a_change_killed_after_its_put_is_found_and_settled_by_the_next_change(
+    apiserver, lab
+):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 10, audit_log=log)
+
+    _killed_while_changing(apiserver, log, 30, "after")
+
+    assert _weights(_read(kube)) == {"v1": 70, "v2": 30}  # the change happened
+    dying = _raw_records(log)[-1]
+    assert dying["type"] == "intent" and dying["params"]["canary_weight"] == 30
+    offline = audit.verify_chain(log)
+    assert offline.status == audit.INCOMPLETE and "has no outcome" in offline.problem
+    check = cluster.verify_log(kube, log)
+    assert check.status == audit.INCOMPLETE
+    assert "line 5: the change to VirtualService default/reviews was applied" in check.problem
+
+    cluster.set_weight(kube, "reviews", 40, audit_log=log)
+
+    settled = [r for r in _raw_records(log) if r.get("intent") == dying["hash"]]
+    assert [(r["result"], r["reconciled"]) for r in settled] == [("applied", True)]
+    assert cluster.verify_log(kube, log).ok
+
+
+def test_a_change_killed_before_its_put_was_not_applied(apiserver, lab):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 10, audit_log=log)
+
+    _killed_while_changing(apiserver, log, 30, "before")
+
+    assert _weights(_read(kube)) == {"v1": 90, "v2": 10}
+    check = cluster.verify_log(kube, log)
+    assert check.status == audit.INCOMPLETE and "still in flight" in check.problem
+    later = audit.verify_chain(log, cluster_heads=lambda t: cluster.object_heads(kube, t),
+                               server=kube.server, now=times.utc_now() + timedelta(days=1))
+    assert later.ok and "was not applied" in later.notes[0]
+
+
+def test_records_cut_from_the_end_are_found_against_the_cluster(lab):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 20, audit_log=log)
+    cluster.set_weight(kube, "reviews", 30, audit_log=log)
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-2]))  # the last change cut off, intent and outcome
+    assert audit.verify_chain(log).ok  # the file alone cannot tell
+    check = cluster.verify_log(kube, log)
+    assert check.status == audit.BROKEN and "which is not in the log" in check.problem
+
+
+def _rewrite_chain(log, edit):
+    """A forger with write access to the file: edit records, recompute every hash and link."""
+    prev, out, renamed = audit.GENESIS, [], {}
+    for record in _raw_records(log):
+        edit(record)
+        for link in ("intent", "baseAuditHead"):
+            if record.get(link) in renamed:
+                record[link] = renamed[record[link]]
+        record["prev"] = prev
+        old = record.pop("hash")
+        record["hash"] = renamed[old] = audit.record_hash(record)
+        prev = record["hash"]
+        out.append(json.dumps(record, sort_keys=True))
+    log.write_text("\n".join(out) + "\n")
+
+
+def _claim_actor(record):
+    record["actor"] = "someone-else"
+
+
+def test_a_whole_chain_rewrite_is_found_against_the_cluster(lab):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 20, audit_log=log)
+    _rewrite_chain(log, _claim_actor)
+    assert audit.verify_chain(log).ok
+    check = cluster.verify_log(kube, log)
+    assert check.status == audit.BROKEN and "not in the log" in check.problem
+
+
+def test_a_whole_chain_rewrite_is_found_by_the_hmac_without_the_cluster(lab, monkeypatch):
+    kube, log = lab
+    monkeypatch.setenv(audit.HMAC_KEY_ENV, "an audit key of 32 bytes or so..")
+    cluster.set_weight(kube, "reviews", 20, audit_log=log)
+    key = audit.hmac_key()
+    assert audit.verify_chain(log, key=key).ok
+    _rewrite_chain(log, _claim_actor)
+    check = audit.verify_chain(log, key=key)
+    assert check.status == audit.BROKEN and "HMAC does not match" in check.problem
+
+
+def test_a_torn_last_line_does_not_block_the_next_change(lab):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 20, audit_log=log)
+    with open(log, "ab") as out:
+        out.write(b'{"actor": "canarykit-admin", "after": {"http": [{"na')
+    assert audit.verify_chain(log).status == audit.INCOMPLETE
+
+    cluster.set_weight(kube, "reviews", 30, audit_log=log)
+
+    assert _weights(_read(kube))["v2"] == 30
+    check = cluster.verify_log(kube, log)
+    assert check.ok and "not a whole record" in check.notes[0]
+
+
+def test_changes_on_other_clusters_sharing_the_log_are_left_alone(lab):
+    kube, log = lab
+    cluster.set_weight(kube, "reviews", 20, audit_log=log)
+    elsewhere = replace(kube, server="https://elsewhere.example:6443")
+    with audit.locked_log(log) as held:  # another cluster's change, unfinished
+        held.append({"type": audit.INTENT, "server": elsewhere.server,
+                     "target": "VirtualService default/reviews", "deadline": "2000-01-01T00Z"})
+    cluster.set_weight(kube, "reviews", 30, audit_log=log)
+    assert len(audit.unfinished(_raw_records(log))) == 1  # not settled from here
+    check = cluster.verify_log(kube, log)
+    assert check.ok and "1 changes were made on other clusters" in check.notes[0]
+
+
+# --- no request without a timeout; no lock across one --------------------------------------
+
+
+class _Hung:
+    """A TCP server that accepts connections and never answers, stopped by the test."""
+
+    def __init__(self):
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.held, self.stop = [], threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.socket.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                self.held.append(self.socket.accept()[0])
+            except OSError:
+                continue
+
+    def close(self):
+        self.stop.set()
+        for conn in self.held:
+            conn.close()
+        self.socket.close()
+
+
+def write_kubeconfig(path, server, token="t0ken"):
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "tester"}}]}))
+    return path
+
+
+@pytest.fixture
+def hung(tmp_path):
+    server = _Hung()
+    yield server, write_kubeconfig(tmp_path / "hung.yaml", server.url)
+    server.close()
+
+
+def test_a_hung_api_server_times_out(hung, monkeypatch):
+    _, kubeconfig = hung
+    started = time.monotonic()
+    with pytest.raises(cluster.ClusterError, match="no answer within 1 s"):
+        cluster.connect(kubeconfig=str(kubeconfig), timeout=1)
+    monkeypatch.setenv(cluster.KUBE_TIMEOUT_ENV, "0.5")
+    with pytest.raises(cluster.ClusterError, match="no answer within 0.5 s"):
+        cluster.connect(kubeconfig=str(kubeconfig))
+    assert time.monotonic() - started < 6
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon", "1e9"])
+def test_a_timeout_that_is_not_a_sensible_number_of_seconds_is_refused(value, monkeypatch):
+    with pytest.raises(BadInput, match="--timeout: must be a number of seconds"):
+        cluster.request_timeout(value)
+    monkeypatch.setenv(cluster.KUBE_TIMEOUT_ENV, value)
+    with pytest.raises(BadInput, match="CANARYKIT_KUBE_TIMEOUT: must be a number"):
+        cluster.request_timeout()
+    assert cluster.request_timeout("2.5") == 2.5
+
+
+class _StubApi(http.server.BaseHTTPRequestHandler):
+    """Just enough of an API server for `set_weight`, whose real (not dry-run) PUTs hang."""
+
+    protocol_version = "HTTP/1.1"
+    objects = {"virtualservices": VS, "destinationrules": DR}
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        path = self.path.split("?")[0].rstrip("/").split("/")
+        if path[-1] == "apis":
+            version = {"groupVersion": "networking.istio.io/v1", "version": "v1"}
+            return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": "networking.istio.io", "versions": [version],
+                 "preferredVersion": version}]})
+        if path[-1] in self.objects:
+            return self._send(200, {"items": [self._object(path[-1])]})
+        if path[-2] in self.objects:
+            return self._send(200, self._object(path[-2]))
+        return self._send(404, {"kind": "Status", "code": 404, "message": "not found"})
+
+    def _object(self, plural):
+        obj = copy.deepcopy(self.objects[plural])
+        obj["metadata"]["resourceVersion"] = "1"
+        return obj
+
+    def do_POST(self):  # noqa: N802 (SelfSubjectReview: not served here)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._send(404, {"kind": "Status", "code": 404, "message": "not found"})
+
+    def do_PUT(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if "dryRun=All" in self.path:
+            return self._send(200, json.loads(body))
+        self.server.hanging.set()
+        self.server.release.wait(60)  # the write never answers
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub_api(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubApi)
+    server.daemon_threads = True
+    server.hanging, server.release = threading.Event(), threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server, write_kubeconfig(tmp_path / "stub.yaml", url)
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_audit_log_is_not_locked_while_a_write_hangs(stub_api, tmp_path):
+    server, kubeconfig = stub_api
+    log = tmp_path / "audit.jsonl"
+    kube = cluster.connect(kubeconfig=str(kubeconfig), timeout=2)
+    failure = []
+
+    def change():
+        try:
+            cluster.set_weight(kube, "reviews", 10, audit_log=log)
+        except cluster.ClusterError as exc:
+            failure.append(str(exc))
+
+    writer = threading.Thread(target=change)
+    writer.start()
+    assert server.hanging.wait(10)
+    with audit.locked_log(log, wait=0.5) as held:  # another writer gets the log meanwhile
+        assert held.records()[-1]["type"] == "intent"
+    writer.join(10)
+    assert failure and "no answer within 2 s" in failure[0]
+    outcome = _raw_records(log)[-1]
+    assert (outcome["type"], outcome["result"]) == ("outcome", "unknown")  # it may have landed
+
+
+# --- secrets and hostile input --------------------------------------------------------------
+
+
+def test_credentials_in_the_server_url_are_neither_shown_nor_recorded(apiserver, tmp_path):
+    seed(apiserver, copy.deepcopy(VS), copy.deepcopy(DR))
+    loaded = yaml.safe_load(apiserver.kubeconfig.read_text())
+    server = loaded["clusters"][0]["cluster"]["server"]
+    loaded["clusters"][0]["cluster"]["server"] = server.replace("://", "://bob:hunter2@")
+    kubeconfig = tmp_path / "userinfo.yaml"
+    kubeconfig.write_text(yaml.safe_dump(loaded))
+    kube = cluster.connect(kubeconfig=str(kubeconfig))
+    log = tmp_path / "audit.jsonl"
+    cluster.set_weight(kube, "reviews", 10, audit_log=log)
+    assert kube.server == server
+    assert "hunter2" not in json.dumps(cluster.status(kube, "reviews").to_dict())
+    assert "hunter2" not in log.read_text() and server in log.read_text()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("/etc/passwd", "not a YAML mapping"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff", "not UTF-8 text"),
+    ("folder", "is not a valid kubeconfig: a folder"),
+    ("/dev/zero", "not a regular file"),
+    ("clusters: []\nclusters: []\n", "duplicate key"),
+    ("current-context: [a]\ncontexts: []\n", "current-context is not a name"),
+    ("clusters: [unclosed\n", "not valid YAML"),
+])
+def test_a_kubeconfig_that_is_not_one_is_refused_in_one_line(home, tmp_path, content, problem):
+    if content == "folder":
+        path = tmp_path / "folder"
+        path.mkdir()
+    elif isinstance(content, str) and content.startswith("/"):
+        path = Path(content)
+    else:
+        path = tmp_path / "kubeconfig"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    started = time.monotonic()
+    with pytest.raises(BadInput, match=re.escape(problem)) as refused:
+        cluster.connect(kubeconfig=str(path))
+    assert "\n" not in str(refused.value) and time.monotonic() - started < 5
+
+
+def test_a_fifo_as_kubeconfig_is_refused_without_waiting(home, tmp_path):
+    fifo = tmp_path / "kubeconfig"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInput, match="not a regular file"):
+        cluster.connect(kubeconfig=str(fifo))
