@@ -64,6 +64,10 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
                 "run a rollout plan: run, step, status, abort, promote"),
     "report": ("canarykit.rollout.report", "release reports: build"),
     "notify": ("canarykit.notify.cli", "notifications: send a test to every channel of a plan"),
+    "runbook": ("canarykit.rollout.handrun", "run a packaged runbook by hand (parameters "
+                "checked before anything is written); scrub papermill outputs"),
+    "deploy": ("canarykit.deploy.manifests",
+               "render the manifests that run a plan on the cluster (CronJob, least privilege)"),
 }
 # Optional parts (the lab) offer commands the same way through this entry-point group, so the
 # product never imports them.
@@ -74,7 +78,7 @@ CLUSTER_COMMANDS: dict[str, str] = {
     "rollback": "restore the traffic as it was before the rollout",
 }
 ORDER = ("validate", "analyze", "replay", "status", "weight", "rollback", "audit", "rollout",
-         "report", "notify")
+         "runbook", "report", "notify", "deploy")
 ALL = "*"
 
 

@@ -52,7 +52,10 @@ PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationr
 NO_ANSWER = (urllib3.exceptions.HTTPError, OSError)
 MAX_CONFLICT_RETRIES = 5
 DEFAULT_KUBECONFIG = "~/.kube/config"  # what kubectl reads with no flag and no $KUBECONFIG
-IN_CLUSTER_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # token, ca.crt, namespace
+# Where a pod's service-account files are, when not at the standard place (a test, or a
+# runner that mounts them elsewhere).
+SERVICE_ACCOUNT_DIR_ENV = "CANARYKIT_SERVICE_ACCOUNT_DIR"
 ROUTE_SETTINGS = ("mirror", "mirrorPercentage", "fault", "timeout", "retries")  # shown by status
 DEFAULT_KUBE_TIMEOUT = 30.0  # seconds per request to the API server, unless told otherwise
 KUBE_TIMEOUT_ENV = "CANARYKIT_KUBE_TIMEOUT"
@@ -322,13 +325,16 @@ def connect(
     timeout = request_timeout(timeout)
     source = kubeconfig_source(kubeconfig)
     if source is None:
+        folder = Path(os.environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
         try:
             configuration = type.__call__(client.Configuration)
-            config.load_incluster_config(client_configuration=configuration)
+            config.incluster_config.InClusterConfigLoader(
+                token_filename=str(folder / "token"), cert_filename=str(folder / "ca.crt"),
+            ).load_and_set(configuration)
         except ConfigException as exc:
             raise ClusterError(f"cannot load the in-cluster configuration: {exc}") from exc
         api: client.ApiClient = _TimedApiClient(configuration, timeout)
-        context_namespace, user = _read_text(IN_CLUSTER_NAMESPACE_FILE), None
+        context_namespace, user = _read_text(str(folder / "namespace")), None
     else:
         api, context_namespace, user = _connect_kubeconfig(*source, context, timeout)
     namespace = namespace or context_namespace or "default"

@@ -1056,9 +1056,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(code, payload, warnings)
 
     def authenticated(self) -> User | None:
-        header = self.headers.get("Authorization", "")
-        token = header[7:].strip() if header.startswith("Bearer ") else ""
-        return user_for_token(self.server.store.token, token)
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":  # Kubernetes takes the scheme in any case
+            return None
+        return user_for_token(self.server.store.token, token.strip())
 
     def read_body(self, method: str) -> bytes:
         """The body within the server's limit: 413 past it, 400 for framing that cannot be

@@ -130,9 +130,10 @@ def default(runbook_name: str, name: str) -> Any:
 # ---------------------------------------------------------------- a run's parameters
 
 
-# The names IPython binds in every kernel (output history, input history, directories); any
-# other new name is a parameter, an underscore in front or not.
-_IPYTHON_NAME = re.compile(r"_+|_i+|_i?\d+|_(?:oh|ih|dh|sh|exit_code)|In|Out")
+# The names Python and IPython bind in every kernel (dunders such as the `__annotations__` a
+# typed parameters cell creates, output and input history, directories); any other new name
+# is a parameter, an underscore in front or not.
+_IPYTHON_NAME = re.compile(r"_+|__\w+__|_i+|_i?\d+|_(?:oh|ih|dh|sh|exit_code)|In|Out")
 
 
 def given_parameters(runbook_name: str, namespace: dict[str, Any],

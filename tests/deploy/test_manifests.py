@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # kubernetes client would import it, and jsonschema, at every start).
 sys.path.insert(0, str(Path(sys.prefix) / "kubernetes-validate"))
 import kubernetes_validate  # noqa: E402
+
 CLUSTER_PLAN = ROOT / "examples" / "plans" / "reviews-cluster.yaml"
 KUBERNETES = "1.35.0"  # a current release whose schemas kubernetes-validate ships
 RENDER = {"secret": "reviews-canarykit", "reports_claim": "canarykit-reports"}

@@ -97,5 +97,5 @@ def test_an_underscore_in_front_does_not_hide_a_credential_or_an_unknown_paramet
     with pytest.raises(BadInput) as unknown:
         parameters.given_parameters("analyze", {"_colour": "x" * 500}, set())
     assert unknown.value.field == "_colour" and len(str(unknown.value)) < 600
-    assert parameters.given_parameters("analyze", {"_": 1, "__": 2, "_i12": "", "_12": 3},
-                                       set()) == {}
+    assert parameters.given_parameters("analyze", {"_": 1, "__": 2, "_i12": "", "_12": 3,
+                                                    "__annotations__": {}}, set()) == {}
