@@ -119,7 +119,8 @@ RUNBOOK_PARAMETERS: dict[str, tuple[str, ...]] = {
     name: tuple(p.name for p in declared) for name, declared in DECLARED.items()
 }
 # Variables the runbooks themselves define after their parameters (not parameters).
-_RUNBOOK_VARIABLES = {"result", "target", "decision", "frames", "figure", "parameters"}
+_RUNBOOK_VARIABLES = {"result", "target", "decision", "frames", "figure", "parameters",
+                      "_before_parameters"}  # what the runbooks bind themselves
 
 
 def default(runbook_name: str, name: str) -> Any:
