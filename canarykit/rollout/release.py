@@ -395,7 +395,8 @@ def audit_check(release: Release) -> dict[str, Any]:
         check = audit.verify_chain(release.folder / AUDIT_LOG, expected_heads=expected)
         return {**check.to_dict(), "expected": len(expected), "entries": []}
     try:
-        check = audit.verify_chain(path, expected_heads=expected).to_dict()
+        check = audit.verify_chain(path, expected_heads=expected,
+                                   key=audit.hmac_key()).to_dict()
     except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         check = {"ok": False, "records": 0, "problem": "the audit log is not a chain of "
                  "JSON records", "head": None}
