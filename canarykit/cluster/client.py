@@ -415,10 +415,12 @@ def _status_message(exc: ApiException) -> str:
 
 
 def _cluster_error(exc: ApiException, what: str) -> ClusterError:
-    if exc.status in (401, 403):
+    if exc.status == 401:
         return ClusterError(
             f"{what}: the cluster refused our credentials ({exc.status} {exc.reason})"
         )
+    if exc.status == 403:  # Kubernetes says who may not do what: keep its words
+        return ClusterError(f"{what}: forbidden (403): {_status_message(exc)}")
     return ClusterError(f"{what}: {exc.status} {_status_message(exc)}")
 
 

@@ -40,11 +40,15 @@ PHASE_OVERHEAD_SECONDS = 30  # a kernel's start, papermill, the cluster calls of
 LABELS = {"app.kubernetes.io/name": "canarykit", "app.kubernetes.io/component": "rollout",
           "app.kubernetes.io/managed-by": "canarykit"}
 # What `rollout step` does in the cluster, verb by verb (tests/deploy prove it is enough
-# and that each rule is needed). SelfSubjectReview (who am I, for the audit log) is
-# cluster-scoped and granted to every authenticated user by Kubernetes' system:basic-user.
+# and that each rule a rollout uses is needed). `get` of the Istio objects is for re-reading
+# on a 409 and settling a change a killed runner left unfinished. No plan step changes a
+# DestinationRule yet, so there is no update on them. SelfSubjectReview (who am I, for the
+# audit log) is cluster-scoped and granted to every authenticated user by system:basic-user.
 ROLE_RULES = [
-    {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices", "destinationrules"],
+    {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"],
      "verbs": ["get", "list", "update"]},
+    {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
+     "verbs": ["get", "list"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],

@@ -216,7 +216,10 @@ def _check_subsets(target: Target, dr: dict | None) -> Judgement:
     try:
         selector = dict(k8s.CoreV1Api(api).read_namespaced_service(
             target.service, target.namespace).spec.selector or {})
-    except k8s.ApiException:
+    except k8s.ApiException as exc:
+        if exc.status != 404:  # no Service: the subsets' labels alone select the pods
+            return _judgement("subsets", Verdict.FAIL, f"cannot read Service "
+                              f"{target.namespace}/{target.service}: {exc.status} {exc.reason}")
         selector = {}
     try:
         deployments = k8s.AppsV1Api(api).list_namespaced_deployment(target.namespace).items

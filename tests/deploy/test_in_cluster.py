@@ -112,10 +112,14 @@ def run_to_the_end(tmp_path: Path, state, account_dir: Path) -> tuple[dict, str]
 
 
 def all_on_stable(state) -> bool:
+    """The lab's seed routing, and no rollout in progress."""
     from canarykit.cluster import client as cluster
+    from canarykit.cluster import state as rollout_state
 
+    vs = cluster.find_virtual_service(kube(state), state.service)
     routes = cluster.status(kube(state), state.service).routes
-    return all(d.subset == "v1" and (d.weight in (None, 100)) for d in routes[-1].destinations)
+    split = {d.subset: d.weight for d in routes[0].destinations}
+    return split == {"v1": 100, "v2": 0} and rollout_state.read_state(vs) is None
 
 
 def reset(state) -> None:
@@ -142,9 +146,13 @@ def test_a_whole_rollout_runs_in_cluster_as_its_service_account_with_the_rendere
 PERMISSIONS = [(group, resource, verb) for rule in manifests.ROLE_RULES
                for group in rule["apiGroups"] for resource in rule["resources"]
                for verb in rule["verbs"]]
+# Used only on a 409 or to settle a killed runner's change (tests/cluster cover those paths).
+RECOVERY_ONLY = {("networking.istio.io", "virtualservices", "get"),
+                 ("networking.istio.io", "destinationrules", "get")}
 
 
-@pytest.mark.parametrize("missing", PERMISSIONS, ids=lambda p: f"{p[1]}-{p[2]}")
+@pytest.mark.parametrize("missing", [p for p in PERMISSIONS if p not in RECOVERY_ONLY],
+                         ids=lambda p: f"{p[1]}-{p[2]}")
 def test_without_any_one_permission_the_rollout_stops_cleanly_saying_what_was_forbidden(
         tmp_path, cluster_lab, missing):
     reset(cluster_lab)
@@ -155,6 +163,6 @@ def test_without_any_one_permission_the_rollout_stops_cleanly_saying_what_was_fo
     summary, output = run_to_the_end(tmp_path, cluster_lab, account_dir)
     assert summary.get("status") != "promoted", output
     assert "forbidden" in output.lower(), output
-    assert f'cannot {verb} resource "{resource}"' in output or resource in output, output
+    assert f'cannot {verb} resource "{resource}"' in output or resource in output.lower(), output
     assert "Traceback" not in output.split("papermill")[0]
     assert all_on_stable(cluster_lab)  # nothing half-applied: stable still serves everything

@@ -59,7 +59,6 @@ def test_the_role_holds_only_the_verbs_canarykit_uses_and_nothing_on_secrets():
         ("networking.istio.io", "virtualservices", "update"),
         ("networking.istio.io", "destinationrules", "get"),
         ("networking.istio.io", "destinationrules", "list"),
-        ("networking.istio.io", "destinationrules", "update"),
         ("", "services", "get"),
         ("apps", "deployments", "list"),
         ("coordination.k8s.io", "leases", "get"),
