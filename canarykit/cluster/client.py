@@ -414,6 +414,11 @@ def _status_message(exc: ApiException) -> str:
     return scrub(str(message))[:500]
 
 
+def api_error_text(exc: ApiException) -> str:
+    """`403 Forbidden: <the Status message>`: Kubernetes' own words on what was refused."""
+    return f"{exc.status} {exc.reason}: {_status_message(exc)}"
+
+
 def _cluster_error(exc: ApiException, what: str) -> ClusterError:
     if exc.status == 401:
         return ClusterError(

@@ -161,6 +161,8 @@ class Lease:
         """Renew (and, given `state`, record it); LeaseLost when someone else wrote first."""
         from kubernetes.client.exceptions import ApiException
 
+        from canarykit.cluster.client import api_error_text
+
         with self.lock:
             if self.lost:
                 raise LeaseLost(f"lease {self.name} was taken over by another runner")
@@ -186,7 +188,7 @@ class Lease:
                     raise LeaseLost(
                         f"lease {self.name} was taken over by another runner; stopping"
                     ) from exc
-                raise ClusterError(f"writing lease {self.name}: {exc.status} {exc.reason}") \
+                raise ClusterError(f"writing lease {self.name}: {api_error_text(exc)}") \
                     from exc
             except Exception as exc:  # connection errors from urllib3
                 raise ClusterError(f"writing lease {self.name}: {exc}") from exc
@@ -203,6 +205,8 @@ def read_lease(kube: Any, service: str) -> dict[str, Any] | None:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
+    from canarykit.cluster.client import api_error_text
+
     api = client.CoordinationV1Api(kube.api)
     try:
         return json.loads(api.read_namespaced_lease(
@@ -210,7 +214,7 @@ def read_lease(kube: Any, service: str) -> dict[str, Any] | None:
     except ApiException as exc:
         if exc.status == 404:
             return None
-        raise ClusterError(f"reading lease {lease_name(service)}: {exc.status} {exc.reason}") \
+        raise ClusterError(f"reading lease {lease_name(service)}: {api_error_text(exc)}") \
             from exc
 
 
@@ -219,6 +223,8 @@ def acquire_lease(kube: Any, service: str, runner: str,
     """(our Lease, None) when we hold it now, else (None, the lease as another holds it)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
+
+    from canarykit.cluster.client import api_error_text
 
     api = client.CoordinationV1Api(kube.api)
     name = lease_name(service)
@@ -247,7 +253,7 @@ def acquire_lease(kube: Any, service: str, runner: str,
     except ApiException as exc:
         if exc.status == 409:  # another runner created or took it between our read and write
             return None, read_lease(kube, service)
-        raise ClusterError(f"taking lease {name}: {exc.status} {exc.reason}") from exc
+        raise ClusterError(f"taking lease {name}: {api_error_text(exc)}") from exc
     return Lease(api, kube.namespace, json.loads(answer.data), runner, seconds), None
 
 

@@ -219,13 +219,13 @@ def _check_subsets(target: Target, dr: dict | None) -> Judgement:
     except k8s.ApiException as exc:
         if exc.status != 404:  # no Service: the subsets' labels alone select the pods
             return _judgement("subsets", Verdict.FAIL, f"cannot read Service "
-                              f"{target.namespace}/{target.service}: {exc.status} {exc.reason}")
+                              f"{target.namespace}/{target.service}: {cluster.api_error_text(exc)}")
         selector = {}
     try:
         deployments = k8s.AppsV1Api(api).list_namespaced_deployment(target.namespace).items
     except k8s.ApiException as exc:
         return _judgement("subsets", Verdict.FAIL, f"cannot list Deployments in "
-                          f"{target.namespace}: {exc.status} {exc.reason}")
+                          f"{target.namespace}: {cluster.api_error_text(exc)}")
     subsets = {s.get("name"): s.get("labels") or {}
                for s in (dr.get("spec") or {}).get("subsets") or [] if isinstance(s, dict)}
     values: dict[str, Any] = {}
