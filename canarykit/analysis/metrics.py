@@ -167,14 +167,7 @@ class PrometheusSettings:
 
     def validate(self) -> PrometheusSettings:
         """Refuse settings that cannot work, before anything is sent."""
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadInput("prometheus.url", self.url, "must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise BadInput(
-                "prometheus.url", redact_url(self.url),
-                "must not carry credentials; use basic_auth_user and basic_auth_password_env",
-            )
+        check_url("prometheus.url", self.url)
         if self.bearer_token_env and self.bearer_token_file:
             raise BadInput(
                 "prometheus.bearer_token_env", self.bearer_token_env,
@@ -237,18 +230,49 @@ class PrometheusSettings:
         return cls(**data)
 
 
+MAX_URL_LENGTH = 2048
+
+
+def check_url(field_name: str, url: Any) -> str:
+    """A Prometheus base URL that can be queried: http(s), a host, a valid port, no credentials.
+
+    Checked where a URL is first given (a flag, a plan), so a bad one is refused before a
+    release folder is made or a query sent."""
+    problem = "must be an http:// or https:// URL with a host, such as http://prometheus:9090"
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH \
+            or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise BadInput(field_name, _cut(url), problem)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise BadInput(field_name, redact_url(url), problem + " (its host or port is not "
+                       "valid)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise BadInput(field_name, redact_url(url), problem)
+    if parts.username or parts.password:
+        raise BadInput(field_name, redact_url(url), "must not carry credentials; use "
+                       "basic_auth_user and basic_auth_password_env")
+    return url
+
+
+def _cut(value: Any, limit: int = 80) -> Any:
+    text = repr(value)
+    return value if len(text) <= limit else text[:limit] + "..."
+
+
 def redact_url(url: Any) -> str:
     """The URL without any user:password part, for messages."""
     try:
         parts = urlsplit(str(url))
+        if parts.username is None and parts.password is None:
+            return _cut(str(url), 200)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return _cut(parts._replace(netloc=f"***@{host}").geturl(), 200)
     except ValueError:
         return "<unparseable URL>"
-    if parts.username is None and parts.password is None:
-        return str(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 @dataclass
@@ -402,6 +426,10 @@ def _http_error(client: Client, query: str, exc: PrometheusApiClientException) -
 
 
 def _run(client: Client, query: str, call) -> QueryOutcome:
+    """One query; whatever Prometheus (or a proxy in front of it) answers becomes an outcome:
+    data, no data, or one sentence naming the URL - never an exception, never garbage read as
+    numbers (an HTML page, broken JSON or a sample "abc" is an unusable answer, so the
+    judges say INCONCLUSIVE, not FAIL)."""
     import requests
     from prometheus_api_client.exceptions import PrometheusApiClientException
 
@@ -414,16 +442,63 @@ def _run(client: Client, query: str, call) -> QueryOutcome:
             query, HTTP_ERROR,
             f"Prometheus at {client.url} kept answering with server errors", http_status=None,
         )
+    except requests.exceptions.JSONDecodeError:  # before RequestException, its base class
+        return _unusable(client, query, "something that is not JSON")
     except requests.exceptions.RequestException as exc:
         problem = _connection_problem(exc, client.settings.timeout_seconds)
         return QueryOutcome(query, UNREACHABLE,
                             client.scrub(f"Prometheus at {client.url} is unreachable: {problem}"))
-    except ValueError:
-        return QueryOutcome(query, HTTP_ERROR,
-                            f"Prometheus at {client.url} answered with something that is not JSON")
+    except (ValueError, RecursionError):
+        return _unusable(client, query, "something that is not JSON")
+    except (KeyError, TypeError, IndexError, AttributeError):  # JSON without data.result
+        return _unusable(client, query, "JSON that is not a query result (no data.result)")
+    problem = _result_problem(result)
+    if problem:
+        return _unusable(client, query, f"a query result that is not valid: {problem}")
     if not result:
         return QueryOutcome(query, EMPTY, f"Prometheus at {client.url} has no series for {query}")
     return QueryOutcome(query, OK, "", result=list(result))
+
+
+def _unusable(client: Client, query: str, what: str) -> QueryOutcome:
+    return QueryOutcome(query, HTTP_ERROR, f"Prometheus at {client.url} answered with {what}",
+                        http_status=200)
+
+
+def _result_problem(result: Any) -> str:
+    """Why a query's `data.result` is not Prometheus's vector or matrix, '' when it is."""
+    if not isinstance(result, list):
+        return f"a {type(result).__name__} instead of a list of series"
+    for series in result:
+        if not isinstance(series, dict) or not isinstance(series.get("metric", {}), dict):
+            return "a series that is not a mapping with metric labels"
+        if "value" in series:
+            samples = [series["value"]]
+        elif isinstance(series.get("values"), list):
+            samples = series["values"]
+        else:
+            return "a series without value or values"
+        for sample in samples:
+            if not isinstance(sample, (list, tuple)) or len(sample) != 2:
+                return "a sample that is not a [time, value] pair"
+            stamp, value = sample
+            if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) \
+                    or not math.isfinite(stamp):
+                return f"a sample time {_cut(stamp, 40)} that is not a number"
+            if not isinstance(value, str) or not _is_sample_value(value):
+                return f"a sample value {_cut(value, 40)} that is not a number"
+    return ""
+
+
+def _is_sample_value(text: str) -> bool:
+    """Prometheus writes a sample as a decimal, or as NaN, +Inf, -Inf."""
+    if len(text) > 64:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def query_at(client: Client, query: str, at: datetime | float) -> QueryOutcome:

@@ -40,7 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from canarykit.analysis.settings import AnalysisSettings, dispersion_value
+from canarykit.analysis.settings import (
+    AnalysisSettings,
+    dispersion_value,
+    read_config_file,
+    settings_from,
+)
 from canarykit.core import times
 from canarykit.core.errors import BadInput, ExitCode
 
@@ -544,20 +549,7 @@ def read_config(path: str | None) -> AnalysisSettings:
     """The analysis settings of a YAML file (the defaults without one)."""
     if not path:
         return AnalysisSettings()
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise BadInput("--config", path, f"cannot be read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise BadInput("--config", path, "is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise BadInput("--config", path, f"is not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise BadInput("--config", path, "must hold a mapping of analysis settings")
-    return AnalysisSettings.from_dict(data)
+    return settings_from(read_config_file(path))
 
 
 def _seconds(value: float | None) -> str:

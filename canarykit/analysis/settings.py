@@ -14,6 +14,7 @@ and histograms (Mann-Whitney needs many intervals, so it is opt-in).
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,7 @@ from typing import Any
 
 from canarykit.analysis import judges as j
 from canarykit.analysis import metrics as m
+from canarykit.core import yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
 
@@ -30,6 +32,11 @@ EVERYWHERE = (CLI, PLAN, RUNBOOK)
 REPEAT = (PLAN, RUNBOOK)  # re-checking until a verdict: the analyze runbook only
 
 Check = Callable[[str, Any], None]
+# Go's longest duration (what Istio's CRDs and the runbooks' timers can hold), and the largest
+# whole number a setting takes: values beyond are refused, not overflowed somewhere later.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+MAX_WHOLE = 2**31 - 1
+MAX_CONFIG_CHARACTERS = 1_000_000  # a settings file is short: a larger one is refused unread
 
 
 def _setting(default: Any, help: str, check: Check, where: tuple[str, ...] = EVERYWHERE) -> Any:
@@ -45,13 +52,15 @@ def _setting(default: Any, help: str, check: Check, where: tuple[str, ...] = EVE
 def _duration(name: str, value: Any) -> None:
     if not isinstance(value, str) or parse_duration(value, name) <= 0:
         raise BadInput(name, value, "must be a positive duration such as 30s, 1m or 10m")
+    if parse_duration(value, name) > MAX_DURATION_SECONDS:
+        raise BadInput(name, value, "must be at most 2562047h (the longest Go duration)")
 
 
 def _number(low: float, high: float | None = None, *, open_low: bool = False,
             open_high: bool = False) -> Check:
     def check(name: str, value: Any) -> None:
         ok = (isinstance(value, int | float) and not isinstance(value, bool)
-              and math.isfinite(value)
+              and (isinstance(value, int) or math.isfinite(value))
               and (value > low if open_low else value >= low)
               and (high is None or (value < high if open_high else value <= high)))
         if not ok:
@@ -62,8 +71,8 @@ def _number(low: float, high: float | None = None, *, open_low: bool = False,
 
 
 def _whole(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadInput(name, value, "must be a whole number of at least 1")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WHOLE:
+        raise BadInput(name, value, f"must be a whole number from 1 to {MAX_WHOLE}")
 
 
 def _flag(name: str, value: Any) -> None:
@@ -96,9 +105,10 @@ def dispersion_value(name: str, value: Any) -> float | None:
         except ValueError:
             number = value
     ok = (isinstance(number, int | float) and not isinstance(number, bool)
-          and math.isfinite(number) and number >= 1)
+          and (isinstance(number, int) or math.isfinite(number)) and 1 <= number <= 1e9)
     if not ok:
-        raise BadInput(name, value, "must be auto or a number >= 1 (1 = independent events)")
+        raise BadInput(name, value, "must be auto or a number from 1 (independent events) to "
+                       "1e9")
     return float(number)
 
 
@@ -117,14 +127,14 @@ def _compare_metrics(name: str, value: Any) -> None:
 def _custom_metrics(name: str, value: Any) -> None:
     if not isinstance(value, list):
         raise BadInput(name, value, "must be a list")
-    names = []
+    names: set[str] = set()
     for metric in value:
         if not isinstance(metric, m.CustomMetric):
             raise BadInput(name, metric, "each entry must be a mapping")
         metric.validate()
         if metric.name in names:
             raise BadInput(f"{name}.name", metric.name, "is used twice")
-        names.append(metric.name)
+        names.add(metric.name)
 
 
 def _default_compare() -> list[j.CompareMetric]:
@@ -267,7 +277,10 @@ class AnalysisSettings:
         for item in fields(cls):
             value = values[item.name]
             if item.type in ("float", "float | None") and type(value) is int:
-                values[item.name] = float(value)
+                try:
+                    values[item.name] = float(value)
+                except OverflowError:
+                    raise BadInput(item.name, value, "is too large a number") from None
         return cls(**values).validate()
 
 
@@ -302,3 +315,44 @@ def _compare_metric(item: Any) -> j.CompareMetric:
         raise BadInput(f"compare_metrics.{unknown[0]}", item[unknown[0]], "is not a known field")
     m.check_required(j.CompareMetric, item, "compare_metrics.")
     return j.CompareMetric(**item)
+
+
+# ---------------------------------------------------------------- config files
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The mapping of analysis settings in a YAML file, read by the one bounded loader
+    (duplicate keys, alias bombs, deep nesting refused) for `analyze` and `replay`."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise BadInput("--config", _cut_text(path), f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise BadInput("--config", _cut_text(path), "is not UTF-8 text") from None
+    if len(text) > MAX_CONFIG_CHARACTERS:
+        raise BadInput("--config", f"{len(text):,} characters",
+                       f"is too large for analysis settings (at most {MAX_CONFIG_CHARACTERS:,})")
+    data = yamlsafe.load(text, "--config") or {}
+    if not isinstance(data, dict):
+        raise BadInput("--config", _cut_text(path), "must hold a mapping of analysis settings")
+    return data
+
+
+def settings_from(data: dict[str, Any], **options: Any) -> AnalysisSettings:
+    """AnalysisSettings from a config mapping; a refusal shows its field and value cut."""
+    try:
+        return AnalysisSettings.from_dict(data, **options)
+    except BadInput as exc:
+        shown = exc.value if len(repr(exc.value)) <= 80 else repr(exc.value)[:80] + "..."
+        raise BadInput(_cut_text(exc.field), shown, _cut_text(exc.problem, 400)) from None
+
+
+def _cut_text(text: Any, limit: int = 80) -> Any:
+    """Text as an error shows it: on one line (escapes visible), cut."""
+    if not isinstance(text, str):
+        return text
+    text = text[:limit + 1]
+    if not text.isprintable():
+        text = json.dumps(text)[1:-1]
+    return text[:limit] + "..." if len(text) > limit else text

@@ -19,15 +19,21 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-import yaml
-
 from canarykit.analysis import judges, sequential
 from canarykit.analysis import metrics as m
-from canarykit.analysis.settings import CLI, AnalysisSettings, dispersion_value, setting_names
+from canarykit.analysis.settings import (
+    CLI,
+    AnalysisSettings,
+    dispersion_value,
+    read_config_file,
+    setting_names,
+    settings_from,
+)
 from canarykit.core import times
 from canarykit.core.errors import BadInput, ExitCode
 
 SEQUENTIAL_JUDGES = ("error-rate-sequential", "traffic-split", "latency-sequential")
+LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 can write
 
 
 # ---------------------------------------------------------------- the analysis
@@ -150,7 +156,7 @@ def _latency(client, selector, config, canary, finish, missing_reason) -> judges
     )
     if canary is None and missing_reason:
         judgement.reason = missing_reason
-    elif p99.outcome.status in (m.UNREACHABLE, m.HTTP_ERROR):
+    elif p99.outcome.status.failed:
         judgement.reason = p99.outcome.message
     judgement.queries = [p99.outcome.query]
     return judgement
@@ -317,8 +323,9 @@ def parse_time(text: str, field_name: str = "--at") -> float:
     except ValueError:
         number = None
     if number is not None:
-        if not math.isfinite(number) or number < 0:
-            raise BadInput(field_name, text, "must be an RFC 3339 time or Unix seconds")
+        if not math.isfinite(number) or not 0 <= number <= LATEST_TIME:
+            raise BadInput(field_name, _cut(text), "must be an RFC 3339 time or Unix seconds "
+                           "between 1970 and 9999")
         return number
     try:
         parsed = datetime.fromisoformat(value)
@@ -326,10 +333,20 @@ def parse_time(text: str, field_name: str = "--at") -> float:
         parsed = None
     if parsed is None or "T" not in value.upper() and " " not in value or parsed.tzinfo is None:
         raise BadInput(
-            field_name, text,
+            field_name, _cut(text),
             "must be an RFC 3339 time with an offset, like 2024-05-01T12:00:00Z, or Unix seconds",
         )
-    return parsed.timestamp()
+    try:
+        stamp = parsed.timestamp()
+    except (OverflowError, ValueError, OSError):  # 0001-01-01T00:00:00+01:00 is before year 1
+        stamp = -1.0
+    if not 0 <= stamp <= LATEST_TIME:
+        raise BadInput(field_name, _cut(text), "must be a time between 1970 and 9999")
+    return stamp
+
+
+def _cut(text: Any, limit: int = 80) -> Any:
+    return text[:limit] + "..." if isinstance(text, str) and len(text) > limit else text
 
 
 def _default(cls: type, name: str) -> Any:
@@ -389,22 +406,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> AnalysisSettings:
-    data: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as handle:
-                data = yaml.safe_load(handle) or {}
-        except OSError as exc:
-            raise BadInput("--config", args.config, f"cannot be read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise BadInput("--config", args.config, f"is not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise BadInput("--config", args.config, "must hold a mapping of analysis settings")
+    data: dict[str, Any] = read_config_file(args.config) if args.config else {}
     for name in setting_names(CLI):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
-    return AnalysisSettings.from_dict(data, where=CLI)
+    return settings_from(data, where=CLI)
 
 
 def _headers(items: list[str]) -> dict[str, str]:

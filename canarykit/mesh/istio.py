@@ -6,9 +6,8 @@ carried through unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
-
-import yaml
 
 from canarykit.core.errors import BadInput
 
@@ -30,11 +29,18 @@ HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterN
 MANAGED_FIELDS = {"VirtualService": ("http",), "DestinationRule": ("trafficPolicy", "subsets")}
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block-style YAML without anchors: a shared sub-object is written out in full each time."""
+@functools.cache
+def _dumper() -> Any:
+    """Block-style YAML without anchors: a shared sub-object is written out in full each time.
 
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+    Made on first use, so `canarykit validate` (which only reads) never imports PyYAML."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return Dumper
 
 
 def copy_object(obj: Any) -> Any:
@@ -58,7 +64,9 @@ def _short(value: Any, limit: int = 80) -> Any:
 
 def dump_object(obj: dict) -> str:
     """Block-style YAML with keys in their original order."""
-    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    import yaml
+
+    return yaml.dump(obj, Dumper=_dumper(), sort_keys=False, default_flow_style=False,
                      allow_unicode=True, width=4096)
 
 

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from canarykit.analysis.settings import PLAN, AnalysisSettings
-from canarykit.core import names
+from canarykit.analysis import metrics
+from canarykit.analysis.settings import MAX_DURATION_SECONDS, PLAN, AnalysisSettings
+from canarykit.core import names, yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
 from canarykit.notify.channels import Channel, parse_channels
@@ -135,21 +134,55 @@ class PhaseSpec:
 # ---------------------------------------------------------------- loading
 
 
+SHOWN = 80  # characters of a value or a field path an error may show
+# A plan is a short file a person writes: beyond these it is a mistake (or an attack), refused
+# before its size could make loading, checking and expanding it take long.
+MAX_PLAN_CHARACTERS = 1_000_000
+MAX_STEPS = 100
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; BadInput names the field path of the first problem."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise BadInput("PLAN", str(path), f"cannot be read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise BadInput("PLAN", str(path), f"is not valid YAML ({exc})") from None
-    return parse_plan(data)
+        raise BadInput("PLAN", _cut(str(path)), f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise BadInput("PLAN", _cut(str(path)), "is not UTF-8 text") from None
+    if len(text) > MAX_PLAN_CHARACTERS:
+        raise BadInput("PLAN", f"{len(text):,} characters",
+                       f"is too large for a plan (at most {MAX_PLAN_CHARACTERS:,})")
+    # Duplicate keys (two `steps:`), alias bombs and deep nesting are refused here.
+    return parse_plan(yamlsafe.load(text, "PLAN"))
 
 
 def parse_plan(data: Any) -> Plan:
-    """A Plan from parsed YAML, refusing credentials first so no error message echoes one."""
+    """A Plan from parsed YAML, refusing credentials first so no error message echoes one.
+
+    Every refusal is one BadInput whose field path and value are cut to a readable length."""
+    try:
+        return _parse_plan(data)
+    except BadInput as exc:
+        raise BadInput(_cut(exc.field), _shown(exc.value), _cut(exc.problem, 400)) from None
+
+
+def _cut(text: str, limit: int = SHOWN) -> str:
+    """A field path or text as an error shows it: on one line (escapes visible), cut."""
+    text = text[:limit + 1]
+    if not text.isprintable():
+        text = json.dumps(text)[1:-1]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown(value: Any) -> Any:
+    """The value itself when its repr is short, else its repr cut (a plan can hold megabytes)."""
+    if isinstance(value, str):
+        return _cut(value)
+    text = repr(value)
+    return value if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def _parse_plan(data: Any) -> Plan:
     if not isinstance(data, dict):
         raise BadInput("plan", type(data).__name__, "must be a mapping of plan settings")
     refuse_secrets(data)
@@ -173,8 +206,12 @@ def parse_plan(data: Any) -> Plan:
         raise BadInput("reports", plan.reports, "must be a folder path")
     _duration("pause", plan.pause)
     plan.prometheus = PrometheusRef(**_section("prometheus", values, PrometheusRef))
-    if plan.prometheus.url and not plan.prometheus.url.startswith(("http://", "https://")):
-        raise BadInput("prometheus.url", plan.prometheus.url, "must be an http(s) URL")
+    if plan.prometheus.url:  # refused now, not after a release folder was made
+        metrics.check_url("prometheus.url", plan.prometheus.url)
+    if plan.prometheus.bearer_token_env and not names.is_env_name(
+            plan.prometheus.bearer_token_env):
+        raise BadInput("prometheus.bearer_token_env", plan.prometheus.bearer_token_env,
+                       "must be the NAME of an environment variable")
     plan.preflight = _preflight(values)
     plan.inconclusive = _inconclusive(values)
     plan.analysis = parse_analysis("analysis", values.get("analysis", {}), AnalysisSettings())
@@ -190,14 +227,18 @@ def refuse_secrets(data: Any) -> None:
 
 
 def _flatten(prefix: str, value: Any):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _flatten(f"{prefix}.{key}" if prefix else str(key), item)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _flatten(f"{prefix}[{index}]", item)
-    else:
-        yield prefix, value
+    """(path, scalar) for every scalar; iterative, so any depth the loader allows is fine."""
+    stack = [(prefix, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(reversed([(f"{path}.{key}" if path else str(key), child)
+                                   for key, child in item.items()]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{index}]", child)
+                                   for index, child in enumerate(item)]))
+        else:
+            yield path, item
 
 
 def _known(path: str, values: dict[str, Any], known: Any) -> None:
@@ -218,13 +259,16 @@ def _duration(path: str, value: Any) -> float:
     seconds = parse_duration(_text(path, value), path)
     if seconds < 0:
         raise BadInput(path, value, "must not be negative")
+    if seconds > MAX_DURATION_SECONDS:
+        raise BadInput(path, value, "must be at most 2562047h (the longest Go duration)")
     return seconds
 
 
 def _number(path: str, value: Any, low: float, high: float | None, *,
             whole: bool = False, open_low: bool = False) -> float:
     kinds = int if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kinds) \
+            or isinstance(value, float) and not math.isfinite(value):
         raise BadInput(path, value, "must be a whole number" if whole else "must be a number")
     too_low = value <= low if open_low else value < low
     if too_low or (high is not None and value > high):
@@ -274,6 +318,8 @@ def parse_analysis(path: str, raw: Any, base: AnalysisSettings) -> AnalysisSetti
 def _steps(raw: Any, plan: Plan) -> list[Step]:
     if not isinstance(raw, list) or not raw:
         raise BadInput("steps", raw, "must be a list of at least one step")
+    if len(raw) > MAX_STEPS:
+        raise BadInput("steps", f"{len(raw):,} steps", f"must be at most {MAX_STEPS} steps")
     steps = []
     for index, item in enumerate(raw):
         path = f"steps[{index}]"
@@ -359,6 +405,19 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
         for key, value in settings.items():
             if not value:
                 raise BadInput(f"{path}.{key}", value, "must not be empty")
+        # The route's match needs what Istio accepts: checked now, not when the step runs.
+        if "header" in settings and (not names.is_header_name(settings["header"])
+                                     or settings["header"] != settings["header"].lower()):
+            raise BadInput(f"{path}.header", settings["header"],
+                           "must be a lowercase HTTP header name such as x-canary")
+        if "cookie_name" in settings and not names.is_cookie_name(settings["cookie_name"]):
+            raise BadInput(f"{path}.cookie_name", settings["cookie_name"],
+                           "must be a cookie name (letters, digits, - _ . etc.)")
+        for key in ("header_value", "cookie_value"):
+            if key in settings and any(ord(c) < 0x20 or ord(c) == 0x7F
+                                       for c in settings[key]):
+                raise BadInput(f"{path}.{key}", settings[key],
+                               "must not hold control characters or line breaks")
     return settings
 
 

@@ -184,6 +184,8 @@ class FakePrometheus(http.server.BaseHTTPRequestHandler):
             self._answer(401, body)
         elif self.mode == "503":
             self._answer(503, {"status": "error", "error": "overloaded"})
+        elif self.mode in GARBAGE:
+            self._answer_raw(GARBAGE[self.mode](self.path.startswith("/api/v1/query_range")))
         else:
             body = {"status": "success", "data": {"resultType": "vector", "result": [
                 {"metric": {"destination_version": "v2"}, "value": [END, "1"]}]}}
@@ -197,8 +199,39 @@ class FakePrometheus(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _answer_raw(self, answer: tuple[str, str]) -> None:
+        content_type, text = answer
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args):
         pass
+
+
+def _series(sample: list, ranged: bool) -> str:
+    """A one-series answer holding `sample`, as a vector or (for range queries) a matrix."""
+    key, value = ("values", [sample]) if ranged else ("value", sample)
+    return json.dumps({"status": "success", "data": {
+        "resultType": "matrix" if ranged else "vector",
+        "result": [{"metric": {"destination_version": "v2"}, key: value}]}})
+
+
+JSON = "application/json"
+# What a proxy, a misconfigured URL or a broken Prometheus can answer with status 200.
+GARBAGE = {
+    "html": lambda ranged: ("text/html", "<!doctype html><html><body>Sign in</body></html>"),
+    "broken-json": lambda ranged: (JSON, '{"status": "success", "data": {"result": ['),
+    "no-data": lambda ranged: (JSON, '{"status": "success"}'),
+    "a-list": lambda ranged: (JSON, "[1, 2, 3]"),
+    "result-not-a-list": lambda ranged: (JSON, '{"status": "success", "data": {"result": "x"}}'),
+    "non-numeric-sample": lambda ranged: (JSON, _series([END, "abc"], ranged)),
+    "sample-not-a-pair": lambda ranged: (JSON, _series([END], ranged)),
+    "deep-json": lambda ranged: (JSON, "[" * 100_000 + "]" * 100_000),
+}
 
 
 @pytest.fixture
@@ -269,6 +302,40 @@ def test_a_server_slower_than_the_timeout_is_unreachable(fake_prometheus):
     outcome = m.query_at(client, "up", END)
     assert outcome.status == m.UNREACHABLE
     assert "did not answer within 0.3s" in outcome.message
+
+
+@pytest.mark.parametrize("mode", sorted(GARBAGE))
+def test_an_answer_that_is_not_a_query_result_is_a_failure_naming_the_url(fake_prometheus, mode):
+    url = fake_prometheus(mode)
+    client = client_for(url, retries=0)
+    for outcome in (m.query_at(client, "up", END),
+                    m.query_range(client, "up", END - WINDOW, END, 60)):
+        assert outcome.status == m.HTTP_ERROR and outcome.status.failed
+        assert outcome.message.startswith(f"Prometheus at {url} answered with ")
+        assert "\n" not in outcome.message and len(outcome.message) < 300
+        assert outcome.result == []
+
+
+def test_nan_and_infinite_samples_are_numbers_prometheus_writes(fake_prometheus):
+    for text in ("NaN", "+Inf", "-Inf", "0.25"):
+        assert m._result_problem([{"metric": {}, "value": [END, text]}]) == ""
+    assert "abc" in m._result_problem([{"metric": {}, "value": [END, "abc"]}])
+
+
+def test_counts_from_a_non_numeric_answer_are_a_failure_not_zero(fake_prometheus):
+    url = fake_prometheus("non-numeric-sample")
+    counts = m.raw_counts(client_for(url, retries=0), m.MetricsSelector("healthy", "shop"),
+                          END - WINDOW, END)
+    assert counts.failure is not None and url in counts.failure.message
+
+
+@pytest.mark.parametrize("url", ["http://", "ftp://prometheus", "http://[::1",
+                                 "http://prometheus:99999", "http://prom etheus", "prometheus",
+                                 "http://prometheus\n:9090", "http://" + "a" * 3000])
+def test_an_unusable_url_is_refused_before_anything_is_sent(url):
+    with pytest.raises(BadInput) as refused:
+        m.PrometheusSettings(url=url).validate()
+    assert refused.value.field == "prometheus.url" and len(str(refused.value)) < 300
 
 
 def test_only_unreachable_and_http_errors_are_failures_to_ask():

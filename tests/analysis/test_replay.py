@@ -411,3 +411,17 @@ def test_a_plan_analysis_section_is_accepted_as_config(tmp_path):
     settings.write_text(yaml.safe_dump({"window": "4m", "interval": "10s", "until_verdict": True,
                                         "max_duration": "10m", "alpha": 0.01}))
     assert replay.read_config(str(settings)).alpha == 0.01
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("alpha: 0.01\nalpha: 0.5\n", "duplicate key alpha at line 2"),
+    ("alpha: " + "[" * 500 + "]" * 500 + "\n", "nesting"),
+    ("alpha: 0.01\nerror_dispersion: " + "9" * 400 + "\n", "error_dispersion"),
+])
+def test_a_hostile_config_is_refused_with_exit_2_and_one_line(tmp_path, capsys, text, problem):
+    path = write(tmp_path / "ok.csv", simulate(21, rows=5))
+    settings = tmp_path / "analysis.yaml"
+    settings.write_text(text)
+    assert cli.main(["replay", str(path), "--config", str(settings)]) == ExitCode.BAD_INPUT
+    [line] = capsys.readouterr().err.splitlines()
+    assert problem in line and len(line) < 300

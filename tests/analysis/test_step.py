@@ -4,7 +4,9 @@ tests/prometheus_fixture.py (one service per scenario, data ending at END)."""
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
+import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -41,6 +43,45 @@ def by_judge(decision: judges.Decision) -> dict[str, judges.Judgement]:
 
 def nobody_listening() -> str:
     return f"http://127.0.0.1:{free_port()}"
+
+
+class Garbage(http.server.BaseHTTPRequestHandler):
+    """A server on 127.0.0.1 answering every query with status 200 and `body`."""
+
+    body = ""
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        ranged = self.path.startswith("/api/v1/query_range")
+        text = self.body.replace("SAMPLE", '"values": [[1700000000, "abc"]]' if ranged
+                                 else '"value": [1700000000, "abc"]')
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if text.startswith("<") else
+                         "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+NON_NUMERIC = ('{"status": "success", "data": {"resultType": "vector", "result": ['
+               '{"metric": {"destination_version": "v1"}, SAMPLE}, '
+               '{"metric": {"destination_version": "v2"}, SAMPLE}]}}')
+ANSWERS = {"html": "<html><body>Please sign in</body></html>",
+           "malformed-json": '{"status": "success", "data": {"result": [',
+           "non-numeric-sample": NON_NUMERIC}
+
+
+@pytest.fixture(params=sorted(ANSWERS))
+def garbage_url(request):
+    handler = type("Handler", (Garbage,), {"body": ANSWERS[request.param]})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 # ---------------------------------------------------------------- scenarios
@@ -110,6 +151,24 @@ def test_prometheus_down_is_inconclusive_naming_the_url():
     assert decision.verdict == Verdict.INCONCLUSIVE
     assert decision.reason == f"Prometheus at {url} is unreachable: the connection was refused"
     assert decision.judgements[0].queries  # the query that could not be sent is recorded
+
+
+def test_prometheus_answering_garbage_is_inconclusive_naming_the_url(garbage_url):
+    decision = analysis.run_analysis(
+        m.PrometheusSettings(garbage_url, retries=0), m.MetricsSelector("healthy", "shop"),
+        AnalysisSettings(judges=list(JUDGE_NAMES), canary_weight=25), end=END)
+    assert decision.verdict == Verdict.INCONCLUSIVE
+    assert decision.reason.startswith(f"Prometheus at {garbage_url} answered with ")
+    assert "\n" not in decision.reason
+
+
+def test_the_cli_exits_3_with_one_line_when_prometheus_answers_garbage(garbage_url, capsys):
+    code = analysis.run(cli("healthy", "-n", "shop", "--prometheus", garbage_url,
+                            "--at", str(END)))
+    captured = capsys.readouterr()
+    assert code == 3 and captured.err == ""
+    [decision] = [line for line in captured.out.splitlines() if line.startswith("decision:")]
+    assert f"Prometheus at {garbage_url} answered with" in decision
 
 
 def test_no_data_at_the_time_asked_for_is_inconclusive(prometheus_url):
@@ -264,7 +323,9 @@ def test_at_accepts_rfc3339_and_unix_seconds(text, expected):
     assert analysis.parse_time(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2023-11-14T22:13:20", "2023-11-14", "yesterday", "-5", "nan"])
+@pytest.mark.parametrize("text", ["2023-11-14T22:13:20", "2023-11-14", "yesterday", "-5", "nan",
+                                  "1e20", "99999999999999999999", "inf",
+                                  "0001-01-01T00:00:00+01:00", "1969-12-31T23:59:59Z"])
 def test_at_refuses_anything_else_naming_the_flag(text):
     with pytest.raises(BadInput) as refused:
         analysis.parse_time(text)
@@ -324,6 +385,7 @@ def test_cli_exits_3_with_the_reason_when_prometheus_is_down(capsys):
     ("argv", "named"),
     [
         (["--at", "last tuesday"], "--at"),
+        (["--at", "1e20"], "--at"),
         (["--window", "10 minutes"], "window"),
         (["--canary", "v2 beta"], "canary"),
         (["--header", "no-equals-sign"], "--header"),
@@ -334,6 +396,25 @@ def test_cli_bad_input_exits_2_naming_the_flag(argv, named, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"canarykit analyze: {named}:")
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("steps: 1\nwindow: 5m\nwindow: 10m\n", "duplicate key window at line 3"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e]\n"
+     "g: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n", "alias"),
+    ("window: " + "[" * 500 + "]" * 500 + "\n", "nesting"),
+    ("judges: [\n", "not valid YAML"),
+])
+def test_cli_refuses_a_hostile_config_file_with_exit_2_and_one_line(tmp_path, capsys, text,
+                                                                    problem):
+    config = tmp_path / "analysis.yaml"
+    config.write_text(text)
+    code = analysis.run(cli("healthy", "-n", "shop", "--prometheus", nobody_listening(),
+                            "--config", str(config)))
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2 and line.startswith("canarykit analyze: --config: ") and problem in line
 
 
 def test_cli_refuses_an_injected_service_name_with_exit_2(capsys):

@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -616,6 +618,186 @@ def test_empty_traffic_policy_is_refused():
     assert policy_errors({}) == ["spec.trafficPolicy: must set at least one field"]
 
 
+# --- integers, durations and percentages as Istio's protobuf types hold them ---------------
+
+
+def test_a_weight_beyond_a_32_bit_integer_is_refused_naming_the_field():
+    assert http_errors(rule(split(2**31))) == [
+        f"spec.http[0].route[0].weight: is out of range for a 32-bit integer (got {2**31})"]
+    assert http_errors(rule(split(2**31 - 1))) == []
+
+
+def test_weights_adding_up_beyond_a_32_bit_integer_are_refused():
+    assert http_errors(rule(split(2**30, 2**30))) == [
+        f"spec.http[0].route: weights add up beyond a 32-bit integer (got {2**31})"]
+
+
+@pytest.mark.parametrize("policy, field, kind", [
+    ({"outlierDetection": {"consecutive5xxErrors": 2**32}},
+     "outlierDetection.consecutive5xxErrors", "an unsigned 32-bit integer"),
+    ({"connectionPool": {"tcp": {"maxConnections": 2**31}}},
+     "connectionPool.tcp.maxConnections", "a 32-bit integer"),
+    ({"connectionPool": {"http": {"http2MaxRequests": 10**30}}},
+     "connectionPool.http.http2MaxRequests", "a 32-bit integer"),
+    ({"connectionPool": {"tcp": {"tcpKeepalive": {"probes": 2**32}}}},
+     "connectionPool.tcp.tcpKeepalive.probes", "an unsigned 32-bit integer"),
+    ({"loadBalancer": {"consistentHash": {"ringHash": {"minimumRingSize": 2**64}}}},
+     "loadBalancer.consistentHash.ringHash.minimumRingSize", "an unsigned 64-bit integer"),
+])
+def test_traffic_policy_integers_beyond_their_type_are_refused(policy, field, kind):
+    [error] = policy_errors(policy)
+    assert error.startswith(f"spec.trafficPolicy.{field}: is out of range for {kind} (got ")
+
+
+def test_retry_attempts_and_ports_beyond_their_type_are_refused():
+    assert http_errors(rule(retries={"attempts": 2**31})) == [
+        f"spec.http[0].retries.attempts: is out of range for a 32-bit integer (got {2**31})"]
+    destination = {"host": "reviews", "subset": "v1", "port": {"number": 2**32}}
+    assert http_errors(rule([{"destination": destination}])) == [
+        "spec.http[0].route[0].destination.port.number: is out of range for an unsigned 32-bit "
+        f"integer (got {2**32})"]
+
+
+def test_a_duration_beyond_the_longest_go_duration_is_refused():
+    assert http_errors(rule(timeout="2562048h")) == [
+        "spec.http[0].timeout: must be at most 2562047h47m16s (the longest Go duration) "
+        "(got '2562048h')"]
+    assert http_errors(rule(timeout="2562047h")) == []
+    assert http_errors(rule(timeout="9" * 400 + "h"))[0].startswith(
+        "spec.http[0].timeout: must be at most 2562047h47m16s")
+
+
+def test_a_percentage_between_0_and_a_millionth_is_refused_like_istio():
+    assert http_errors(rule(mirrorPercentage={"value": 0.00001})) == [
+        "spec.http[0].mirrorPercentage.value: must be 0 or at least 0.0001 (got 1e-05)"]
+    assert http_errors(rule(mirrorPercentage={"value": 0.0001})) == []
+
+
+# --- header names and header operations, as Istio validates them ----------------------------
+
+
+def header_match_errors(headers, field="headers"):
+    return http_errors(rule(match=[{field: headers}]))
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("", '""'),
+    ('x-"quoted"', '"x-\\"quoted\\""'),
+    ("x-new\nline", '"x-new\\nline"'),
+    ("x y", '"x y"'),
+])
+@pytest.mark.parametrize("field", ["headers", "withoutHeaders"])
+def test_a_header_name_istio_refuses_is_refused_on_one_line(name, shown, field):
+    found = header_match_errors({name: {"exact": "v"}}, field)
+    assert len(found) == 1 and "\n" not in found[0]
+    assert found[0].startswith(f"spec.http[0].match[0].{field}.{shown}: ")
+    assert ("header name cannot be empty" if name == "" else "is not a valid header name") \
+        in found[0]
+
+
+@pytest.mark.parametrize("name", [
+    "x-canary", "X-Canary", ":authority", ":path", "@request.auth.claims.group",
+    "@request.auth.claims[nested][key]", "x_under.score~ok"])
+def test_header_names_istio_accepts_are_accepted(name):
+    assert header_match_errors({name: {"exact": "v"}}) == []
+
+
+def test_query_parameter_names_are_not_header_names():
+    assert header_match_errors({"a b": {"exact": "v"}}, "queryParams") == []
+
+
+def test_a_null_header_match_is_refused_like_istio():
+    assert header_match_errors({"x-canary": None}) == [
+        "spec.http[0].match[0].headers.x-canary: header match cannot be null"]
+
+
+@pytest.mark.parametrize("operations, expected", [
+    ({"request": {"set": {"": "v"}}}, "spec.http[0].headers.request.set.\"\": header name cannot "
+                                      "be empty (got '')"),
+    ({"request": {"remove": ["Host"]}}, "spec.http[0].headers.request.remove[0]: cannot set the "
+                                        "Host header (got 'Host')"),
+    ({"response": {"set": {":status": "200"}}}, "spec.http[0].headers.response.set.:status: "
+                                                "header name cannot have a ':' prefix "
+                                                "(got ':status')"),
+    ({"request": {"add": {"x-a": "one\ntwo"}}}, "spec.http[0].headers.request.add.x-a: header "
+                                                "value must not hold control characters or "
+                                                "line breaks (got 'one\\ntwo')"),
+    ({"response": {"add": {"x-a": "abc%123"}}}, "spec.http[0].headers.response.add.x-a: header "
+                                               "value has a '%' that starts no %VARIABLE% "
+                                               "(write %% for a percent sign) (got 'abc%123')"),
+])
+def test_header_operations_istio_refuses_are_refused(operations, expected):
+    assert http_errors(rule(headers=operations)) == [expected]
+
+
+def test_header_operations_istio_accepts_are_accepted_on_rules_and_routes():
+    operations = {"request": {"set": {"host": "a", ":authority": "b", "x-a": "100%%"},
+                              "add": {"x-b": "%HOSTNAME% and %START_TIME%"},
+                              "remove": ["x-c"]},
+                  "response": {"set": {"x-d": "v"}, "remove": ["x-e"]}}
+    route = [{"destination": {"host": "reviews", "subset": "v1"}, "headers": operations}]
+    assert http_errors(rule(route, headers=operations)) == []
+
+
+def test_a_header_operation_name_envoy_would_refuse_is_a_warning():
+    messages = validate_object(virtual_service([rule(headers={"request": {"set": {"a b": "v"}}})]))
+    assert texts(messages, level="Error") == []
+    assert texts(messages, code="CK0002") == [
+        "spec.http[0].headers.request.set.\"a b\": header name 'a b' is not an HTTP token; Istio "
+        "accepts it but Envoy refuses the route"]
+
+
+# --- messages stay short whatever the input -------------------------------------------------
+
+
+def test_a_long_value_is_cut_in_its_message():
+    [error] = http_errors(rule(match=[{"uri": {"regex": "(?=" + "a" * 1000}}]))
+    assert len(error) < 300 and error.endswith("...)")
+
+
+def test_a_long_name_is_cut_in_its_message():
+    vs = virtual_service([rule(split(-1))])
+    vs["metadata"]["name"] = "r" * 100_000
+    [message] = [m for m in validate_object(vs) if m.level == "Error"]
+    assert len(message.format()) < 400
+
+
+def test_many_conflicting_virtual_services_name_a_few_each():
+    services = []
+    for n in range(40):
+        vs = virtual_service([rule()])
+        vs["metadata"]["name"] = f"reviews-{n}"
+        services.append(vs)
+    messages = [m for m in analyze(services) if m.code == "IST0109"]
+    assert len(messages) == 40
+    assert all("and 35 more" in m.message and len(m.message) < 500 for m in messages)
+
+
+# --- time grows with the input, never with its square ---------------------------------------
+
+
+def test_many_wildcard_destination_rules_and_services_are_checked_in_linear_time():
+    count = 4000
+    objects = [destination_rule(host=f"*.ns{n}.svc.cluster.local") for n in range(count)]
+    objects += [virtual_service([rule([{"destination": {"host": f"s{n}.other", "subset": "v1"}}])])
+                for n in range(count)]
+    for n, vs in enumerate(objects[count:]):
+        vs["metadata"]["name"] = f"s{n}"
+        vs["spec"]["hosts"] = [f"s{n}"]
+    started = time.monotonic()
+    messages = analyze(objects)
+    assert time.monotonic() - started < 2.0
+    assert len([m for m in messages if m.code == "IST0101"]) == count
+
+
+def test_a_service_with_many_missing_subsets_names_each_once_quickly():
+    routes = [{"destination": {"host": "reviews", "subset": f"v{n}"}} for n in range(20_000)]
+    started = time.monotonic()
+    messages = analyze([virtual_service([rule(routes)] * 2)])
+    assert time.monotonic() - started < 2.0
+    assert len([m for m in messages if m.code == "IST0101"]) == 20_000
+
+
 # --- messages ------------------------------------------------------------------------------
 
 
@@ -713,7 +895,8 @@ def test_run_names_a_document_that_is_not_a_kubernetes_object(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("kind: [unclosed\n", "YAML syntax error at line 2, column 1"),
+    ("kind: [unclosed\n", "is not valid YAML: did not find expected ',' or ']' at line 2, "
+                           "column 1"),
     ("---\n- just\n- a list\n", "document 1: is not a mapping (got a list)"),
     ("plain words\n", "document 1: is not a mapping (got a str)"),
 ])
@@ -724,6 +907,76 @@ def test_unreadable_input_exits_2_naming_the_file(tmp_path, capsys, text, proble
     assert captured.out == ""
     [line] = captured.err.splitlines()
     assert str(path) in line and problem in line
+
+
+def run_on(tmp_path, text, capsys):
+    """validate's exit code and its one stderr line for a file holding `text`."""
+    path = write(tmp_path, "input.yaml", text=text)
+    code = validate.run(parse(path))
+    captured = capsys.readouterr()
+    return code, captured.err.splitlines(), captured.out
+
+
+LAUGHS = "\n".join(
+    [f'a: &a [{", ".join(["lol"] * 9)}]']
+    + [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]"
+       for a, b in zip("abcdefgh", "bcdefghi", strict=True)])
+
+
+def test_a_1kb_alias_bomb_is_refused_within_a_second_using_under_100mb(tmp_path, capsys):
+    # One document: the anchors sit in keys validate ignores, the alias where it looks.
+    text = LAUGHS + ("\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                     "metadata: {name: r}\nspec:\n  hosts: [r]\n  http:\n  - match: [*i]\n"
+                     "    route: [{destination: {host: r}}]\n")
+    assert len(text) < 1024
+    tracemalloc.start()
+    started = time.monotonic()
+    code, err, out = run_on(tmp_path, text, capsys)
+    took = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert code == 2 and out == ""
+    [line] = err
+    assert "alias" in line and len(line) < 300
+    assert took < 1.0 and peak < 100 * 2**20
+
+
+def test_an_alias_inside_its_own_anchor_is_refused(tmp_path, capsys):
+    code, [line], _ = run_on(tmp_path, "spec: &s {http: [*s]}\n", capsys)
+    assert code == 2 and "cycle" in line
+
+
+def test_a_repeated_key_in_a_manifest_is_refused_naming_it_and_its_line(tmp_path, capsys):
+    text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nspec: {}\nspec: {}\n"
+    code, [line], _ = run_on(tmp_path, text, capsys)
+    assert code == 2 and "duplicate key spec at line 4" in line
+
+
+def test_nesting_beyond_the_limit_is_refused(tmp_path, capsys):
+    code, [line], _ = run_on(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n", capsys)
+    assert code == 2 and "nesting" in line
+
+
+@pytest.mark.parametrize("items, problem", [
+    ('"not a list"', "document 1: items of a kind: List must be a list (got a str)"),
+    ("{a: 1}", "document 1: items of a kind: List must be a list (got a dict)"),
+    ("[1]", "document 1 item 0: is not a mapping (got a int)"),
+    ("[{kind: List, items: []}]", "document 1 item 0: is a List inside a List"),
+])
+def test_a_list_with_malformed_items_is_refused_naming_it(tmp_path, capsys, items, problem):
+    code, [line], out = run_on(tmp_path, f"apiVersion: v1\nkind: List\nitems: {items}\n", capsys)
+    assert code == 2 and out == "" and problem in line
+
+
+def test_a_list_without_items_holds_nothing(tmp_path, capsys):
+    code, err, out = run_on(tmp_path, "apiVersion: v1\nkind: List\nitems: null\n", capsys)
+    assert (code, err, out) == (0, [], "No validation issues found.\n")
+
+
+def test_a_list_item_is_named_by_its_index(tmp_path, capsys):
+    listing = {"apiVersion": "v1", "kind": "List", "items": [destination_rule(), {"hosts": []}]}
+    assert validate.run(parse(write(tmp_path, "list.yaml", listing))) == 1
+    assert "document 1 item 1) not a Kubernetes object" in capsys.readouterr().out
 
 
 def test_missing_file_exits_2_naming_the_file(tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -105,6 +107,112 @@ def test_an_unreadable_or_invalid_plan_file_is_refused_naming_the_file(tmp_path)
     with pytest.raises(BadInput) as invalid:
         plan.load_plan(broken)
     assert invalid.value.field == "PLAN" and "not valid YAML" in str(invalid.value)
+
+
+# ---------------------------------------------------------------- hostile or careless files
+
+
+def plan_file(tmp_path, text: str) -> BadInput:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInput) as caught:
+        plan.load_plan(path)
+    assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+    return caught.value
+
+
+LAUGHS = "\n".join(
+    [f'a: &a [{", ".join(["lol"] * 9)}]']
+    + [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]"
+       for a, b in zip("abcdefgh", "bcdefghi", strict=True)])
+
+
+def test_a_plan_with_two_steps_keys_is_refused_naming_the_key(tmp_path):
+    error = plan_file(tmp_path, "service: reviews\nsteps:\n- weight: 10\nsteps:\n- promote: {}\n")
+    assert error.field == "PLAN" and "duplicate key steps at line 4" in error.problem
+
+
+def test_a_1kb_alias_bomb_plan_is_refused_within_a_second_using_under_100mb(tmp_path):
+    text = "service: reviews\n" + LAUGHS.replace("a: &a", "notes: &a") \
+        + "\nsteps: [{weight: 10, analysis: {judges: *i}}]\n"
+    assert len(text) < 1024
+    tracemalloc.start()
+    started = time.monotonic()
+    error = plan_file(tmp_path, text)
+    took = time.monotonic() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert "alias" in error.problem
+    assert took < 1.0 and peak < 100 * 2**20
+
+
+def test_a_deeply_nested_plan_is_refused(tmp_path):
+    assert "nesting" in plan_file(tmp_path, "service: " + "[" * 3000 + "]" * 3000).problem
+
+
+def test_a_plan_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_bytes(b"service: \xff\xfe\n")
+    with pytest.raises(BadInput) as caught:
+        plan.load_plan(path)
+    assert caught.value.problem == "is not UTF-8 text"
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"inconclusive": {"hold_steps": 10**400}}, "inconclusive.hold_steps"),
+    ({"steps": [{"weight": 2**31}]}, "steps[0].weight"),
+    ({"steps": [{"weight": 10**400}]}, "steps[0].weight"),
+    ({"steps": [{"shadow": {"percentage": 10**400}}]}, "steps[0].shadow.percentage"),
+    ({"analysis": {"min_requests": 2**31}}, "analysis.min_requests"),
+    ({"analysis": {"max_p99_ms": 10**400}}, "analysis.max_p99_ms"),
+    ({"analysis": {"window": "9" * 400 + "h"}}, "analysis.window"),
+    ({"pause": "2562048h"}, "pause"),
+])
+def test_numbers_beyond_their_range_are_refused_with_the_field_path(changes, field):
+    error = refused(with_changes(**changes))
+    assert error.field == field
+    assert len(str(error)) < 300
+
+
+@pytest.mark.parametrize("url", ["http://", "http://[::1", "http://prometheus:99999",
+                                 "http://prom etheus:9090", "https:///api"])
+def test_an_invalid_prometheus_url_is_refused_when_the_plan_is_loaded(url):
+    error = refused(with_changes(prometheus={"url": url}))
+    assert error.field == "prometheus.url" and "URL" in error.problem
+
+
+def test_a_bearer_token_variable_must_be_a_variable_name():
+    assert refused(with_changes(prometheus={"bearer_token_env": "not a name"})).field == \
+        "prometheus.bearer_token_env"
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"header": "x y"}, "steps[0].internal-canary.header"),
+    ({"header": "X-Canary"}, "steps[0].internal-canary.header"),
+    ({"header": 'x-"q"'}, "steps[0].internal-canary.header"),
+    ({"header_value": "a\nb"}, "steps[0].internal-canary.header_value"),
+    ({"cookie_name": "a;b"}, "steps[0].internal-canary.cookie_name"),
+])
+def test_an_internal_canary_istio_would_refuse_is_refused_when_loaded(settings, field):
+    assert refused(with_changes(steps=[{"internal-canary": settings}])).field == field
+
+
+def test_a_plan_too_large_to_be_one_is_refused_unread(tmp_path):
+    started = time.monotonic()
+    error = plan_file(tmp_path, "service: reviews\nsteps: [" + "{weight: 10}, " * 200_000 + "]\n")
+    assert "too large for a plan" in error.problem and time.monotonic() - started < 1.0
+
+
+def test_more_steps_than_a_rollout_can_have_are_refused_quickly():
+    started = time.monotonic()
+    error = refused(with_changes(steps=[{"weight": 10}] * 100_000))
+    assert error.field == "steps" and "at most 100 steps" in error.problem
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_huge_value_is_cut_in_the_message():
+    error = refused(with_changes(steps=[{"weight": 5, "colour": "r" * 100_000}]))
+    assert error.field == "steps[0].colour" and len(str(error)) < 300
 
 
 # ---------------------------------------------------------------- secrets
