@@ -144,8 +144,10 @@ def _exact(text: str, field: str, many: bool) -> Any:
     """PyYAML's safe loader after the bounds check: the reference meaning and every error."""
     import yaml
 
-    check_bounds(text, field)
+    check_bounds(text, field)  # refuses cycles too: what is built below has none
     loader = _loaders()[1]
+    collecting = gc.isenabled()
+    gc.disable()  # one allocation burst without cycles: the GC would only rescan it
     try:
         if many:
             return list(yaml.load_all(text, Loader=loader))  # noqa: S506
@@ -158,6 +160,9 @@ def _exact(text: str, field: str, many: bool) -> Any:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInput(field, "(YAML)", f"holds a value that cannot be read: "
                                         f"{_short(reason)}") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def load(text: str, field: str) -> Any:

@@ -185,6 +185,9 @@ def _shown(value: Any) -> Any:
 def _parse_plan(data: Any) -> Plan:
     if not isinstance(data, dict):
         raise BadInput("plan", type(data).__name__, "must be a mapping of plan settings")
+    if isinstance(data.get("steps"), list) and len(data["steps"]) > MAX_STEPS:  # shows no value
+        raise BadInput("steps", f"{len(data['steps']):,} steps",
+                       f"must be at most {MAX_STEPS} steps")
     refuse_secrets(data)
     values = dict(data)
     _known("", values, Plan.__dataclass_fields__)
