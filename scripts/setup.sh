@@ -31,6 +31,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # environment, not on its path: the kubernetes client imports it, and with it jsonschema
   # (seconds), at every start whenever it can.
   .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/kubernetes-validate \
-    'kubernetes-validate>=1.30'
+    'kubernetes-validate>=1.30' importlib-resources  # its other needs are in the environment
   echo "$want" > "$stamp"
 fi
