@@ -345,3 +345,42 @@ def test_a_phase_executed_again_after_a_crash_does_not_announce_twice(tmp_path, 
         cli(tmp_path, env, "abort", str(path))
     assert announced.count(("step", "preflight")) == 1, announced
     assert announced.count(("started", "")) == 1
+
+
+@pytest.mark.lab
+def test_run_mode_rolls_back_when_the_approval_is_rejected(tmp_path, lab_now):  # noqa: F811
+    with running_receiver() as receiver:
+        path = gate_plan(tmp_path, lab_now, receiver)
+        env = run_env(receiver)
+        runner = subprocess.Popen(command("run", str(path)), cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_until(lambda: waiting_at_gate(lab_now), "the release waiting at approve",
+                       timeout=90)
+            refused = cli(tmp_path, env, "approve", str(path), "--reject")
+            assert refused.returncode == 0, refused.stdout + refused.stderr
+            output, _ = runner.communicate(timeout=120)
+        finally:
+            runner.kill()
+    assert runner.returncode == 1, output
+    summary = release(tmp_path)
+    assert summary["status"] == "rolled-back" and "rejected by" in summary["reason"]
+    assert all_on_stable(lab_now)
+
+
+@pytest.mark.lab
+def test_step_mode_rolls_back_when_no_approval_comes_in_time(tmp_path, lab_now):  # noqa: F811
+    with running_receiver() as receiver:
+        steps = [*NO_ANALYSIS, {"approve": {"timeout": "2s", "check_every": "1s"}}]
+        path = gate_plan(tmp_path, lab_now, receiver, steps=steps)
+        env = run_env(receiver)
+        for _ in range(3):  # preflight, shift-25, the gate starts waiting
+            cli(tmp_path, env, "step", str(path))
+        assert waiting_at_gate(lab_now)
+        time.sleep(2.5)
+        cli(tmp_path, env, "step", str(path))  # past the timeout: rollback is due
+        cli(tmp_path, env, "step", str(path))  # rollback
+    summary = release(tmp_path)
+    assert summary["status"] == "rolled-back" and "no approval within 2s" in summary["reason"]
+    assert [p["verdict"] for p in summary["phases"] if p["name"] == "approve"] == ["TIMEOUT"]
+    assert all_on_stable(lab_now)
