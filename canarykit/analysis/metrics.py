@@ -382,22 +382,14 @@ class QueryOutcome:
 
 
 def _connection_problem(exc: Exception, timeout: float) -> str:
-    import requests
+    from canarykit.core import requests_errors as failures
 
-    text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "the TLS handshake failed (set ca_file, or insecure for a test server)"
-    if isinstance(exc, requests.exceptions.Timeout) or "timed out" in text.lower():
-        return f"it did not answer within {timeout:g}s"
-    if "Connection refused" in text:
-        return "the connection was refused"
-    if "Name or service not known" in text or "nodename nor servname" in text or (
-        "Failed to resolve" in text
-    ):
-        return "its host name could not be resolved"
-    if "Connection reset" in text or "RemoteDisconnected" in text:
-        return "it closed the connection"
-    return "the connection failed"
+    return {failures.TLS: "the TLS handshake failed (set ca_file, or insecure for a test server)",
+            failures.TIMEOUT: f"it did not answer within {timeout:g}s",
+            failures.REFUSED: "the connection was refused",
+            failures.UNRESOLVED: "its host name could not be resolved",
+            failures.DROPPED: "it closed the connection",
+            }.get(failures.failure_kind(exc), "the connection failed")
 
 
 def _error_text(body_repr: str) -> str:

@@ -249,21 +249,14 @@ def verify_signature(secret: str | bytes, body: bytes, header: str) -> bool:
 
 def transport_problem(exc: BaseException, timeout_text: str) -> str:
     """One line saying why a request got no answer, without the URL the exception names."""
-    import requests
+    from canarykit.core import requests_errors as failures
 
-    text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "the TLS handshake failed"
-    if isinstance(exc, requests.exceptions.Timeout) or "timed out" in text.lower():
-        return f"timed out after {timeout_text}"
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    if "Name or service not known" in text or "nodename nor servname" in text or (
-            "Failed to resolve" in text):
-        return "host name could not be resolved"
-    if "Connection reset" in text or "RemoteDisconnected" in text or "aborted" in text:
-        return "the connection was closed before an answer"
-    return "connection failed"
+    return {failures.TLS: "the TLS handshake failed",
+            failures.TIMEOUT: f"timed out after {timeout_text}",
+            failures.REFUSED: "connection refused",
+            failures.UNRESOLVED: "host name could not be resolved",
+            failures.DROPPED: "the connection was closed before an answer",
+            }.get(failures.failure_kind(exc), "connection failed")
 
 
 @dataclass
