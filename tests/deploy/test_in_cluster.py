@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,21 +26,13 @@ from canarykit.cluster import audit
 from canarykit.deploy import manifests
 from canarykit.lab import processes as lab
 from canarykit.rollout import driver as rollout
-from tests.lab_fixture import kube, lab_state, request_counts, wait_until  # noqa: F401
+from tests.lab_fixture import kube, lab_state  # noqa: F401
+from tests.rollout.test_driver import loaded_lab  # noqa: F401 (the module's loaded lab)
 
 pytestmark = pytest.mark.lab
 ACCOUNT = "canarykit-reviews"
 USERNAME = f"system:serviceaccount:default:{ACCOUNT}"
 SERVICE_ACCOUNT_DIR_ENV = "CANARYKIT_SERVICE_ACCOUNT_DIR"
-
-
-@pytest.fixture(scope="module")
-def cluster_lab(lab_state):  # noqa: F811
-    lab.set_rate(lab_state, 100)
-    wait_until(lambda: request_counts(lab_state, time.time()).get(("v1",), 0) > 300,
-               "a baseline of requests to v1", timeout=60)
-    yield lab_state
-    lab.set_rate(lab_state, 0)
 
 
 def write_plan(folder: Path, state) -> Path:
@@ -132,12 +123,12 @@ def reset(state) -> None:
 
 
 def test_a_whole_rollout_runs_in_cluster_as_its_service_account_with_the_rendered_role(
-        tmp_path, cluster_lab):
-    reset(cluster_lab)
-    account_dir = grant(cluster_lab, copy.deepcopy(manifests.ROLE_RULES))
-    summary, output = run_to_the_end(tmp_path, cluster_lab, account_dir)
+        tmp_path, loaded_lab):  # noqa: F811
+    reset(loaded_lab)
+    account_dir = grant(loaded_lab, copy.deepcopy(manifests.ROLE_RULES))
+    summary, output = run_to_the_end(tmp_path, loaded_lab, account_dir)
     assert summary.get("status") == "promoted", output
-    folder = next((tmp_path / "reports" / cluster_lab.service).iterdir())
+    folder = next((tmp_path / "reports" / loaded_lab.service).iterdir())
     actors = {r["actor"] for r in audit.read_records(folder / "audit.jsonl")}
     assert actors == {USERNAME}
     assert {p["actor"] for p in summary["phases"]} == {USERNAME}
@@ -146,14 +137,14 @@ def test_a_whole_rollout_runs_in_cluster_as_its_service_account_with_the_rendere
 @pytest.mark.parametrize("missing", range(len(manifests.ROLE_RULES)),
                          ids=lambda i: "-".join(manifests.ROLE_RULES[i]["resources"]))
 def test_without_any_one_rule_the_rollout_stops_cleanly_saying_what_was_forbidden(
-        tmp_path, cluster_lab, missing):
-    reset(cluster_lab)
+        tmp_path, loaded_lab, missing):  # noqa: F811
+    reset(loaded_lab)
     rules = copy.deepcopy(manifests.ROLE_RULES)
     (resource,) = rules.pop(missing)["resources"]
-    account_dir = grant(cluster_lab, rules)
-    summary, output = run_to_the_end(tmp_path, cluster_lab, account_dir)
+    account_dir = grant(loaded_lab, rules)
+    summary, output = run_to_the_end(tmp_path, loaded_lab, account_dir)
     assert summary.get("status") != "promoted", output
     assert "forbidden" in output.lower(), output
     assert resource in output.lower(), output
     assert "Traceback" not in output.split("papermill")[0]
-    assert all_on_stable(cluster_lab)  # nothing half-applied: stable still serves everything
+    assert all_on_stable(loaded_lab)  # nothing half-applied: stable still serves everything
