@@ -67,7 +67,8 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "runbook": ("canarykit.rollout.handrun", "run a packaged runbook by hand (parameters "
                 "checked before anything is written); scrub papermill outputs"),
     "deploy": ("canarykit.deploy.manifests",
-               "render the manifests that run a plan on the cluster (CronJob, least privilege)"),
+               "render the manifests that run a plan on the cluster (CronJob or Argo "
+               "Workflows, least privilege)"),
 }
 # Optional parts (the lab) offer commands the same way through this entry-point group, so the
 # product never imports them.
@@ -132,9 +133,9 @@ def _add_audit_command(parser: argparse.ArgumentParser) -> None:
                     "object the log changed carries the log's newest change to it as its "
                     "audit head: records cut from the end or a rewritten chain are found.")
     verify.add_argument(
-        "path", type=Path, metavar="PATH",
+        "path", metavar="PATH",
         help="audit log file, or a folder holding audit.jsonl (a release folder: its plan "
-             "names the cluster)")
+             "names the cluster), or a release folder's URL in object storage")
     verify.add_argument("--cluster", action="store_true",
                         help="check the log against the cluster (the release folder's plan's, "
                              "else as kubectl)")
@@ -279,9 +280,13 @@ def _plan_cluster(folder: Path) -> dict[str, str]:
 def run_audit_verify(args: argparse.Namespace) -> int:
     from canarykit.cluster import audit
     from canarykit.core.errors import BadInput
+    from canarykit.storage import records
 
-    folder = args.path if args.path.is_dir() else None
-    path = folder / "audit.jsonl" if folder else args.path
+    url = args.path.removesuffix("/audit.jsonl") if records.is_url(args.path) else ""
+    target = records.fetch(url) if url else Path(args.path)  # a local copy of a stored one
+    folder = target if target.is_dir() else None
+    path = folder / "audit.jsonl" if folder else target
+    shown = f"{url}/audit.jsonl" if url else str(path)
     if not path.exists():
         raise BadInput("PATH", str(path), "no such audit log")
     key = audit.hmac_key()
@@ -298,18 +303,18 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     else:
         check = audit.verify_chain(path, key=key)
     if args.output == "json":
-        print(json.dumps({"path": str(path), **check.to_dict()}, indent=2))
+        print(json.dumps({"path": shown, **check.to_dict()}, indent=2))
     elif check.status == audit.UNREADABLE:
-        raise BadInput("audit log", str(path), check.problem)
+        raise BadInput("audit log", shown, check.problem)
     elif check.ok:
         against = (f"; checked against the cluster at {check.server}: {check.checked} objects "
                    "carry their newest change in it") if check.server else ""
-        print(f"{path}: audit chain intact, {check.records} records ({check.changes} changes), "
+        print(f"{shown}: audit chain intact, {check.records} records ({check.changes} changes), "
               f"head {check.head[:16]}{against}")
     else:
         more = len(check.problems) - 1
         extra = f" (and {more} more problems: --output json lists them)" if more else ""
-        print(f"{path}: audit chain {check.status.upper()}: {check.problem}{extra}",
+        print(f"{shown}: audit chain {check.status.upper()}: {check.problem}{extra}",
               file=sys.stderr)
     if args.output == "text":
         for note in check.notes[:MAX_NOTES]:

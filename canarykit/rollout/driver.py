@@ -47,6 +47,7 @@ from canarykit.rollout import gates, runbook
 from canarykit.rollout.parameters import RUNBOOK_PARAMETERS, packaged_runbooks
 from canarykit.rollout.plan import PhaseSpec, Plan, expand, load_plan
 from canarykit.rollout.target import PROMETHEUS_URL_ENV, resolve_prometheus_url
+from canarykit.storage import records
 
 DRIVER_ANNOTATION = "canarykit.io/driver"
 DEFAULT_LEASE_SECONDS = 60
@@ -100,6 +101,7 @@ class DriverState:
     waiting: dict[str, Any] | None = None  # a gate being waited at: {"gate", "since"}
     hooks: list[dict[str, Any]] = field(default_factory=list)  # webhook answers, in order
     post_rollout: bool = False  # the post-rollout webhooks were called
+    record: str = ""  # the release folder's URL when the plan's reports are in object storage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -309,6 +311,7 @@ class Driver:
     say: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
     notifier: Any = None  # the release's message sender, made on the first message
     notifier_folder: str = ""
+    record: str = ""  # the plan's reports URL (object storage); `reports` is then its local copy
 
 
 def absolute_kubeconfig(kubeconfig: str) -> str:
@@ -341,8 +344,11 @@ def open_driver(args: argparse.Namespace, *, executes: bool = False) -> Driver:
     phases = expand(plan)
     runbooks = Path(args.runbooks or packaged_runbooks()).resolve()
     kubeconfig = absolute_kubeconfig(plan.kubeconfig)
-    driver = Driver(plan, phases, None, runbooks, Path(plan.reports).resolve(), kubeconfig,
-                    resolve_prometheus_url(plan.prometheus.url), args.lease_seconds)
+    record = records.check_url("reports", plan.reports) if records.is_url(plan.reports) else ""
+    reports = records.scratch_root(record) if record else Path(plan.reports).resolve()
+    driver = Driver(plan, phases, None, runbooks, reports, kubeconfig,
+                    resolve_prometheus_url(plan.prometheus.url), args.lease_seconds,
+                    record=record)
     check_runbooks(driver)
     if executes:
         require_prometheus(driver)
@@ -419,7 +425,9 @@ def start_release(driver: Driver) -> DriverState:
     started = now()
     base = plan.release or f"{plan.canary}-{times.compact(started)}"
     release, number = base, 1
-    while (driver.reports / plan.service / release).exists():
+    while (driver.reports / plan.service / release).exists() or (
+            driver.record and records.exists(records.join(driver.record, plan.service,
+                                                          release))):
         number += 1
         release = f"{base}-{number}"
     folder = driver.reports / plan.service / release
@@ -428,7 +436,41 @@ def start_release(driver: Driver) -> DriverState:
         yaml.safe_dump(plan.to_dict(), sort_keys=False), encoding="utf-8")
     (folder / "audit.jsonl").touch()
     return DriverState(release=release, folder=str(folder), plan_digest=plan.digest(),
-                       started=stamp(started), next_due=stamp(started))
+                       started=stamp(started), next_due=stamp(started),
+                       record=records.join(driver.record, plan.service, release)
+                       if driver.record else "")
+
+
+def bring_local(driver: Driver, state: DriverState) -> None:
+    """A release recorded in object storage: its folder on this machine (where the runner
+    that started it wrote is elsewhere), brought up to date from the store."""
+    if state.record:
+        state.folder = str(driver.reports / driver.plan.service / state.release)
+        records.pull(state.record, Path(state.folder))
+
+
+def store_record(driver: Driver, state: DriverState | None) -> None:
+    """Send what changed in the release folder to object storage (nothing for a folder)."""
+    if state is not None and state.record and Path(state.folder).is_dir():
+        records.push(Path(state.folder), state.record)
+
+
+def check_record_store(driver: Driver) -> None:
+    """Before a command that may change the cluster: the store takes writes (BadInput, and
+    nothing changed, when it does not)."""
+    if driver.record:
+        records.probe(driver.record)
+
+
+def finish(driver: Driver, lease: Lease, state: DriverState | None) -> None:
+    """The end of a command that held the lease: messages sent, the record stored, then the
+    lease let go, so the next runner finds the record complete."""
+    try:
+        with keeping(lease):
+            gates.finish_messages(driver)
+            store_record(driver, state)
+    finally:
+        lease.release()
 
 
 def release_document(driver: Driver, state: DriverState) -> dict[str, Any]:
@@ -774,13 +816,15 @@ def current_state(driver: Driver, lease: Lease, *, new_when_done: bool) -> Drive
         lease.write(state)
         write_release(driver, state)
         driver.say(f"release {state.release} of {driver.plan.service} ({driver.plan.canary} "
-                   f"over {driver.plan.stable}): {state.folder}")
+                   f"over {driver.plan.stable}): {state.record or state.folder}")
         gates.tell(driver, state, "started",
                    reason=f"{driver.plan.canary} over {driver.plan.stable}, "
                           f"{len(driver.phases)} phases")
-    elif state.plan_digest != driver.plan.digest() and not state.done:
-        driver.say(f"note: the plan changed since release {state.release} started; "
-                   "continuing it with the plan as it is now")
+    else:
+        bring_local(driver, state)
+        if state.plan_digest != driver.plan.digest() and not state.done:
+            driver.say(f"note: the plan changed since release {state.release} started; "
+                       "continuing it with the plan as it is now")
     return state
 
 
@@ -793,11 +837,14 @@ def step_once(driver: Driver, lease: Lease, state: DriverState) -> dict[str, Any
     if due and due > now():
         return None
     spec = next_phase(driver, state)
+    store_record(driver, state)  # the record so far is stored before anything changes
     entry = (run_gate(driver, lease, state, spec) if spec.gate
              else run_phase(driver, lease, state))
+    store_record(driver, state)
     if state.done:
         after_release(driver, lease, state)
         build_report(driver, state)
+        store_record(driver, state)
     return entry
 
 
@@ -806,7 +853,7 @@ def conclude(driver: Driver, state: DriverState) -> None:
     driver.say(f"release {state.release}: {state.status} ({state.reason})")
     report = Path(state.folder) / "report.html"
     if report.exists():
-        driver.say(f"report: {report}")
+        driver.say(f"report: {records.join(state.record, report.name) if state.record else report}")
 
 
 def finished_release(driver: Driver, state: DriverState) -> None:
@@ -833,9 +880,11 @@ def take_lease(driver: Driver, otherwise: str) -> Lease | None:
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole plan in this process: phase after phase until promoted or rolled back."""
     driver = open_driver(args, executes=True)
+    check_record_store(driver)
     lease = take_lease(driver, "not starting")
     if lease is None:
         return ExitCode.FAILED
+    state = None
     try:
         state = current_state(driver, lease, new_when_done=True)
         driver.say(f"{'#':>3}  {'phase':<24} {'verdict':<13} {'duration':>8}")
@@ -850,8 +899,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             with keeping(lease):
                 time.sleep(max(wait, 0) + 0.05)
     finally:
-        lease.release()
-        gates.finish_messages(driver)
+        finish(driver, lease, state)
     conclude(driver, state)
     return ExitCode.OK if state.status == "promoted" else ExitCode.FAILED
 
@@ -859,9 +907,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_step(args: argparse.Namespace) -> int:
     """At most one phase: the next due one. Safe from cron, from several machines at once."""
     driver = open_driver(args, executes=True)
+    check_record_store(driver)
     lease = take_lease(driver, "nothing to do")
     if lease is None:
         return ExitCode.OK
+    state = None
     try:
         state = current_state(driver, lease, new_when_done=args.new_release)
         if state.done:
@@ -878,14 +928,14 @@ def cmd_step(args: argparse.Namespace) -> int:
             else:
                 driver.say(f"next: {next_phase(driver, state).name} due at {state.next_due}")
     finally:
-        lease.release()
-        gates.finish_messages(driver)
+        finish(driver, lease, state)
     return ExitCode.OK
 
 
 def _operator_command(args: argparse.Namespace, kind: str) -> int:
     """abort/promote: wait for the lease, then run rollback/promote now."""
     driver = open_driver(args)
+    check_record_store(driver)
     deadline = time.monotonic() + args.wait
     while True:
         lease, other = acquire_lease(driver.kube, driver.plan.service, driver.runner,
@@ -897,6 +947,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
                        f"{holder_text(other)}; try again (or wait longer with --wait)")
             return ExitCode.FAILED
         time.sleep(1)
+    state = None
     try:
         state = lease.state()
         if state is not None and state.status == "failed" and kind == "abort":
@@ -905,6 +956,7 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
             what = "no release" if state is None else f"release {state.release} is {state.status}"
             driver.say(f"{what}; nothing to {kind}")
             return ExitCode.FAILED
+        bring_local(driver, state)
         recover(driver, state)
         state.waiting = None  # a person decided: no gate is waited at any more
         who = driver.kube.actor
@@ -917,10 +969,9 @@ def _operator_command(args: argparse.Namespace, kind: str) -> int:
         entry = step_once(driver, lease, state)
         if entry:
             driver.say(phase_line(entry))
-        conclude(driver, state)
     finally:
-        lease.release()
-        gates.finish_messages(driver)
+        finish(driver, lease, state)
+    conclude(driver, state)
     return ExitCode.OK if state.status in ("promoted", "aborted") else ExitCode.FAILED
 
 

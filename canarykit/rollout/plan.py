@@ -27,6 +27,7 @@ from canarykit.notify.channels import Channel, parse_channels
 from canarykit.notify.hooks import Hook, parse_hooks
 from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_values, default
+from canarykit.storage import records
 
 STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "approve", "promote")
 INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
@@ -206,7 +207,9 @@ def _parse_plan(data: Any) -> Plan:
         raise BadInput("release", plan.release, "must be a folder name of letters, digits and "
                        "'-' (a DNS-1123 label, upper case allowed)")
     if not plan.reports:
-        raise BadInput("reports", plan.reports, "must be a folder path")
+        raise BadInput("reports", plan.reports, "must be a folder path or a storage URL")
+    if records.is_url(plan.reports):
+        records.check_url("reports", plan.reports, installed=False)
     _duration("pause", plan.pause)
     plan.prometheus = PrometheusRef(**_section("prometheus", values, PrometheusRef))
     if plan.prometheus.url:  # refused now, not after a release folder was made

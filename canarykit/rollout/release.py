@@ -28,6 +28,7 @@ from canarykit.core import names, times
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
 from canarykit.rollout import redact, runbook
+from canarykit.storage import records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -177,7 +178,13 @@ def check_output(path: Path, field_name: str) -> Path:
 def find_release(release_folder: str = "", *, reports: str = "reports",
                  service: str = "reviews") -> Path:
     """`release_folder`, or the newest release folder under reports/SERVICE/ (a symbolic
-    link there is not a release folder)."""
+    link there is not a release folder). Either may be a URL in object storage: the release
+    is then pulled into a local copy, and that is returned."""
+    if records.is_url(release_folder):
+        return records.fetch(release_folder)
+    if not release_folder and records.is_url(reports):
+        names.check_dns_label("service", service)
+        return records.fetch(records.newest_release(records.join(reports, service)))
     if release_folder:
         folder = Path(release_folder)
         if not folder.is_dir():
@@ -1012,6 +1019,8 @@ def post_rollout_export(result: runbook.RunbookResult, *, release_folder: str = 
         done = export_replay_csv(release, prometheus, target,
                                  interval_seconds=config.interval_seconds,
                                  history_seconds=config.dispersion_history_seconds)
+        if records.origin(folder):  # stored beside the release it was pulled from
+            records.push(folder, records.origin(folder))
     except (CanaryKitError, OSError) as exc:
         note = f"{redact.shown(file_name)} not written: {exc}"
         result.notes.append(redact.strip_userinfo(note))

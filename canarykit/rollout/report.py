@@ -182,12 +182,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`canarykit report build FOLDER`."""
     commands = parser.add_subparsers(dest="report_command", required=True, metavar="COMMAND")
     build = commands.add_parser("build", help="build the HTML report of a release folder")
-    build.add_argument("folder", type=Path, metavar="FOLDER",
-                       help="release folder (reports/SERVICE/RELEASE) holding release.json")
+    build.add_argument("folder", metavar="FOLDER",
+                       help="release folder (reports/SERVICE/RELEASE) holding release.json, or "
+                            "its URL in object storage (s3://BUCKET/PREFIX/SERVICE/RELEASE)")
 
 
 def run(args: argparse.Namespace) -> int:
     """`canarykit report build FOLDER`: OK when written; a FOLDER that is not a release folder
-    raises BadInput, which cli.main reports (BAD_INPUT)."""
-    print(f"report: {build_report(args.folder)}")
+    raises BadInput, which cli.main reports (BAD_INPUT). A release in object storage is
+    pulled, and its report stored beside it."""
+    from canarykit.storage import records
+
+    if not records.is_url(args.folder):
+        print(f"report: {build_report(Path(args.folder))}")
+        return ExitCode.OK
+    folder = records.fetch(args.folder)
+    build_report(folder)
+    records.push(folder, args.folder)
+    print(f"report: {records.join(args.folder, 'report.html')}")
     return ExitCode.OK
