@@ -32,5 +32,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # (seconds), at every start whenever it can.
   .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/kubernetes-validate \
     'kubernetes-validate>=1.30' importlib-resources  # its other needs are in the environment
+  # hera (Argo Workflows' OpenAPI schema as Pydantic models: the tests validate the rendered
+  # WorkflowTemplate and CronWorkflow with it) goes beside the environment too, off its path.
+  # Pinned: hera 7.1.0 is Argo v4.0.5's schema; its needs (pydantic 2) are in the environment.
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/argo-schema 'hera==7.1.0'
   echo "$want" > "$stamp"
 fi

@@ -10,6 +10,10 @@ which later runs continue.
 The job's deadline is shorter than the schedule's shortest interval (minus the time a late
 start may take), so a run always ends before the next is due; a plan whose longest phase
 cannot fit is refused, naming the setting to change.
+
+With `--argo` the same step runs from Argo Workflows instead of the CronJob (a WorkflowTemplate
+and a CronWorkflow, see canarykit/deploy/argo.py): the pod parts below (container, security
+contexts, volumes, credentials) are shared, so both runners run `rollout step` alike.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import copy
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +31,20 @@ from canarykit.core import names
 from canarykit.core.durations import format_duration, parse_duration
 from canarykit.core.errors import BadInput, ExitCode
 from canarykit.deploy import cron
+from canarykit.storage import records
 
 DEFAULT_SCHEDULE = "*/5 * * * *"
 DEFAULT_IMAGE = f"ghcr.io/canarykit/canarykit:{__version__}"
 PLAN_DIR = "/etc/canarykit"
+PLAN_FILE = "plan.yaml"
+PLAN_PATH = f"{PLAN_DIR}/{PLAN_FILE}"
 SCRATCH = "/scratch"  # the only writable path: papermill, the kernels, the release folders
 SECRETS_DIR = "/var/run/secrets/canarykit"
 RUN_AS = 10001
 RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"},
              "limits": {"cpu": "1", "memory": "1Gi"}}
 KEEP_FINISHED_SECONDS = 3600
+HISTORY = 3  # finished runs kept (successful and failed each)
 PHASE_OVERHEAD_SECONDS = 30  # a kernel's start, papermill, the cluster calls of one phase
 LABELS = {"app.kubernetes.io/name": "canarykit", "app.kubernetes.io/component": "rollout",
           "app.kubernetes.io/managed-by": "canarykit"}
@@ -95,9 +104,39 @@ def longest_phase(plan: Any) -> tuple[float, str]:
     return longest + PHASE_OVERHEAD_SECONDS, setting
 
 
-def render(plan_path: Path, *, image: str = DEFAULT_IMAGE, schedule: str = DEFAULT_SCHEDULE,
-           secret: str = "", reports_claim: str = "") -> list[dict[str, Any]]:
-    """The objects, in apply order; BadInput (naming the flag or plan field) when the plan
+@dataclass(frozen=True)
+class Target:
+    """What `render` checked: the plan (and its text, for the ConfigMap), where and how it runs,
+    and the names every object shares."""
+
+    plan: Any
+    text: str
+    image: str
+    schedule: str
+    secret: str
+    reports_claim: str
+    timing: dict[str, int]
+
+    @property
+    def name(self) -> str:
+        return _name(self.plan.service)
+
+    @property
+    def namespace(self) -> str:
+        return self.plan.namespace
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {**LABELS, "app.kubernetes.io/instance": self.plan.service}
+
+    def meta(self, name: str | None = None) -> dict[str, Any]:
+        return {"name": name or self.name, "namespace": self.namespace,
+                "labels": dict(self.labels)}
+
+
+def check(plan_path: Path, *, image: str = DEFAULT_IMAGE, schedule: str = DEFAULT_SCHEDULE,
+          secret: str = "", reports_claim: str = "") -> Target:
+    """The plan and settings, checked: BadInput (naming the flag or plan field) when the plan
     cannot run on the cluster as it is."""
     from canarykit.rollout.plan import load_plan
 
@@ -111,11 +150,16 @@ def render(plan_path: Path, *, image: str = DEFAULT_IMAGE, schedule: str = DEFAU
     for flag, value in (("--secret", secret), ("--reports-claim", reports_claim)):
         if value:
             names.check_dns_label(flag, value)
-    if not reports_claim:
+    stored = records.is_url(plan.reports)
+    if stored and reports_claim:
+        raise BadInput("--reports-claim", reports_claim, "is not used: the plan's reports are "
+                       f"in object storage ({plan.reports}); leave it out")
+    if not stored and not reports_claim:
         raise BadInput("--reports-claim", "", "is required: the release folders (executed "
                        "notebooks, audit chain, report) must outlive each run's pod; name a "
-                       "PersistentVolumeClaim")
-    if Path(plan.reports).is_absolute():
+                       "PersistentVolumeClaim, or make the plan's reports an s3://, gs:// or "
+                       "az:// URL")
+    if not stored and Path(plan.reports).is_absolute():
         raise BadInput("reports", plan.reports, "must be a relative folder in a plan the "
                        f"cluster runs (it lands on the reports volume under {SCRATCH})")
     timing = job_timing(schedule)
@@ -127,67 +171,119 @@ def render(plan_path: Path, *, image: str = DEFAULT_IMAGE, schedule: str = DEFAU
                        f"lets a phase take up to {format_duration(math.ceil(needed))} (with "
                        f"{PHASE_OVERHEAD_SECONDS}s to start it): schedule less often or "
                        f"shorten {setting}")
-    name, namespace = _name(plan.service), plan.namespace
-    labels = {**LABELS, "app.kubernetes.io/instance": plan.service}
+    return Target(plan, text, image, schedule, secret, reports_claim, timing)
 
-    def meta(kind_name: str) -> dict[str, Any]:
-        return {"name": kind_name, "namespace": namespace, "labels": dict(labels)}
 
+def render(plan_path: Path, *, image: str = DEFAULT_IMAGE, schedule: str = DEFAULT_SCHEDULE,
+           secret: str = "", reports_claim: str = "", argo: bool = False) -> list[dict[str, Any]]:
+    """The objects, in apply order; BadInput (naming the flag or plan field) when the plan
+    cannot run on the cluster as it is. `argo`: Argo Workflows runs the step (its Role, a
+    WorkflowTemplate and a CronWorkflow) instead of a CronJob."""
+    target = check(plan_path, image=image, schedule=schedule, secret=secret,
+                   reports_claim=reports_claim)
+    if argo:
+        from canarykit.deploy import argo as argo_workflows
+
+        return [*base_objects(target), *argo_workflows.objects(target)]
+    return [*base_objects(target), _cron_job(target)]
+
+
+def base_objects(target: Target) -> list[dict[str, Any]]:
+    """What every runner of the plan needs: its ServiceAccount, Role and RoleBinding, and the
+    plan as a ConfigMap."""
+    name, meta = target.name, target.meta
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(),
          "automountServiceAccountToken": True},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(name),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
          "rules": copy.deepcopy(ROLE_RULES)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": meta(name),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        role_binding(target, name),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-plan"),
-         "data": {"plan.yaml": text}},
-        _cron_job(meta(name), name, image, schedule, timing, secret, reports_claim,
-                  plan.reports),
+         "data": {PLAN_FILE: target.text}},
     ]
 
 
-def _cron_job(metadata: dict[str, Any], name: str, image: str, schedule: str,
-              timing: dict[str, int], secret: str, reports_claim: str,
-              reports: str) -> dict[str, Any]:
-    volumes: list[dict[str, Any]] = [
-        {"name": "plan", "configMap": {"name": f"{name}-plan"}},
+def role_binding(target: Target, role: str) -> dict[str, Any]:
+    """The RoleBinding of `role` to the plan's ServiceAccount."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": target.meta(role),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": target.name,
+                          "namespace": target.namespace}]}
+
+
+# ---------------------------------------------------------------- the pod, shared by runners
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def volumes(target: Target) -> list[dict[str, Any]]:
+    """The pod's volumes: the plan, scratch, the release folders and (with --secret) the
+    credentials."""
+    found: list[dict[str, Any]] = [
+        {"name": "plan", "configMap": {"name": f"{target.name}-plan"}},
         {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
-        {"name": "reports", "persistentVolumeClaim": {"claimName": reports_claim}},
     ]
+    if target.reports_claim:  # else the reports are in object storage, copied via scratch
+        found.append({"name": "reports",
+                      "persistentVolumeClaim": {"claimName": target.reports_claim}})
+    if target.secret:
+        found.append({"name": "credentials", "secret": {"secretName": target.secret,
+                                                         "defaultMode": 0o440}})
+    return found
+
+
+def container(target: Target, args: list[str], *, runs_phases: bool = True) -> dict[str, Any]:
+    """The canarykit container running `canarykit ARGS`: non-root, read-only root filesystem,
+    every writable path a volume. `runs_phases`: it runs the plan's phases, so it gets the
+    release folders and every key of the named Secret as an environment variable and a file
+    (for *_file settings); without, it reads only the plan and the cluster."""
     mounts: list[dict[str, Any]] = [
         {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH},
-        {"name": "reports", "mountPath": f"{SCRATCH}/{Path(reports).parts[0]}"},
     ]
-    container: dict[str, Any] = {
+    if runs_phases and target.reports_claim:
+        mounts.append({"name": "reports",
+                       "mountPath": f"{SCRATCH}/{Path(target.plan.reports).parts[0]}"})
+    found: dict[str, Any] = {
         "name": "canarykit",
-        "image": image,
-        "args": ["rollout", "step", f"{PLAN_DIR}/plan.yaml"],
+        "image": target.image,
+        "args": list(args),
         "workingDir": SCRATCH,
         "env": [{"name": key, "value": value} for key, value in SCRATCH_ENV.items()],
         "resources": {part: dict(values) for part, values in RESOURCES.items()},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]},
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
-    if secret:  # every key as an environment variable, and as a file for *_file settings
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
-        volumes.append({"name": "credentials", "secret": {"secretName": secret,
-                                                          "defaultMode": 0o440}})
+    if runs_phases and target.secret:
+        found["envFrom"] = [{"secretRef": {"name": target.secret}}]
         mounts.append({"name": "credentials", "mountPath": SECRETS_DIR, "readOnly": True})
+    return found
+
+
+def step_args() -> list[str]:
+    """What every runner runs: the next due phase of the plan the ConfigMap holds."""
+    return ["rollout", "step", PLAN_PATH]
+
+
+def _cron_job(target: Target) -> dict[str, Any]:
+    timing, metadata = target.timing, target.meta()
     return {
         "apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata,
         "spec": {
-            "schedule": schedule,
+            "schedule": target.schedule,
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": timing["starting"],
-            "successfulJobsHistoryLimit": 3,
-            "failedJobsHistoryLimit": 3,
+            "successfulJobsHistoryLimit": HISTORY,
+            "failedJobsHistoryLimit": HISTORY,
             "jobTemplate": {"spec": {
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": timing["active"],
@@ -195,12 +291,11 @@ def _cron_job(metadata: dict[str, Any], name: str, image: str, schedule: str,
                 "template": {
                     "metadata": {"labels": dict(metadata["labels"])},
                     "spec": {
-                        "serviceAccountName": name,
+                        "serviceAccountName": target.name,
                         "restartPolicy": "Never",
-                        "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS,
-                                            "seccompProfile": {"type": "RuntimeDefault"}},
-                        "containers": [container],
-                        "volumes": volumes,
+                        "securityContext": pod_security_context(),
+                        "containers": [container(target, step_args())],
+                        "volumes": volumes(target),
                     },
                 },
             }},
@@ -236,7 +331,8 @@ def write(objects: list[dict[str, Any]], output: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="deploy_command", required=True, metavar="COMMAND")
     sub = commands.add_parser("render", help="write the manifests that run a plan on the "
-                              "cluster (CronJob, ServiceAccount, Role, ConfigMap)")
+                              "cluster (CronJob or Argo Workflows, ServiceAccount, Role, "
+                              "ConfigMap)")
     sub.add_argument("plan", type=Path, metavar="PLAN", help="the rollout plan (YAML)")
     sub.add_argument("--image", default=DEFAULT_IMAGE, help=f"default {DEFAULT_IMAGE}")
     sub.add_argument("--schedule", default=DEFAULT_SCHEDULE,
@@ -245,17 +341,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="Secret whose keys become environment variables and files under "
                      f"{SECRETS_DIR} (Prometheus token, object storage keys)")
     sub.add_argument("--reports-claim", default="", metavar="NAME",
-                     help="PersistentVolumeClaim holding the release folders (required)")
+                     help="PersistentVolumeClaim holding the release folders (required unless "
+                          "the plan's reports are an object-storage URL)")
+    sub.add_argument("--argo", action="store_true",
+                     help="run the step from Argo Workflows (v3.6 or later) instead of a "
+                     "CronJob: a WorkflowTemplate with a mutex per service and a suspend node "
+                     "for the approve step, a CronWorkflow, and the Role its executor needs")
     sub.add_argument("--output", type=Path, default=None, metavar="DIR",
                      help="write one file per object and a kustomization.yaml here "
                      "(default: one YAML stream on stdout)")
+    from canarykit.deploy import argo as argo_workflows  # its in-pod commands
+
+    argo_workflows.add_arguments(commands)
 
 
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    if args.deploy_command != "render":
+        from canarykit.deploy import argo as argo_workflows
+
+        return argo_workflows.run(args)
     objects = render(args.plan, image=args.image, schedule=args.schedule, secret=args.secret,
-                     reports_claim=args.reports_claim)
+                     reports_claim=args.reports_claim, argo=args.argo)
     if args.output is None:
         sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
         return ExitCode.OK

@@ -177,3 +177,21 @@ def test_rendering_does_not_change_the_plan_objects_it_shares():
     before = copy.deepcopy(manifests.ROLE_RULES)
     rendered()["Role"]["rules"][0]["verbs"].append("delete")
     assert manifests.ROLE_RULES == before
+
+
+def test_a_plan_with_reports_in_object_storage_needs_no_volume_for_them(tmp_path):
+    path = plan_file(tmp_path, reports="s3://releases-bucket/canarykit")
+    objects = {o["kind"]: o for o in manifests.render(path, secret="reviews-canarykit")}
+    pod = objects["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "persistentVolumeClaim" not in str(pod["volumes"])
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts == {manifests.PLAN_DIR, manifests.SCRATCH, manifests.SECRETS_DIR}
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "reviews-canarykit"}}]
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    assert refused(path).field == "--reports-claim"  # a claim nothing would use
+
+
+def test_a_folder_for_reports_still_needs_a_claim_and_says_a_url_would_do(tmp_path):
+    error = refused(plan_file(tmp_path), reports_claim="")
+    assert error.field == "--reports-claim" and "s3://" in error.problem
