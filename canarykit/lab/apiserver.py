@@ -11,6 +11,8 @@ Hostile input stays bounded: the token is checked before a body is read, a body 
 (`--max-body-bytes`, Kubernetes' 3 MiB by default; 413 past it), framing that cannot be trusted
 is a 400, every read and write has a timeout, and a watch ends when its client hangs up. A
 change is journaled and fsynced before it is served, so a failed save changes nothing.
+`GET /debug/requests` (administrator only) counts the requests served by verb, resource and
+status code, so a benchmark can tell what a client's run costs the server.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,6 +64,7 @@ LINGER_SECONDS = 2.0  # after refusing an unread body, how long to let the clien
 BODY_METHODS = ("POST", "PUT", "PATCH")
 OBJECT_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 PUBLIC_PATHS = {"/healthz", "/readyz", "/livez", "/version"}
+REQUEST_COUNTS_PATH = "/debug/requests"  # GET: the requests served so far (administrator)
 JSON = "application/json"
 
 
@@ -973,6 +976,29 @@ def parse_target(path: str) -> Target | None:
 # ---------------------------------------------------------------- HTTP
 
 
+class RequestCounts:
+    """The requests served, by verb, resource, dry run and status code, as a real API server
+    counts them in `apiserver_request_total`: what a client's run costs the server, which the
+    benchmarks measure (GET /debug/requests). A request counts once its answer is sent (a
+    watch when it ends); reading the counts is not counted."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Counter[tuple[str, str, bool, int]] = Counter()
+
+    def add(self, verb: str, resource: str, dry_run: bool, code: int) -> None:
+        with self.lock:
+            self.counts[verb, resource, dry_run, code] += 1
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            items = sorted(self.counts.items())
+        return {"total": sum(count for _, count in items),
+                "requests": [{"verb": verb, "resource": resource, "dryRun": dry_run,
+                              "code": code, "count": count}
+                             for (verb, resource, dry_run, code), count in items]}
+
+
 class Handler(BaseHTTPRequestHandler):
     """One request: authenticate, read the body within its limit, route, answer JSON or a
     chunked watch stream.
@@ -987,6 +1013,7 @@ class Handler(BaseHTTPRequestHandler):
     server: ApiServer
     body_unread = False
     user: User = ADMIN
+    counted: tuple[str, str, bool] | None = None  # (verb, resource, dry run); None: not counted
 
     def setup(self) -> None:
         """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
@@ -1035,6 +1062,7 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.body_unread = has_body(self.headers)
+        self.counted = (method.lower(), "", False)  # a resource request names its own below
         try:
             body = b""
             if path not in PUBLIC_PATHS:
@@ -1052,6 +1080,8 @@ class Handler(BaseHTTPRequestHandler):
             code, payload, warnings = 500, ApiError(
                 500, "InternalError", f"Internal error occurred: {type(err).__name__}: {err}"
             ).status(), []
+        if self.counted is not None:
+            self.server.request_counts.add(*self.counted, code)
         if payload is not None:
             self.send_json(code, payload, warnings)
 
@@ -1134,6 +1164,8 @@ class Handler(BaseHTTPRequestHandler):
             return 200, doc, []
         if method == "POST" and path.endswith("/token"):
             return self.token_request(path)
+        if path == REQUEST_COUNTS_PATH and method == "GET":
+            return self.request_counts()
         t = parse_target(path)
         if t is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource",
@@ -1145,6 +1177,7 @@ class Handler(BaseHTTPRequestHandler):
                 ("DELETE", True): "delete"}.get((method, t.name is not None), "")
         if verb == "list" and query.get("watch") in ("true", "1"):
             verb = "watch"
+        self.counted = (verb or method.lower(), t.res.plural, dry_run)
         if verb not in t.res.verbs or (
                 t.res.namespaced and t.namespace is None and verb not in ("list", "watch")):
             raise method_not_allowed(method, t.res)
@@ -1167,6 +1200,15 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "update":
             return api.replace(t, parsed, dry_run)
         return api.delete(t, parsed, dry_run)
+
+    def request_counts(self) -> tuple[int, dict, list[str]]:
+        """GET /debug/requests: the counts so far, for the administrator only (like a real
+        server's /metrics, it is no business of a service account)."""
+        self.counted = None
+        if not self.user.is_admin:
+            raise ApiError(403, "Forbidden", f'forbidden: User "{self.user.name}" cannot get '
+                           f'path "{REQUEST_COUNTS_PATH}"', {})
+        return 200, self.server.request_counts.snapshot(), []
 
     def token_request(self, path: str) -> tuple[int, dict, list[str]]:
         """TokenRequest (POST .../serviceaccounts/NAME/token): a token for an existing
@@ -1335,6 +1377,7 @@ class ApiServer(ThreadingHTTPServer):
         self.max_body_bytes = max_body_bytes
         self.io_timeout = io_timeout
         self.api = Api(store)
+        self.request_counts = RequestCounts()
         self.certificate: str | None = None
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -1209,3 +1209,50 @@ def test_only_the_administrator_gets_tokens_for_existing_accounts(api, apiserver
         client.CoreV1Api(as_account).create_namespaced_service_account_token(
             "ambitious", "default", {"spec": {}})
     assert caught.value.status == 403
+
+
+# ---------------------------------------------------------------- request counts
+
+
+def request_counts(server: ApiServerProcess, token: str | None = "use-server-token") -> dict:
+    code, body = raw(server, "GET", "/debug/requests", token=token)
+    assert code == 200, body
+    return json.loads(body)
+
+
+def counted_since(before: dict, after: dict) -> dict[tuple, int]:
+    """(verb, resource, dryRun, code) -> how many more requests `after` counts."""
+    def keyed(counts: dict) -> dict[tuple, int]:
+        return {(r["verb"], r["resource"], r["dryRun"], r["code"]): r["count"]
+                for r in counts["requests"]}
+    old, new = keyed(before), keyed(after)
+    return {key: new[key] - old.get(key, 0) for key in new if new[key] != old.get(key, 0)}
+
+
+def test_request_counts_name_verb_resource_dry_run_and_code(apiserver, custom):  # noqa: F811
+    before = request_counts(apiserver)
+    assert request_counts(apiserver) == before  # reading the counts is not counted
+    created = custom.create_namespaced_custom_object(*vs_args(), virtual_service())
+    custom.get_namespaced_custom_object(*vs_args(), "reviews")
+    custom.list_namespaced_custom_object(*vs_args())
+    custom.replace_namespaced_custom_object(*vs_args(), "reviews", created, dry_run="All")
+    custom.patch_namespaced_custom_object(*vs_args(), "reviews", {"spec": {"hosts": ["a"]}})
+    with pytest.raises(client.ApiException):
+        custom.replace_namespaced_custom_object(*vs_args(), "reviews", created)  # stale: 409
+    after = request_counts(apiserver)
+    assert counted_since(before, after) == {
+        ("create", "virtualservices", False, 201): 1, ("get", "virtualservices", False, 200): 1,
+        ("list", "virtualservices", False, 200): 1, ("update", "virtualservices", True, 200): 1,
+        ("patch", "virtualservices", False, 200): 1, ("update", "virtualservices", False, 409): 1}
+    assert after["total"] == before["total"] + 6
+
+
+def test_request_counts_are_for_the_administrator_only(api, apiserver):  # noqa: F811
+    _, token = service_account_client(api, apiserver, "counter", [
+        {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}])
+    code, body = raw(apiserver, "GET", "/debug/requests", token=token)
+    assert code == 403
+    assert json.loads(body)["message"] == (
+        'forbidden: User "system:serviceaccount:default:counter" cannot get path '
+        '"/debug/requests"')
+    assert raw(apiserver, "GET", "/debug/requests", token=None)[0] == 401
