@@ -480,18 +480,24 @@ def find_destination_rule(cluster: Cluster, service: str) -> dict[str, Any]:
 
 
 def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
+    """One GET when the object is named after the service (the usual case): listing every
+    object of the namespace costs the API server in proportion to the services it holds."""
     check_service_host("SERVICE", service)
-    matches = []
-    for obj in list_objects(cluster, kind):
+
+    def routes(obj: dict[str, Any]) -> bool:
         spec = obj.get("spec") or {}
         hosts = spec.get("hosts", []) if kind == "VirtualService" else [spec.get("host", "")]
-        if any(istio.same_host(h, service, cluster.namespace) for h in hosts):
-            matches.append(obj)
+        return any(istio.same_host(h, service, cluster.namespace) for h in hosts)
+
+    try:
+        named = get_object(cluster, kind, service_name(service))
+    except NotFound:
+        named = None
+    if named is not None and routes(named):
+        return named
+    matches = [obj for obj in list_objects(cluster, kind) if routes(obj)]
     if not matches:
         raise ClusterError(f"no {kind} for host {service!r} in namespace {cluster.namespace}")
-    named = [m for m in matches if m["metadata"]["name"] == service_name(service)]
-    if named:
-        return named[0]
     if len(matches) > 1:
         names = ", ".join(m["metadata"]["name"] for m in matches)
         raise ClusterError(f"several {kind}s route host {service!r}: {names}; name one")

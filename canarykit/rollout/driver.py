@@ -181,20 +181,39 @@ class Lease:
                 annotations = dict(body["metadata"].get("annotations") or {})
                 annotations[DRIVER_ANNOTATION] = json.dumps(state.to_dict(), sort_keys=True)
                 body["metadata"]["annotations"] = annotations
-            try:
-                answer = self.api.replace_namespaced_lease(
-                    self.name, self.namespace, body, _preload_content=False)
-            except ApiException as exc:
-                if exc.status == 409:
-                    self.lost = True
-                    raise LeaseLost(
-                        f"lease {self.name} was taken over by another runner; stopping"
-                    ) from exc
-                raise ClusterError(f"writing lease {self.name}: {api_error_text(exc)}") \
-                    from exc
-            except Exception as exc:  # connection errors from urllib3
-                raise ClusterError(f"writing lease {self.name}: {exc}") from exc
+            for attempt in range(2):
+                try:
+                    answer = self.api.replace_namespaced_lease(
+                        self.name, self.namespace, body, _preload_content=False)
+                    break
+                except ApiException as exc:
+                    if exc.status == 409 and attempt == 0 and self._still_ours(body):
+                        continue  # an earlier write of ours landed unanswered: on its version
+                    if exc.status == 409:
+                        self.lost = True
+                        raise LeaseLost(
+                            f"lease {self.name} was taken over by another runner; stopping"
+                        ) from exc
+                    raise ClusterError(f"writing lease {self.name}: {api_error_text(exc)}") \
+                        from exc
+                except Exception as exc:  # connection errors from urllib3
+                    raise ClusterError(f"writing lease {self.name}: {exc}") from exc
             self.obj = json.loads(answer.data)
+
+    def _still_ours(self, body: dict[str, Any]) -> bool:
+        """After a conflict: whether the lease still names this runner as holder, so the
+        conflict was with our own write whose answer was lost (a timeout), not another
+        runner's. Then `body` is moved onto the current version, to be written again."""
+        try:
+            current = json.loads(self.api.read_namespaced_lease(
+                self.name, self.namespace, _preload_content=False).data)
+        except Exception:
+            return False
+        if (current.get("spec") or {}).get("holderIdentity") != self.runner:
+            return False
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        self.obj = current
+        return True
 
     def release(self) -> None:
         """Let the next runner act at once instead of waiting for the lease to expire."""
@@ -842,9 +861,10 @@ def step_once(driver: Driver, lease: Lease, state: DriverState) -> dict[str, Any
              else run_phase(driver, lease, state))
     store_record(driver, state)
     if state.done:
-        after_release(driver, lease, state)
-        build_report(driver, state)
-        store_record(driver, state)
+        with keeping(lease):  # the lease stays ours while webhooks are called and the report built
+            after_release(driver, lease, state)
+            build_report(driver, state)
+            store_record(driver, state)
     return entry
 
 
