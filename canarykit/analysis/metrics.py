@@ -29,12 +29,14 @@ from canarykit.core.durations import format_duration, parse_duration
 from canarykit.core.errors import BadInput
 from canarykit.core.names import (
     check_dns_label,
+    host_domain,
     is_dns1123_subdomain,
     is_env_name,
     is_header_name,
     is_label_name,
     is_label_value,
     is_metric_name,
+    split_service,
 )
 
 if TYPE_CHECKING:
@@ -520,23 +522,42 @@ def _number(text: Any) -> float:
 # ---------------------------------------------------------------- what to select
 
 
+_FQDN_SUFFIX = "svc.cluster.local"
+
+
 @dataclass
 class MetricsSelector:
-    """Which Istio series belong to the service, and which versions are stable and canary."""
+    """Which Istio series belong to the service, and which versions are stable and canary.
+
+    `service` may be an FQDN (`reviews.prod.svc.cluster.local`): `validate` keeps its short
+    name (destination_service_name) and takes the namespace and cluster domain from it.
+    `stable` and `canary` are label values of the metrics (the pods' versions); the subsets
+    they were read from, when known, are only shown beside them."""
 
     service: str
     namespace: str
     reporter: str = "destination"
     version_label: str = "destination_version"
     use_fqdn: bool = False
-    fqdn_suffix: str = "svc.cluster.local"
+    fqdn_suffix: str = _FQDN_SUFFIX
     stable: str = "v1"
     canary: str = "v2"
     extra_labels: dict[str, str] = field(default_factory=dict)
+    stable_subset: str = ""
+    canary_subset: str = ""
 
     def validate(self) -> MetricsSelector:
-        check_dns_label("service", self.service)
-        check_dns_label("namespace", self.namespace)
+        domain = host_domain(self.service) if isinstance(self.service, str) else None
+        self.service, namespace = split_service("service", self.service, self.namespace or None)
+        if namespace is None:
+            raise BadInput("namespace", self.namespace,
+                           "is required: give it, or the service as NAME.NAMESPACE")
+        self.namespace = namespace
+        if domain and domain != self.fqdn_suffix:
+            if self.fqdn_suffix != _FQDN_SUFFIX:
+                raise BadInput("service", domain, f"names cluster domain {domain!r} but "
+                               f"fqdn_suffix is {self.fqdn_suffix!r}")
+            self.fqdn_suffix = domain
         if self.reporter not in ("destination", "source"):
             raise BadInput("reporter", self.reporter, "must be destination or source")
         check_label_name("version_label", self.version_label)
@@ -550,6 +571,9 @@ class MetricsSelector:
         check_label_value("canary", self.canary)
         if self.stable == self.canary:
             raise BadInput("canary", self.canary, "must differ from the stable version")
+        for name in ("stable_subset", "canary_subset"):
+            if getattr(self, name):
+                check_dns_label(name, getattr(self, name))
         if not isinstance(self.extra_labels, dict):
             raise BadInput("extra_labels", self.extra_labels, "must be a mapping of label to value")
         for name, value in self.extra_labels.items():
@@ -561,6 +585,14 @@ class MetricsSelector:
     @property
     def fqdn(self) -> str:
         return f"{self.service}.{self.namespace}.{self.fqdn_suffix}"
+
+    def describe(self, role: str) -> str:
+        """E.g. "canary subset `canary` (version v2)": judges show both, the subset a user
+        named and the version the metrics carry ("canary version v2" without a subset)."""
+        version = self.stable if role == "stable" else self.canary
+        subset = self.stable_subset if role == "stable" else self.canary_subset
+        return f"{role} subset `{subset}` (version {version})" if subset else \
+            f"{role} version {version}"
 
     def matchers(self) -> str:
         """The label matchers (inside `{}`) that select this service's series."""

@@ -25,6 +25,7 @@ from canarykit.analysis import metrics as m
 from canarykit.core import yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
+from canarykit.mesh import versions
 
 JUDGE_NAMES = ("success-rate", "latency", "mann-whitney", "sequential")
 CLI, PLAN, RUNBOOK = "cli", "plan", "runbook"  # the CLI means its flags and its --config file
@@ -137,6 +138,10 @@ def _custom_metrics(name: str, value: Any) -> None:
         names.add(metric.name)
 
 
+def _label_key(name: str, value: Any) -> None:
+    versions.check_label_key(name, value)
+
+
 def _default_compare() -> list[j.CompareMetric]:
     return [
         j.CompareMetric("success-rate", direction="decrease"),
@@ -193,6 +198,9 @@ class AnalysisSettings:
     custom_metrics: list[m.CustomMetric] = _setting(
         [], "business metrics from PromQL templates, each with its limits", _custom_metrics,
         (CLI,))
+    version_label_key: str = _setting(
+        "", "subset label giving the metrics' version (empty: Istio's precedence)",
+        _label_key)
     until_verdict: bool = _setting(False, "re-check until PASS or FAIL (or max_duration)",
                                    _flag, REPEAT)
     check_every: str = _setting("30s", "time between checks with until_verdict", _duration,

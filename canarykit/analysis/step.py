@@ -88,12 +88,8 @@ def run_analysis(
         return judges.Decision(judges.Verdict.INCONCLUSIVE, problem.message, [judgement])
 
     stable, canary = _counts(counts, selector.stable), _counts(counts, selector.canary)
-    missing = [
-        f"{role} version {version}"
-        for role, version, data in (("canary", selector.canary, canary),
-                                    ("stable", selector.stable, stable))
-        if data is None
-    ]
+    missing = [selector.describe(role)
+               for role, data in (("canary", canary), ("stable", stable)) if data is None]
     where = f"{selector.service} in namespace {selector.namespace}"
     missing_reason = (
         f"Prometheus at {settings.url} has no series for the {' or the '.join(missing)} of "
@@ -164,11 +160,10 @@ def _latency(client, selector, config, canary, finish, missing_reason) -> judges
 
 def _too_few(selector, config, stable, canary) -> str:
     """Why per-interval samples would be too thin to compare, or ''."""
-    for role, version, data in (("canary", selector.canary, canary),
-                                ("stable", selector.stable, stable)):
+    for role, data in (("canary", canary), ("stable", stable)):
         if data is not None and data["requests"] < config.min_requests:
-            return (f"only {data['requests']:,.0f} {role} ({version}) requests, fewer than the "
-                    f"{config.min_requests:,} needed to compare the versions")
+            return (f"only {data['requests']:,.0f} {selector.describe(role)} requests, fewer "
+                    f"than the {config.min_requests:,} needed to compare the versions")
     return ""
 
 
@@ -224,7 +219,9 @@ def _dispersions(client: m.Client, selector: m.MetricsSelector, config: Analysis
     import numpy as np  # here: only the sequential judges need it
 
     step = config.interval_seconds
-    history = (f"stable {selector.stable}'s {config.dispersion_history} before "
+    stable = selector.describe("stable") if selector.stable_subset else \
+        f"stable {selector.stable}"
+    history = (f"{stable}'s {config.dispersion_history} before "
                f"{times.timestamp(history_end)}")
     counts = m.interval_counts(client, selector, selector.stable,
                                history_end - config.dispersion_history_seconds + step,
@@ -358,13 +355,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `canarykit analyze`; their defaults are those of the selector and settings."""
     selector, prometheus = m.MetricsSelector, m.PrometheusSettings
     stable, canary = _default(selector, "stable"), _default(selector, "canary")
-    parser.add_argument("service", metavar="SERVICE", help="the service (destination_service_name)")
-    parser.add_argument("-n", "--namespace", required=True, help="the service's namespace")
+    parser.add_argument("service", metavar="SERVICE",
+                        help="the service: NAME (with -n) or NAME.NAMESPACE.svc.cluster.local")
+    parser.add_argument("-n", "--namespace",
+                        help="the service's namespace (default: the one its FQDN names)")
     parser.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    parser.add_argument("--stable", default=stable,
-                        help=f"stable version label value (default {stable})")
-    parser.add_argument("--canary", default=canary,
-                        help=f"canary version label value (default {canary})")
+    parser.add_argument("--stable", help=f"stable version label value (default {stable})")
+    parser.add_argument("--canary", help=f"canary version label value (default {canary})")
+    parser.add_argument("--stable-subset", metavar="SUBSET",
+                        help="instead of --stable: the DestinationRule subset, whose version "
+                             "is read from the cluster (see --version-label-key)")
+    parser.add_argument("--canary-subset", metavar="SUBSET",
+                        help="instead of --canary: the canary's DestinationRule subset")
+    parser.add_argument("--kubeconfig", help="with subsets: kubeconfig file (default: "
+                        "$KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="with subsets: kubeconfig context")
     parser.add_argument("--at", metavar="TIME",
                         help="end of the window: RFC 3339 or Unix seconds (default now)")
     parser.add_argument("--output", choices=("text", "json"), default="text")
@@ -437,14 +442,48 @@ def build_inputs(args: argparse.Namespace):
         headers=_headers(args.header),
         timeout_seconds=args.timeout,
     ).validate()
-    selector = m.MetricsSelector(
-        service=args.service, namespace=args.namespace, reporter=args.reporter,
-        version_label=args.version_label, use_fqdn=args.fqdn, stable=args.stable,
-        canary=args.canary,
-    ).validate()
     config = _config_from_args(args)
+    found = _versions(args, config.version_label_key)  # may take the context's namespace
+    selector = m.MetricsSelector(
+        service=args.service, namespace=args.namespace or "", reporter=args.reporter,
+        version_label=args.version_label, use_fqdn=args.fqdn, **found,
+    ).validate()
     end = parse_time(args.at) if args.at is not None else None
     return settings, selector, config, end
+
+
+def _versions(args: argparse.Namespace, label_key: str) -> dict[str, str]:
+    """The selector's stable and canary versions: as given, or read from the subsets of the
+    service's DestinationRule (a subset's name is not the version its metrics carry)."""
+    subsets = args.stable_subset, args.canary_subset
+    if label_key and not any(subsets):
+        raise BadInput("--version-label-key", label_key, "says which label of a subset holds "
+                       "its version: give --stable-subset and --canary-subset")
+    if not any(subsets):
+        return {name: _default(m.MetricsSelector, name) if value is None else value
+                for name, value in (("stable", args.stable), ("canary", args.canary))}
+    for flag, subset, version in (("--stable-subset", subsets[0], args.stable),
+                                  ("--canary-subset", subsets[1], args.canary)):
+        if not subset:
+            raise BadInput(flag, subset, "is required with the other subset flag")
+        if version is not None:
+            raise BadInput(flag, subset, f"and --{flag[2:8]} {version} both name the "
+                           f"{flag[2:8]} version: give one")
+    from canarykit.cluster import client as cluster  # here: only subsets need the cluster
+    from canarykit.core import names
+    from canarykit.mesh import versions
+
+    namespace = names.service_namespace("SERVICE", args.service, args.namespace, "--namespace")
+    kube = cluster.connect(args.kubeconfig, args.context, namespace)
+    dr = cluster.find_destination_rule(kube, args.service)
+    stable, canary = versions.subset_versions(dr, subsets[0], subsets[1], label_key)
+    if namespace is None:
+        args.namespace = kube.namespace  # the context's, as kubectl takes it
+    for role, item in (("stable", stable), ("canary", canary)):
+        if not item.label:
+            print(f"canarykit analyze: note: {item.describe(role)}", file=sys.stderr)
+    return {"stable": stable.version, "canary": canary.version,
+            "stable_subset": stable.subset, "canary_subset": canary.subset}
 
 
 def exit_code(verdict: judges.Verdict) -> ExitCode:
@@ -491,8 +530,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(decision.to_dict(), indent=2, sort_keys=True))
     else:
         window_end = times.timestamp(end) if end is not None else "now"
-        print(f"{selector.service}.{selector.namespace}: canary {selector.canary} vs stable "
-              f"{selector.stable}, {config.window} window ending {window_end} "
+        print(f"{selector.service}.{selector.namespace}: {selector.describe('canary')} vs "
+              f"{selector.describe('stable')}, {config.window} window ending {window_end} "
               f"({config.interval} intervals)\n")
         print(format_text(decision))
     return exit_code(decision.verdict)

@@ -39,9 +39,13 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("service", metavar="SERVICE", help="the service (VirtualService host)")
+    parser.add_argument("service", metavar="SERVICE",
+                        help="the service (VirtualService host): NAME, or its FQDN "
+                             "NAME.NAMESPACE.svc.cluster.local")
     parser.add_argument(
-        "-n", "--namespace", help="namespace (default: the context's, else default)"
+        "-n", "--namespace",
+        help="namespace (default: the one the service's FQDN names, else the context's, "
+             "else default)"
     )
     _add_connection_arguments(parser)
     parser.add_argument(
@@ -174,9 +178,14 @@ def build_parser(command: str | None = ALL) -> argparse.ArgumentParser:
 
 
 def _connect(args: argparse.Namespace):
+    """The cluster, in the namespace `-n` or the service's FQDN names (one refusal when they
+    differ); `args.service` keeps the host as given, which the lookups match as an FQDN."""
     from canarykit.cluster import client as cluster
+    from canarykit.core import names
 
-    return cluster.connect(args.kubeconfig, args.context, args.namespace, args.timeout)
+    args.service = names.check_service_host("SERVICE", args.service.removesuffix("."))
+    namespace = names.service_namespace("SERVICE", args.service, args.namespace, "--namespace")
+    return cluster.connect(args.kubeconfig, args.context, namespace, args.timeout)
 
 
 def _print_changes(applied: list[Any], args: argparse.Namespace) -> None:

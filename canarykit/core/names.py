@@ -59,7 +59,7 @@ def check_service_host(field_name: str, value: Any) -> str:
             field_name,
             value,
             "must be a service name or host such as reviews or reviews.default.svc.cluster.local"
-            " (lower-case letters, digits, '-' and '.')",
+            " (DNS-1123: lower-case letters, digits, '-' and '.')",
         )
     return value
 
@@ -88,9 +88,66 @@ def service_name(host: str) -> str:
     return host.split(".", 1)[0]
 
 
+def host_namespace(host: str) -> str | None:
+    """The namespace a Kubernetes service host names: `prod` of `reviews.prod`,
+    `reviews.prod.svc` and `reviews.prod.svc.cluster.local` (any cluster domain); None for a
+    short name or a host outside the cluster such as `api.example.com`."""
+    parts = host.rstrip(".").split(".")
+    if len(parts) == 2 or len(parts) >= 3 and parts[2] == "svc":
+        return parts[1]
+    return None
+
+
+def service_namespace(field_name: str, host: str, namespace: str | None,
+                      namespace_field: str = "namespace") -> str | None:
+    """The namespace `host` names, else `namespace`: a user may give either, but an FQDN in
+    one namespace with another namespace given is a mistake, refused naming both."""
+    named = host_namespace(host)
+    if named and namespace and named != namespace:
+        raise BadInput(field_name, host, f"names namespace {named!r} but {namespace_field} is "
+                       f"{namespace!r}: give one of them, or the same one")
+    return named or namespace or None
+
+
+def split_service(field_name: str, service: Any, namespace: str | None = None,
+                  namespace_field: str = "namespace") -> tuple[str, str | None]:
+    """(name, namespace) of a Kubernetes service given as a short name (its namespace given
+    apart, or None) or as an FQDN a kubectl user types: `reviews.prod`, `reviews.prod.svc`,
+    `reviews.prod.svc.cluster.local`. Things named after the service use the short name."""
+    if not isinstance(service, str):
+        raise BadInput(field_name, service, "must be a string")
+    if "." not in service:  # a short name: refused as the DNS-1123 label it must be
+        check_dns_label(field_name, service)
+    host = check_service_host(field_name, service.removesuffix("."))
+    parts = host.split(".")
+    if len(parts) > 1 and host_namespace(host) is None:
+        raise BadInput(field_name, service, "is not a Kubernetes service: give NAME (with its "
+                       "namespace), NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local")
+    check_dns_label(field_name, parts[0])
+    found = service_namespace(field_name, host, namespace, namespace_field)
+    if found is not None:
+        check_dns_label(namespace_field if found == namespace else field_name, found)
+    return parts[0], found
+
+
+def host_domain(host: str) -> str | None:
+    """What follows the namespace in a full service FQDN (`svc.cluster.local`), else None."""
+    parts = host.rstrip(".").split(".")
+    return ".".join(parts[2:]) if len(parts) >= 4 and parts[2] == "svc" else None
+
+
 def is_label_value(text: Any) -> bool:
     """Whether `text` is a non-empty Kubernetes label value (such as a subset's `version`)."""
     return isinstance(text, str) and len(text) <= 63 and _LABEL_VALUE.fullmatch(text) is not None
+
+
+def is_label_key(text: Any) -> bool:
+    """Whether `text` is a Kubernetes label key: a name, optionally after a DNS prefix and '/'
+    (`version`, `app.kubernetes.io/version`, `service.istio.io/canonical-revision`)."""
+    if not isinstance(text, str):
+        return False
+    prefix, slash, name = text.rpartition("/")
+    return is_label_value(name) and (not slash or is_dns1123_subdomain(prefix))
 
 
 def is_route_name(text: Any) -> bool:

@@ -40,10 +40,13 @@ class Parameter:
 
 
 COMMON = (
-    Parameter("service", "str", "reviews", "the service (VirtualService host) being rolled out"),
-    Parameter("namespace", "str", "default", "the service's namespace"),
-    Parameter("stable", "str", "v1", "stable subset (DestinationRule) and version label"),
-    Parameter("canary", "str", "v2", "canary subset and version label"),
+    Parameter("service", "str", "reviews",
+              "the service rolled out: NAME, or NAME.NAMESPACE.svc.cluster.local"),
+    Parameter("namespace", "str", "",
+              "the service's namespace; empty: its FQDN's, else the kubeconfig context's"),
+    Parameter("stable", "str", "v1",
+              "stable subset of the DestinationRule (its labels give the metrics' version)"),
+    Parameter("canary", "str", "v2", "canary subset of the DestinationRule"),
     Parameter("kubeconfig", "str", "",
               "empty: $KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)"),
     Parameter("context", "str", "", "kubeconfig context; empty: its current context"),
@@ -72,12 +75,19 @@ def _analysis(repeat: bool) -> tuple[Parameter, ...]:
     return tuple(found)
 
 
+def _setting(name: str) -> Parameter:
+    """One analysis setting as a runbook parameter, its default and help from the model."""
+    value = getattr(AnalysisSettings(), name)
+    return Parameter(name, type(value).__name__, value, setting_help(name))
+
+
 DECLARED: dict[str, tuple[Parameter, ...]] = {
     "preflight": (
         *COMMON,
         Parameter("min_baseline_success_rate", "float", 99.0,
                   "minimum stable success rate (percent) in baseline_window"),
         Parameter("baseline_window", "str", "1m", "how far back the baseline is measured"),
+        _setting("version_label_key"),
     ),
     "internal-canary": (
         *COMMON,

@@ -32,15 +32,17 @@ from canarykit.cluster.state import AUDIT_HEAD_ANNOTATION, read_state, with_stat
 from canarykit.core import times
 from canarykit.core.durations import format_duration
 from canarykit.core.errors import BadInput, CanaryKitError
-from canarykit.mesh import istio, traffic, validate
+from canarykit.mesh import istio, traffic, validate, versions
 from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_settings, default
 from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the runbooks
     Target,
     connect_target,
     flag_parameter,
+    metrics_selector,
     prometheus_client,
     renamed,
+    subset_versions,
     text_parameter,
 )
 
@@ -155,6 +157,23 @@ def _apply(target: Target, result: runbook.RunbookResult,
     return applied
 
 
+def _selector(target: Target, result: runbook.RunbookResult,
+              found: tuple[versions.SubsetVersion, versions.SubsetVersion]) -> m.MetricsSelector:
+    """The metrics' selector by the subsets' versions, said in the notes: a subset's name is
+    not what the metrics carry, and a reader should see which version was judged."""
+    for role, item in zip(("stable", "canary"), found, strict=True):
+        source = (f"its label {item.label}" if item.label else
+                  "its name: the subset has no " + ", ".join(
+                      versions.VERSION_LABEL_KEYS) + " label")
+        result.notes.append(f"metrics: {item.describe(role)}, version from {source}")
+    return metrics_selector(target, found)
+
+
+def _versions_evidence(selector: m.MetricsSelector) -> dict[str, Any]:
+    return {"stable": {"subset": selector.stable_subset, "version": selector.stable},
+            "canary": {"subset": selector.canary_subset, "version": selector.canary}}
+
+
 # ---------------------------------------------------------------- preflight
 
 
@@ -259,14 +278,14 @@ def _check_subsets(target: Target, dr: dict | None) -> Judgement:
         for s in (target.stable, target.canary)), values)
 
 
-def _check_baseline(target: Target, client: m.Client, minimum: float, window: str,
-                    seconds: float) -> Judgement:
+def _check_baseline(target: Target, client: m.Client, selector: m.MetricsSelector,
+                    minimum: float, window: str, seconds: float) -> Judgement:
     now = time.time()
-    counts = m.raw_counts(client, target.selector, now - seconds, now)
+    counts = m.raw_counts(client, selector, now - seconds, now)
     queries = [o.query for o in counts.outcomes[:2]]
     thresholds = {"min_success_rate": minimum, "min_requests": BASELINE_MIN_REQUESTS,
                   "window": window}
-    stable = counts.versions.get(target.stable)
+    stable = counts.versions.get(selector.stable)
     if counts.failure is not None:
         return _judgement("baseline-success-rate", Verdict.INCONCLUSIVE, counts.failure.message,
                           {}, thresholds, queries)
@@ -274,7 +293,7 @@ def _check_baseline(target: Target, client: m.Client, minimum: float, window: st
         seen = 0 if stable is None else stable["requests"]
         return _judgement(
             "baseline-success-rate", Verdict.INCONCLUSIVE,
-            f"no baseline: {seen:.0f} requests to the stable version {target.stable} of "
+            f"no baseline: {seen:.0f} requests to the {selector.describe('stable')} of "
             f"{target.service} in the last {window} (at least {BASELINE_MIN_REQUESTS} needed)",
             {"requests": seen}, thresholds, queries)
     errors = min(stable["errors"], stable["requests"])
@@ -283,7 +302,8 @@ def _check_baseline(target: Target, client: m.Client, minimum: float, window: st
     verdict = Verdict.PASS if rate >= minimum else Verdict.FAIL
     sign = ">=" if verdict == Verdict.PASS else "<"
     return _judgement("baseline-success-rate", verdict,
-                      f"stable {target.stable} success rate {rate:.2f}% {sign} {minimum:g}% over "
+                      f"{selector.describe('stable')} success rate {rate:.2f}% {sign} "
+                      f"{minimum:g}% over "
                       f"{stable['requests']:.0f} requests in the last {window}",
                       values, thresholds, queries)
 
@@ -291,9 +311,13 @@ def _check_baseline(target: Target, client: m.Client, minimum: float, window: st
 @_phase
 def preflight(target: Target, result: runbook.RunbookResult, *,
               min_baseline_success_rate: float = default("preflight", "min_baseline_success_rate"),
-              baseline_window: str = default("preflight", "baseline_window")) -> Decision:
-    """Everything a rollout relies on, checked before it starts; raises unless all PASS."""
+              baseline_window: str = default("preflight", "baseline_window"),
+              version_label_key: str = default("preflight", "version_label_key")) -> Decision:
+    """Everything a rollout relies on, checked before it starts; raises unless all PASS.
+    The baseline is read by the version the stable subset's pods report (its labels in the
+    DestinationRule, `version_label_key` or Istio's precedence), never by the subset's name."""
     _percentage("min_baseline_success_rate", min_baseline_success_rate)
+    versions.check_label_key("version_label_key", version_label_key)
     seconds = m.parse_window(baseline_window, "baseline_window")
     settings = target.prometheus
     client = prometheus_client(target)
@@ -305,12 +329,13 @@ def preflight(target: Target, result: runbook.RunbookResult, *,
         "prometheus", Verdict.PASS if reachable else Verdict.FAIL,
         f"Prometheus at {settings.url} answers" if reachable
         else f"prometheus_url {settings.url!r}: {probe.message}", queries=[probe.query]))
-    if reachable:
-        found.append(_check_baseline(target, client, min_baseline_success_rate, baseline_window,
-                                     seconds))
+    selector = _preflight_selector(target, result, dr, version_label_key, found)
+    if reachable and selector is not None:
+        found.append(_check_baseline(target, client, selector, min_baseline_success_rate,
+                                     baseline_window, seconds))
         now = time.time()
-        result.metrics = _metric_rows(client, target, now - seconds, now,
-                                         min(seconds, 10.0))
+        result.metrics = _metric_rows(client, selector, now - seconds, now,
+                                      min(seconds, 10.0))
     decision = decide(found)
     result.decision = decision.to_dict()
     if vs is not None:
@@ -321,6 +346,24 @@ def preflight(target: Target, result: runbook.RunbookResult, *,
     if decision.verdict != Verdict.PASS:
         raise PhaseFailed(f"preflight {decision.verdict.value}: {decision.reason}")
     return decision
+
+
+def _preflight_selector(target: Target, result: runbook.RunbookResult, dr: dict | None,
+                        label_key: str, found: list[Judgement]) -> m.MetricsSelector | None:
+    """The baseline's selector from the DestinationRule already read; None (the baseline not
+    checked, a judgement saying why) when there is none or its versions cannot be told apart."""
+    if dr is None:
+        found.append(_judgement("baseline-success-rate", Verdict.INCONCLUSIVE,
+                                "not checked: no DestinationRule to read the versions from"))
+        return None
+    try:
+        pair = versions.subset_versions(dr, target.stable, target.canary, label_key)
+    except BadInput as exc:
+        found.append(_judgement("versions", Verdict.FAIL, str(exc)))
+        return None
+    selector = _selector(target, result, pair)
+    result.evidence = {"versions": _versions_evidence(selector)}
+    return selector
 
 
 def _percentage(field: str, value: Any) -> float:
@@ -479,11 +522,11 @@ def rollback(target: Target, result: runbook.RunbookResult, *,
 # ---------------------------------------------------------------- analysis
 
 
-def _metric_rows(client: m.Client, target: Target, start: float, end: float,
+def _metric_rows(client: m.Client, selector: m.MetricsSelector, start: float, end: float,
                  step: float) -> list[dict[str, Any]]:
     """Tidy rows of the standard metrics over [start, end], one point per step."""
     first = min(start + step, end)
-    frame = m.range_frame(client, target.selector, first, end, step_seconds=step)
+    frame = m.range_frame(client, selector, first, end, step_seconds=step)
     return [{"timestamp": row.timestamp.timestamp(), "version": row.version,
              "metric": row.metric, "value": float(row.value)}
             for row in frame.itertuples() if math.isfinite(row.value)]
@@ -592,7 +635,8 @@ def _check_record(decision: Decision, start: float, end: float, covered: bool) -
             "p_value": evidence.get("p_value"), "bayes_factor": evidence.get("bayes_factor")}
 
 
-def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start: float,
+def _judge(target: Target, client: m.Client, selector: m.MetricsSelector,
+           config: AnalysisSettings, *, start: float,
            window: float, until_verdict: bool, deadline: float, check_every: float,
            segments: list[Segment], checks: list[dict],
            rollout_start: float | None = None) -> tuple[Decision, float]:
@@ -615,7 +659,7 @@ def _judge(target: Target, client: m.Client, config: AnalysisSettings, *, start:
             current = replace(config, window=format_duration(span),  # one check: no repeats
                               interval=format_duration(min(interval, span)),
                               until_verdict=False)
-            last = run_analysis(target.prometheus, target.selector, current, end=now,
+            last = run_analysis(target.prometheus, selector, current, end=now,
                                 segments=segments, rollout_start=rollout_start,
                                 deadline=deadline if until_verdict else None)
             covered = span >= window - 0.5
@@ -694,6 +738,7 @@ def analyze(target: Target, result: runbook.RunbookResult,
     limit = m.parse_window(config.max_duration, "max_duration")
     every = m.parse_window(config.check_every, "check_every")
     client = prometheus_client(target)
+    selector = _selector(target, result, subset_versions(target, config.version_label_key))
     began = time.time()
     vs = _set_weights(target, result)
     weight = (result.weights or {}).get(target.canary)
@@ -710,7 +755,7 @@ def analyze(target: Target, result: runbook.RunbookResult,
     segments: list[Segment] = []
     if periods and periods[-1].weight == weight:
         start = max(start, periods[-1].start + SETTLE_SECONDS)
-        segments, skipped = period_segments(client, target.selector, periods)
+        segments, skipped = period_segments(client, selector, periods)
         result.notes.extend(skipped)
         result.notes.append(f"evidence chained over {len(segments)} earlier weight "
                                f"period(s) of release {state.release}")
@@ -720,7 +765,7 @@ def analyze(target: Target, result: runbook.RunbookResult,
                if not periods else "the audit log disagrees with the VirtualService's weight")
         result.notes.append(f"evidence restarted at the current weight: {why}")
     checks: list[dict] = []
-    decision, end = _judge(target, client, config, start=start, window=window_s,
+    decision, end = _judge(target, client, selector, config, start=start, window=window_s,
                            until_verdict=config.until_verdict,
                            deadline=max(began + limit, start + window_s),
                            check_every=every, segments=segments, checks=checks,
@@ -732,8 +777,9 @@ def analyze(target: Target, result: runbook.RunbookResult,
         "weight_periods": [period.to_dict() for period in periods],
         "segments": [asdict(segment) for segment in segments],
         "checks": checks,
+        "versions": _versions_evidence(selector),
     }
-    result.metrics = _metric_rows(client, target, start, end, config.interval_seconds)
+    result.metrics = _metric_rows(client, selector, start, end, config.interval_seconds)
     return decision
 
 
@@ -752,6 +798,8 @@ def shadow(target: Target, result: runbook.RunbookResult,
     config = _settings("shadow", settings)
     client = prometheus_client(target)
     vs, dr = _objects(target)
+    selector = _selector(target, result, versions.subset_versions(
+        dr, target.stable, target.canary, config.version_label_key))
     operation = functools.partial(traffic.set_mirror, subset=target.canary,
                                   percentage=percentage, stable=target.stable, dr=dr)
     operation(vs)
@@ -759,13 +807,14 @@ def shadow(target: Target, result: runbook.RunbookResult,
     _apply(target, result, operation)
     start = time.time() + SETTLE_SECONDS
     checks: list[dict] = []
-    decision, end = _judge(target, client, config, start=start, window=config.window_seconds,
+    decision, end = _judge(target, client, selector, config, start=start,
+                           window=config.window_seconds,
                            until_verdict=False, deadline=start, check_every=1.0, segments=[],
                            checks=checks)
     result.decision = decision.to_dict()
     result.evidence = {"window": {"start": times.timestamp(start), "end": times.timestamp(end)},
-                       "checks": checks}
-    result.metrics = _metric_rows(client, target, start, end, config.interval_seconds)
+                       "checks": checks, "versions": _versions_evidence(selector)}
+    result.metrics = _metric_rows(client, selector, start, end, config.interval_seconds)
     if not keep_mirror:
         _apply(target, result, functools.partial(traffic.clear_mirror, stable=target.stable,
                                                  canary=target.canary))

@@ -199,7 +199,12 @@ def _parse_plan(data: Any) -> Plan:
                  "reports", "pause"):
         if name in values:
             setattr(plan, name, _text(name, values[name]))
-    for name in ("service", "namespace", "stable", "canary"):
+    # `service: reviews.prod.svc.cluster.local` names its namespace; the plan keeps the short
+    # name, which the driver's Lease, the release folders and the metrics are named after.
+    plan.service, namespace = names.split_service("service", plan.service,
+                                                  values.get("namespace"))
+    plan.namespace = namespace or plan.namespace
+    for name in ("namespace", "stable", "canary"):
         names.check_dns_label(name, getattr(plan, name))
     if plan.stable == plan.canary:
         raise BadInput("canary", plan.canary, "must differ from the stable subset")
@@ -365,6 +370,12 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
         if kind == "shadow":
             raise BadInput(f"{path}.analysis", False, "a shadow step always judges the canary")
         return step
+    if isinstance(raw_analysis, dict) and raw_analysis.get(
+            "version_label_key", plan.analysis.version_label_key) != \
+            plan.analysis.version_label_key:
+        raise BadInput(f"{path}.analysis.version_label_key", raw_analysis["version_label_key"],
+                       "names the subsets' version label for the whole release: set it in "
+                       "the plan's analysis section")
     step.analysis = parse_analysis(f"{path}.analysis", raw_analysis, plan.analysis)
     if "window" in step.settings:  # the shadow step's own window, checked with its analysis
         parse_analysis(f"{path}.{kind}", {"window": step.settings["window"]}, step.analysis)
@@ -436,12 +447,12 @@ def _slug(number: float) -> str:
 
 def expand(plan: Plan) -> list[PhaseSpec]:
     """The phases in order: preflight, each step's runbook (and its analysis), promote."""
-    phases = [PhaseSpec(
-        "preflight", "preflight",
-        {"min_baseline_success_rate": float(plan.preflight.min_baseline_success_rate),
-         "baseline_window": plan.preflight.baseline_window},
-        judged=True, pause=_duration("pause", plan.pause),
-    )]
+    preflight = {"min_baseline_success_rate": float(plan.preflight.min_baseline_success_rate),
+                 "baseline_window": plan.preflight.baseline_window}
+    if plan.analysis.version_label_key:  # else the runbook's default: Istio's precedence
+        preflight["version_label_key"] = plan.analysis.version_label_key
+    phases = [PhaseSpec("preflight", "preflight", preflight, judged=True,
+                        pause=_duration("pause", plan.pause))]
     for index, step in enumerate(plan.steps):
         phases += _step_phases(index, step, plan)
     if plan.steps[-1].kind != "promote":

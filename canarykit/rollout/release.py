@@ -183,14 +183,14 @@ def find_release(release_folder: str = "", *, reports: str = "reports",
     if records.is_url(release_folder):
         return records.fetch(release_folder)
     if not release_folder and records.is_url(reports):
-        names.check_dns_label("service", service)
+        service = names.split_service("service", service)[0]  # folders: the short name
         return records.fetch(records.newest_release(records.join(reports, service)))
     if release_folder:
         folder = Path(release_folder)
         if not folder.is_dir():
             raise BadInput("release_folder", redact.shown(release_folder), "is not a folder")
         return folder
-    names.check_dns_label("service", service)
+    service = names.split_service("service", service)[0]
     root = Path(reports) / service
     found = ([p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
              if root.is_dir() else [])

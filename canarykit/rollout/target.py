@@ -12,6 +12,7 @@ from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
 from canarykit.core import names
 from canarykit.core.errors import BadInput
+from canarykit.mesh import versions
 
 # Where a Prometheus URL comes from when neither the plan nor the runbook gives one.
 PROMETHEUS_URL_ENV = "CANARYKIT_PROMETHEUS_URL"
@@ -33,7 +34,6 @@ class Target:
     canary: str
     cluster: cluster.Cluster
     prometheus: m.PrometheusSettings | None
-    selector: m.MetricsSelector
     audit_log: Path
     release: str = ""
 
@@ -58,7 +58,7 @@ def renamed(err: BadInput, renames: dict[str, str]) -> BadInput:
 def connect_target(
     *,
     service: str,
-    namespace: str,
+    namespace: str = "",
     stable: str,
     canary: str,
     kubeconfig: str = "",
@@ -68,11 +68,16 @@ def connect_target(
     audit_log: str = "",
     release: str = "",
 ) -> Target:
-    """Check the common parameters and connect. An empty kubeconfig means what it means to
-    kubectl ($KUBECONFIG, ~/.kube/config, or the in-cluster config); an empty prometheus_url
-    means $CANARYKIT_PROMETHEUS_URL, or no Prometheus (refused where one is queried)."""
-    names.check_dns_label("service", service)
-    names.check_dns_label("namespace", namespace)
+    """Check the common parameters and connect. `service` is a short name or an FQDN
+    (`reviews.prod.svc.cluster.local`, whose namespace an empty `namespace` takes); an empty
+    namespace otherwise means the kubeconfig context's, as for kubectl. An empty kubeconfig
+    means what it means to kubectl ($KUBECONFIG, ~/.kube/config, or the in-cluster config); an
+    empty prometheus_url means $CANARYKIT_PROMETHEUS_URL, or no Prometheus (refused where one
+    is queried)."""
+    text_parameter("namespace", namespace)
+    if namespace:
+        names.check_dns_label("namespace", namespace)
+    service, named = names.split_service("service", service, namespace or None)
     names.check_dns_label("stable", stable)
     names.check_dns_label("canary", canary)
     if stable == canary:
@@ -99,15 +104,32 @@ def connect_target(
             raise BadInput("prometheus_bearer_token_env", prometheus_bearer_token_env,
                            "names an environment variable that is not set or empty")
         prometheus = settings
-    selector = m.MetricsSelector(service=service, namespace=namespace, stable=stable,
-                                 canary=canary).validate()
     try:
-        connected = cluster.connect(kubeconfig or None, context or None, namespace)
+        connected = cluster.connect(kubeconfig or None, context or None, named)
     except BadInput as err:
         raise renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
                              "--namespace": "namespace"}) from None
-    return Target(service, namespace, stable, canary, connected, prometheus, selector,
+    return Target(service, connected.namespace, stable, canary, connected, prometheus,
                   Path(audit_log) if audit_log else audit.default_audit_log(), release)
+
+
+def subset_versions(target: Target, version_label_key: str = ""
+                    ) -> tuple[versions.SubsetVersion, versions.SubsetVersion]:
+    """The stable and canary subsets' versions (`versions.SubsetVersion`), read from the
+    DestinationRule (one GET): a subset's name is the user's, its pods' version label is what
+    Istio's metrics carry."""
+    versions.check_label_key("version_label_key", version_label_key)
+    dr = cluster.find_destination_rule(target.cluster, target.service)
+    return versions.subset_versions(dr, target.stable, target.canary, version_label_key)
+
+
+def metrics_selector(target: Target, found: tuple[versions.SubsetVersion, versions.SubsetVersion]
+                     ) -> m.MetricsSelector:
+    """The target's series, stable and canary by the versions `subset_versions` found."""
+    stable, canary = found
+    return m.MetricsSelector(service=target.service, namespace=target.namespace,
+                             stable=stable.version, canary=canary.version,
+                             stable_subset=stable.subset, canary_subset=canary.subset).validate()
 
 
 def prometheus_client(target: Target) -> m.Client:
