@@ -6,10 +6,12 @@ import pytest
 
 from tests.apiserver_fixture import apiserver  # noqa: F401
 from tests.chromium_fixture import chromium  # noqa: F401
+from tests.lab_fixture import shared_lab  # noqa: F401 - one instance for the whole session
 from tests.prometheus_fixture import *  # noqa: F401,F403
 
 # Fixtures whose use means the test starts (or shares) a real process.
-PROCESS_FIXTURES = {"apiserver", "chromium", "prometheus_url", "lab_state", "fresh_lab", "lab"}
+PROCESS_FIXTURES = {"apiserver", "chromium", "prometheus_url", "lab_state", "fresh_lab", "lab",
+                    "shared_lab"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

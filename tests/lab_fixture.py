@@ -44,6 +44,20 @@ def lab_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
         lab.down(state.data_dir)
 
 
+@pytest.fixture(scope="session")
+def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabState]:
+    """One lab for the session, for the modules that put it back to the seed before each test
+    and do not need a lab that never served the canary (the rollout driver, gate and
+    in-cluster tests, through `loaded_lab` in tests/rollout/test_driver.py): started once
+    instead of once per module, at rate 0 between those modules, stopped by PID at the end.
+    tests/conftest.py imports it, so every module gets the same one."""
+    state = lab.up(module_lab_config(tmp_path_factory.mktemp("shared-lab")))
+    try:
+        yield state
+    finally:
+        lab.down(state.data_dir)
+
+
 @pytest.fixture
 def fresh_lab(lab_state: LabState) -> LabState:
     """The module lab, back to the seed and served by Envoy."""

@@ -60,9 +60,12 @@ def quietly(argv: list[str], cwd: Path) -> None:
 
 
 def environment(venv: Path) -> dict[str, str]:
-    """An activated fresh virtualenv: the checkout (and its .venv) off PATH, no overrides."""
+    """An activated fresh virtualenv: the checkout (and its .venv) off PATH, no overrides.
+    Python may cache bytecode there: installed with `--no-compile`, each module is compiled
+    by the first process that imports it (with PYTHONDONTWRITEBYTECODE, by every one: every
+    lab part, runner and kernel compiled pandas, plotly and kubernetes anew)."""
     dropped = ("PYTHONPATH", "VIRTUAL_ENV", "KUBECONFIG", PROMETHEUS_URL_ENV,
-               "CANARYKIT_LAB_DIR", "CANARYKIT_AUDIT_LOG")
+               "CANARYKIT_LAB_DIR", "CANARYKIT_AUDIT_LOG", "PYTHONDONTWRITEBYTECODE")
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and not p.startswith(str(REPO))]
     env["PATH"] = os.pathsep.join([str(venv / "bin"), *path])

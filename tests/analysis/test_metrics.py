@@ -241,7 +241,7 @@ def fake_prometheus():
     def start(mode: str) -> str:
         handler = type("Handler", (FakePrometheus,), {"mode": mode, "seen": []})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append((server, handler))
         return f"http://127.0.0.1:{server.server_address[1]}"
 

@@ -78,7 +78,7 @@ ANSWERS = {"html": "<html><body>Please sign in</body></html>",
 def garbage_url(request):
     handler = type("Handler", (Garbage,), {"body": ANSWERS[request.param]})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()

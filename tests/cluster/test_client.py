@@ -743,7 +743,7 @@ def stub_api(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubApi)
     server.daemon_threads = True
     server.hanging, server.release = threading.Event(), threading.Event()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server, write_kubeconfig(tmp_path / "stub.yaml", url)
     server.release.set()

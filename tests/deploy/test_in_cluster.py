@@ -26,8 +26,8 @@ from canarykit.cluster import audit
 from canarykit.deploy import manifests
 from canarykit.lab import processes as lab
 from canarykit.rollout import driver as rollout
-from tests.lab_fixture import kube, lab_state  # noqa: F401
-from tests.rollout.test_driver import loaded_lab  # noqa: F401 (the module's loaded lab)
+from tests.lab_fixture import kube
+from tests.rollout.test_driver import loaded_lab  # noqa: F401 (the session lab, loaded here)
 
 pytestmark = pytest.mark.lab
 ACCOUNT = "canarykit-reviews"

@@ -1,7 +1,8 @@
 """The rollout driver against the lab: `rollout run`, `step` (lease, crash safety), `abort`.
 
 Every rollout runs the real runbooks through papermill, as `python -m canarykit.rollout.driver`
-subprocesses, against one lab for the module with its load generator at 100 requests/s.
+subprocesses, against the session's lab (`shared_lab`, tests/lab_fixture.py) with its load
+generator at 100 requests/s for the module.
 Windows are small so the module stays within a few minutes.
 """
 
@@ -26,7 +27,8 @@ from canarykit.lab import processes as lab
 from canarykit.rollout import driver as rollout
 from canarykit.rollout import plan
 from canarykit.rollout.target import PROMETHEUS_URL_ENV
-from tests.lab_fixture import kube, lab_state, request_counts, wait_until  # noqa: F401
+from tests.lab_fixture import kube, request_counts, wait_until
+from tests.notify.receiver import running_receiver
 
 pytestmark = pytest.mark.lab  # the driver's papermill kernels against a running lab
 
@@ -39,13 +41,16 @@ ANALYSIS = {"window": "6s", "interval": "2s", "check_every": "2s", "max_duration
 
 
 @pytest.fixture(scope="module")
-def loaded_lab(lab_state):  # noqa: F811
-    """The module lab with steady load, once the stable version has a baseline in Prometheus."""
-    lab.set_rate(lab_state, 100)
-    wait_until(lambda: request_counts(lab_state, time.time()).get(("v1",), 0) > 300,
+def loaded_lab(shared_lab):
+    """The session's lab with steady load for the module, once the stable version has a fresh
+    baseline in Prometheus (300 more requests than when the load started)."""
+    lab.reset(shared_lab)
+    before = request_counts(shared_lab, time.time()).get(("v1",), 0)
+    lab.set_rate(shared_lab, 100)
+    wait_until(lambda: request_counts(shared_lab, time.time()).get(("v1",), 0) > before + 300,
                "a baseline of requests to v1", timeout=60)
-    yield lab_state
-    lab.set_rate(lab_state, 0)
+    yield shared_lab
+    lab.set_rate(shared_lab, 0)
 
 
 @pytest.fixture
@@ -91,9 +96,10 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in dropped}
 
 
-def rollout_cli(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*args), cwd=tmp_path, env=environment(), capture_output=True,
-                          text=True, timeout=timeout)
+def rollout_cli(tmp_path: Path, *args: str, timeout: float = 240,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), cwd=tmp_path, env=environment() if env is None else env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def start_rollout(tmp_path: Path, *args: str) -> subprocess.Popen:
@@ -197,9 +203,19 @@ def test_run_of_a_healthy_canary_ends_promoted_with_a_report(tmp_path, lab_now):
     assert not rollout.read_lease(kube(lab_now), "reviews")["spec"].get("holderIdentity")
 
 
-def test_run_rolls_back_a_canary_that_turned_bad(tmp_path, lab_now):
+def test_run_rolls_back_a_canary_that_turned_bad_at_once_even_with_a_hanging_channel(
+        tmp_path, lab_now):
+    """One rollout of a bad canary for two tests that ran the same one: the driver rolls it
+    back, and a chat channel that never answers does not delay the rollback."""
     lab.set_behaviour(lab_now, "v2", error_rate=0.5, latency_median_ms=300.0)
-    done = rollout_cli(tmp_path, "run", str(write_plan(tmp_path, lab_now)))
+    with running_receiver() as receiver:
+        receiver.hang(30)
+        path = write_plan(tmp_path, lab_now, notifications=[
+            {"kind": "slack", "url_env": "TEST_SLACK_URL", "name": "slow-slack"}])
+        started = time.monotonic()
+        done = rollout_cli(tmp_path, "run", str(path),
+                           env={**environment(), "TEST_SLACK_URL": receiver.url("/slack")})
+        took = time.monotonic() - started
     assert done.returncode == 1, done.stdout + done.stderr
     summary = release(tmp_path)
     assert summary["status"] == "rolled-back"
@@ -209,6 +225,14 @@ def test_run_rolls_back_a_canary_that_turned_bad(tmp_path, lab_now):
     assert all_on_stable(lab_now)
     assert (release_folder(tmp_path) / "report.html").is_file()
     assert chain_intact(release_folder(tmp_path), lab_now)
+    # the hanging channel (formerly test_gates.py::test_a_hanging_channel_does_not_delay_...)
+    failed, rollback = summary["phases"][-2], summary["phases"][-1]
+    assert failed["verdict"] == "FAIL" and rollback["name"] == "rollback"
+    gap = (rollout.parse_stamp(rollback["started"])
+           - rollout.parse_stamp(failed["finished"])).total_seconds()
+    assert gap < 2.0, gap  # the rollback started at once, the messages were still hanging
+    assert took < 5 * 30  # the command waited a bounded time for them at the end
+    assert "not delivered" in done.stdout
 
 
 def test_inconclusive_analysis_is_held_then_rolled_back_never_promoted(tmp_path, lab_now):
