@@ -1019,8 +1019,9 @@ def post_rollout_export(result: runbook.RunbookResult, *, release_folder: str = 
         done = export_replay_csv(release, prometheus, target,
                                  interval_seconds=config.interval_seconds,
                                  history_seconds=config.dispersion_history_seconds)
-        if records.origin(folder):  # stored beside the release it was pulled from
-            records.push(folder, records.origin(folder))
+        stored = records.origin(folder)
+        if stored:  # beside the release it was pulled from
+            records.push(folder, stored)
     except (CanaryKitError, OSError) as exc:
         note = f"{redact.shown(file_name)} not written: {exc}"
         result.notes.append(redact.strip_userinfo(note))

@@ -23,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,30 +112,32 @@ def reason(exc: BaseException) -> str:
     return scrub(f"{type(exc).__name__}: {text}"[:300])
 
 
+@contextlib.contextmanager
+def _refused(url: str, problem: str) -> Iterator[None]:
+    """The store's own failures as one BadInput naming `reports` and the URL."""
+    try:
+        yield
+    except BadInput:
+        raise
+    except Exception as exc:
+        raise BadInput("reports", url, f"{problem}: {reason(exc)}") from None
+
+
 def probe(url: str) -> None:
     """Prove the store takes writes under `url` (write, then delete, a small object), before
     a step changes anything: BadInput when it does not."""
-    try:
+    with _refused(url, "cannot be written, so nothing was changed"):
         fs, root = _filesystem(url)
         path = f"{root}/{PROBE}-{os.getpid()}"
         fs.pipe_file(path, b"canarykit write probe\n")
         fs.rm_file(path)
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput("reports", url, f"cannot be written, so nothing was changed: "
-                       f"{reason(exc)}") from None
 
 
 def exists(url: str) -> bool:
     """Whether anything is stored under `url` (a release folder of that name, say)."""
-    try:
+    with _refused(url, "cannot be read"):
         fs, root = _filesystem(url)
         return bool(fs.exists(root))
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput("reports", url, f"cannot be read: {reason(exc)}") from None
 
 
 # ---------------------------------------------------------------- pulling and pushing
@@ -155,24 +158,25 @@ def _token(info: dict[str, Any]) -> str:
     return str(info.get("size"))
 
 
-def _read_sync(folder: Path, url: str) -> dict[str, Any]:
+def _sync_state(folder: Path) -> dict[str, Any]:
+    """The sync file of a local copy ({} when there is none or it is unreadable)."""
     try:
-        data = json.loads((folder / SYNC_FILE).read_text(encoding="utf-8"))
+        data = json.loads((Path(folder) / SYNC_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("url") != url:
-        return {}
-    files = data.get("files")
+    return data if isinstance(data, dict) else {}
+
+
+def _read_sync(folder: Path, url: str) -> dict[str, Any]:
+    """What the copy last exchanged with `url`, file by file."""
+    data = _sync_state(folder)
+    files = data.get("files") if data.get("url") == url else None
     return files if isinstance(files, dict) else {}
 
 
 def origin(folder: Path) -> str:
     """The URL a local copy was pulled from ("" for a folder that is not one)."""
-    try:
-        data = json.loads((Path(folder) / SYNC_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    url = data.get("url") if isinstance(data, dict) else None
+    url = _sync_state(folder).get("url")
     return url if isinstance(url, str) and is_url(url) else ""
 
 
@@ -209,8 +213,10 @@ def pull(url: str, folder: Path) -> list[str]:
     synced = _read_sync(folder, url)
     fetched = []
     try:
-        fs, root = _filesystem(url)
-        for name, info in sorted(_remote_files(fs, root).items()):
+        with _refused(url, "cannot be read, so nothing was changed"):
+            fs, root = _filesystem(url)
+            remote = sorted(_remote_files(fs, root).items())
+        for name, info in remote:
             token, local, known = _token(info), folder / name, synced.get(name)
             if known and known.get("remote") == token:
                 continue  # unchanged there; a local change is pushed next
@@ -224,17 +230,13 @@ def pull(url: str, folder: Path) -> list[str]:
                                              delete=False) as handle:
                 temporary = Path(handle.name)
             try:
-                fs.get_file(f"{root}/{name}", str(temporary))
-                os.replace(temporary, local)
+                with _refused(url, "cannot be read, so nothing was changed"):
+                    fs.get_file(f"{root}/{name}", str(temporary))
+                    os.replace(temporary, local)
             finally:
                 temporary.unlink(missing_ok=True)
             synced[name] = {"local": _identity(local), "remote": token}
             fetched.append(name)
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput("reports", url, f"cannot be read, so nothing was changed: "
-                       f"{reason(exc)}") from None
     finally:
         if fetched:
             _write_sync(folder, url, synced)
@@ -277,7 +279,7 @@ def push(folder: Path, url: str) -> list[str]:
 
 def newest_release(url: str) -> str:
     """The URL of the release folder under `url` (reports/SERVICE) changed last."""
-    try:
+    with _refused(url, "cannot be read"):
         fs, root = _filesystem(url)
         folders = [info["name"].rstrip("/") for info in fs.ls(root, detail=True, refresh=True)
                    if info.get("type") == "directory"]
@@ -286,10 +288,6 @@ def newest_release(url: str) -> str:
             with contextlib.suppress(FileNotFoundError):
                 info = fs.info(f"{name}/release.json", refresh=True)
                 found.append((str(info.get("LastModified") or info.get("mtime") or ""), name))
-    except BadInput:
-        raise
-    except Exception as exc:
-        raise BadInput("reports", url, f"cannot be read: {reason(exc)}") from None
     if not found:
         raise BadInput("release_folder", "", f"no release folder under {url}; give one")
     scheme = urlsplit(url).scheme

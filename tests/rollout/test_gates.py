@@ -121,22 +121,29 @@ def waiting_at_gate(state) -> bool:
     return bool(driver_state and driver_state.waiting)
 
 
+def answered_at_gate(tmp_path, state, receiver, path, *answer: str) -> tuple[int, str]:
+    """`rollout run` of the plan, answered by `rollout approve ANSWER` once it waits at the
+    approve step: (its exit status, its output)."""
+    env = run_env(receiver)
+    runner = subprocess.Popen(command("run", str(path)), cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: waiting_at_gate(state), "the release waiting at approve", timeout=90)
+        given = cli(tmp_path, env, "approve", str(path), *answer)
+        assert given.returncode == 0, given.stdout + given.stderr
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    return runner.returncode, output
+
+
 @pytest.mark.lab
 def test_run_waits_at_the_approve_step_until_approved_then_promotes(tmp_path, lab_now):  # noqa: F811
     with running_receiver() as receiver:
         path = gate_plan(tmp_path, lab_now, receiver)
-        env = run_env(receiver)
-        runner = subprocess.Popen(command("run", str(path)), cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            wait_until(lambda: waiting_at_gate(lab_now), "the release waiting at approve",
-                       timeout=90)
-            approved = cli(tmp_path, env, "approve", str(path), "--reason", "dashboards fine")
-            assert approved.returncode == 0, approved.stdout + approved.stderr
-            output, _ = runner.communicate(timeout=120)
-        finally:
-            runner.kill()
-        assert runner.returncode == 0, output
+        returncode, output = answered_at_gate(tmp_path, lab_now, receiver, path,
+                                              "--reason", "dashboards fine")
+        assert returncode == 0, output
         receiver.wait_for(5, timeout=10)
         summary = release(tmp_path)
     assert summary["status"] == "promoted"
@@ -331,18 +338,8 @@ def test_a_phase_executed_again_after_a_crash_does_not_announce_twice(tmp_path, 
 def test_run_mode_rolls_back_when_the_approval_is_rejected(tmp_path, lab_now):  # noqa: F811
     with running_receiver() as receiver:
         path = gate_plan(tmp_path, lab_now, receiver)
-        env = run_env(receiver)
-        runner = subprocess.Popen(command("run", str(path)), cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            wait_until(lambda: waiting_at_gate(lab_now), "the release waiting at approve",
-                       timeout=90)
-            refused = cli(tmp_path, env, "approve", str(path), "--reject")
-            assert refused.returncode == 0, refused.stdout + refused.stderr
-            output, _ = runner.communicate(timeout=120)
-        finally:
-            runner.kill()
-    assert runner.returncode == 1, output
+        returncode, output = answered_at_gate(tmp_path, lab_now, receiver, path, "--reject")
+    assert returncode == 1, output
     summary = release(tmp_path)
     assert summary["status"] == "rolled-back" and "rejected by" in summary["reason"]
     assert all_on_stable(lab_now)

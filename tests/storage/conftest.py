@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apiserver_fixture import stop_apiserver_process
 from tests.prometheus_fixture import free_port
 
 ACCESS_KEY = "AKIACANARYKITTEST"
@@ -34,13 +34,7 @@ class S3Server:
                 "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        stop_apiserver_process(self.process, timeout=10)  # by its PID, as every fixture
 
 
 def start_s3(workdir: Path) -> S3Server:

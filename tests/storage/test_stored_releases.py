@@ -20,7 +20,7 @@ from canarykit.cluster import client as cluster
 from canarykit.lab import processes as lab
 from canarykit.rollout import driver as rollout
 from canarykit.rollout import runbook
-from tests.lab_fixture import kube, lab_state  # noqa: F401
+from tests.lab_fixture import kube
 from tests.rollout.test_driver import loaded_lab  # noqa: F401 (the module's loaded lab)
 from tests.storage.conftest import SECRET_KEY
 
