@@ -38,8 +38,9 @@ Also reported, as warnings: a holder that wrote its lease after the lease had ex
 kept acting unrenewed; nobody took the lease meanwhile, but another runner could have).
 Exit 0 when every check passes, 1 otherwise.
 
-Usage: python benchmarks/concurrency.py [--services 1,10,50] [--output text|json] [--json FILE]
-       [--no-second-runner] [--weights 10,50] [--lease-seconds 60] [--keep DIR]
+Usage: python benchmarks/concurrency.py [--services 1,10,50] [--max-parallel K]
+       [--output text|json] [--json FILE] [--no-second-runner] [--weights 10,50]
+       [--lease-seconds 60] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -367,31 +368,33 @@ def classify(code: int, output: str) -> tuple[str, list[str]]:
 
 
 def run_tick(number: int, plans: dict[str, Path], runners: int, lease_seconds: int,
-             logs: Path) -> list[Step]:
-    """Start every service's step process(es) at once; wait for all of them."""
+             logs: Path, max_parallel: int | None = None) -> list[Step]:
+    """Run every service's step process(es), at most `max_parallel` at a time (all at once by
+    default), a service's runners one after the other in the queue so that they still race;
+    wait for all of them."""
     folder = logs / f"tick-{number:02d}"
     folder.mkdir(parents=True)
     env = step_environment()
-    started = []
-    for service, plan in plans.items():
-        for index in range(runners):
+    queue = [(service, plan, index) for service, plan in plans.items() for index in range(runners)]
+    limit = max_parallel or len(queue)
+    started: list[tuple[str, Path, subprocess.Popen, float]] = []
+    ended: dict[int, float] = {}
+    while queue or len(ended) < len(started):
+        while queue and len(started) - len(ended) < limit:
+            service, plan, index = queue.pop(0)
             log = folder / f"{service}-{index}.log"
             with open(log, "wb") as out:
                 process = subprocess.Popen(step_command(plan, lease_seconds), cwd=logs.parent,
                                            env=env, stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL)
             started.append((service, log, process, time.monotonic()))
-    ended: dict[int, float] = {}
-    deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
-    while len(ended) < len(started):
-        for _, _, process, _ in started:
-            if process.pid not in ended and process.poll() is not None:
+        for _, _, process, began in started:
+            if process.pid in ended:
+                continue
+            if process.poll() is None and time.monotonic() - began > STEP_TIMEOUT_SECONDS:
+                stop_process(process, grace=5)
+            if process.poll() is not None:
                 ended[process.pid] = time.monotonic()
-        if time.monotonic() > deadline:
-            for _, _, process, _ in started:
-                if process.pid not in ended:
-                    stop_process(process, grace=5)
-                    ended[process.pid] = time.monotonic()
         time.sleep(0.01)
     host = socket.gethostname()
     steps = []
@@ -576,7 +579,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
                 break
             before, began = request_counts(api), time.monotonic()
             cpu, server_before = children_cpu(), server_cpu(server.process.pid)
-            found = run_tick(len(ticks) + 1, plans, runners, args.lease_seconds, work / "logs")
+            found = run_tick(len(ticks) + 1, plans, runners, args.lease_seconds, work / "logs",
+                             args.max_parallel)
             wall = time.monotonic() - began
             cpu, server_used = children_cpu() - cpu, server_cpu(server.process.pid) - server_before
             counted = counts_between(before, request_counts(api))
@@ -612,7 +616,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     steps_cpu = sum(t["steps_cpu_s"] for t in ticks)
     server_used = sum(t["apiserver_cpu_s"] for t in ticks)
     result = {
-        "services": n, "runners_per_service": runners, "ticks": len(ticks),
+        "services": n, "runners_per_service": runners, "max_parallel": args.max_parallel,
+        "ticks": len(ticks),
         "tick_wall_s": percentiles([t["wall_s"] for t in ticks]),
         "step_s": percentiles([s.seconds for s in steps]),
         "acting_step_s": percentiles([s.seconds for s in acted]),
@@ -642,14 +647,15 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'N':>3} {'runs':>4} {'ticks':>5} {'tick wall p50/max s':>19} "
+    head = (f"{'N':>3} {'runs':>4} {'K':>3} {'ticks':>5} {'tick wall p50/max s':>19} "
             f"{'step p50/p90/max s':>18} {'acting p50/p90/max s':>20} {'step CPU s':>10} "
             f"{'req/step':>8} {'req/phase':>9} {'srv ms/req':>10} {'409 lease':>9}  checks")
     lines = [head, "-" * len(head)]
     for r in results:
         tick, step, acting = r["tick_wall_s"], r["step_s"], r["acting_step_s"]
         lines.append(
-            f"{r['services']:>3} {r['runners_per_service']:>4} {r['ticks']:>5} "
+            f"{r['services']:>3} {r['runners_per_service']:>4} {r['max_parallel'] or 'all':>3} "
+            f"{r['ticks']:>5} "
             f"{tick['p50']:>9.1f}/{tick['max']:<9.1f} "
             f"{step['p50']:>6.1f}/{step['p90']:.1f}/{step['max']:<5.1f} "
             f"{acting['p50']:>8.1f}/{acting['p90']:.1f}/{acting['max']:<5.1f} "
@@ -683,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the plans' canary weights before promote (default 10,50)")
     parser.add_argument("--lease-seconds", type=int, default=rollout.DEFAULT_LEASE_SECONDS,
                         help="the runners' --lease-seconds (default: the driver's)")
+    parser.add_argument("--max-parallel", type=int, default=None, metavar="K",
+                        help="at most K step processes at once, as a cluster's nodes bound "
+                        "how many pods run (default: all of a tick's at once)")
     parser.add_argument("--max-ticks", type=int, default=20,
                         help="give up (a failed check) after this many ticks")
     parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,

@@ -30,7 +30,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from canarykit.cluster import audit
+from canarykit.cluster import audit, retry
 from canarykit.cluster.state import (
     AUDIT_HEAD_ANNOTATION,
     RolloutState,
@@ -48,8 +48,7 @@ from canarykit.mesh import istio, validate
 from canarykit.mesh.traffic import Change, restore_managed_fields
 
 PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
-# What a request that got no answer raises (timeouts, refused or reset connections, TLS).
-NO_ANSWER = (urllib3.exceptions.HTTPError, OSError)
+NO_ANSWER = retry.NO_ANSWER
 MAX_CONFLICT_RETRIES = 5
 DEFAULT_KUBECONFIG = "~/.kube/config"  # what kubectl reads with no flag and no $KUBECONFIG
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # token, ca.crt, namespace
@@ -203,8 +202,9 @@ def request_timeout(value: Any = None, field_name: str = "--timeout") -> float:
 
 
 class _TimedApiClient(client.ApiClient):
-    """The official client, with a timeout on every request that does not name its own: so
-    the calls other modules make through `Cluster.api` (leases, approvals) have one too."""
+    """The official client, with a timeout on every request that does not name its own, and
+    the retries of `retry`: so the calls other modules make through `Cluster.api` (leases,
+    approvals) have them too."""
 
     def __init__(self, configuration: client.Configuration, timeout: float) -> None:
         # Connection attempts may be retried (nothing was sent); a request that was sent is
@@ -216,9 +216,9 @@ class _TimedApiClient(client.ApiClient):
         self.timeout = timeout
         request = self.rest_client.request  # every request of every client version ends here
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
+        def timed(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             kwargs["_request_timeout"] = kwargs.get("_request_timeout") or timeout
-            return request(*args, **kwargs)
+            return retry.send(request, method, url, retry.budget_for(timeout), *args, **kwargs)
 
         self.rest_client.request = timed
 

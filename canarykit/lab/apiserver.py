@@ -12,7 +12,10 @@ Hostile input stays bounded: the token is checked before a body is read, a body 
 is a 400, every read and write has a timeout, and a watch ends when its client hangs up. A
 change is journaled and fsynced before it is served, so a failed save changes nothing.
 `GET /debug/requests` (administrator only) counts the requests served by verb, resource and
-status code, so a benchmark can tell what a client's run costs the server.
+status code, so a benchmark can tell what a client's run costs the server. `POST /debug/faults`
+(administrator only) makes the next matching requests fail as an overloaded server's do (429
+with Retry-After, 5xx, or an answer that comes late, after the change was made), so tests can
+show what a client does then.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 OBJECT_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 PUBLIC_PATHS = {"/healthz", "/readyz", "/livez", "/version"}
 REQUEST_COUNTS_PATH = "/debug/requests"  # GET: the requests served so far (administrator)
+FAULTS_PATH = "/debug/faults"  # POST: the next matching requests fail (administrator)
+FAULT_REASONS = {429: "TooManyRequests", 500: "InternalError", 502: "BadGateway",
+                 503: "ServiceUnavailable", 504: "Timeout"}
 JSON = "application/json"
 
 
@@ -999,6 +1005,66 @@ class RequestCounts:
                              for (verb, resource, dry_run, code), count in items]}
 
 
+@dataclass
+class Fault:
+    """What the next `count` requests matching verb, resource and dry run meet: an error
+    `code` instead of an answer (with `Retry-After` if `retry_after` is set), or, with code 0,
+    the real answer after `stall` seconds (the change is made; the client may have given up)."""
+
+    verb: str = ""  # get, list, create, update, patch, delete, watch; "" matches any
+    resource: str = ""  # a plural such as virtualservices; "" matches any
+    dry_run: bool | None = None  # None matches both
+    code: int = 0
+    retry_after: int | None = None
+    stall: float = 0.0
+    count: int = 1
+
+    def matches(self, verb: str, resource: str, dry_run: bool) -> bool:
+        return (self.verb in ("", verb) and self.resource in ("", resource)
+                and self.dry_run in (None, dry_run))
+
+
+def parse_fault(body: bytes) -> Fault:
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise ApiError(400, "BadRequest", "a fault is a JSON object")
+    try:
+        fault = Fault(verb=str(data.get("verb", "")), resource=str(data.get("resource", "")),
+                      dry_run=data.get("dryRun"), code=int(data.get("code", 0)),
+                      retry_after=data.get("retryAfter"), stall=float(data.get("stall", 0)),
+                      count=int(data.get("count", 1)))
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, "BadRequest", f"bad fault: {exc}") from None
+    if fault.code and fault.code not in FAULT_REASONS:
+        raise ApiError(400, "BadRequest", f"fault code must be one of {sorted(FAULT_REASONS)}")
+    if fault.count < 1 or not 0 <= fault.stall <= 600 or not (fault.code or fault.stall):
+        raise ApiError(400, "BadRequest", "a fault needs count >= 1 and a code or a stall "
+                       "(0..600 s)")
+    return fault
+
+
+class Faults:
+    """The faults waiting for requests, taken first come first served."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        with self.lock:
+            self.waiting.append(fault)
+
+    def take(self, verb: str, resource: str, dry_run: bool) -> Fault | None:
+        with self.lock:
+            for fault in self.waiting:
+                if fault.matches(verb, resource, dry_run):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.waiting.remove(fault)
+                    return fault
+        return None
+
+
 class Handler(BaseHTTPRequestHandler):
     """One request: authenticate, read the body within its limit, route, answer JSON or a
     chunked watch stream.
@@ -1014,6 +1080,7 @@ class Handler(BaseHTTPRequestHandler):
     body_unread = False
     user: User = ADMIN
     counted: tuple[str, str, bool] | None = None  # (verb, resource, dry run); None: not counted
+    retry_after: int | None = None  # a Retry-After header to send with the answer
 
     def setup(self) -> None:
         """Finish the TLS handshake here, in the request's thread, not in the accept loop."""
@@ -1062,6 +1129,7 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.body_unread = has_body(self.headers)
+        self.retry_after = None
         self.counted = (method.lower(), "", False)  # a resource request names its own below
         try:
             body = b""
@@ -1083,7 +1151,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.counted is not None:
             self.server.request_counts.add(*self.counted, code)
         if payload is not None:
-            self.send_json(code, payload, warnings)
+            try:
+                self.send_json(code, payload, warnings)
+            except OSError:  # the client gave up waiting (a stalled answer): nobody to tell
+                self.close_connection = True
 
     def authenticated(self) -> User | None:
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
@@ -1166,12 +1237,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.token_request(path)
         if path == REQUEST_COUNTS_PATH and method == "GET":
             return self.request_counts()
+        if path == FAULTS_PATH and method == "POST":
+            return self.add_fault(body)
         t = parse_target(path)
         if t is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource",
                            {})
         dry_run = check_dry_run(query.get("dryRun"))
-        api = self.server.api
         verb = {("GET", False): "list", ("GET", True): "get", ("POST", False): "create",
                 ("PUT", True): "update", ("PATCH", True): "patch",
                 ("DELETE", True): "delete"}.get((method, t.name is not None), "")
@@ -1183,6 +1255,19 @@ class Handler(BaseHTTPRequestHandler):
             raise method_not_allowed(method, t.res)
         if not authorized(self.server.store, self.user, t, verb):
             raise forbidden(self.user, t, verb)
+        fault = self.server.faults.take(verb, t.res.plural, dry_run)
+        if fault is not None and fault.code:
+            self.retry_after = fault.retry_after
+            raise ApiError(fault.code, FAULT_REASONS[fault.code],
+                           f"injected fault: {fault.code} {FAULT_REASONS[fault.code]}")
+        answer = self.serve(verb, t, query, body, dry_run)
+        if fault is not None:
+            time.sleep(fault.stall)
+        return answer
+
+    def serve(self, verb: str, t: Target, query: dict, body: bytes,
+              dry_run: bool) -> tuple[int, dict | None, list[str]]:
+        api = self.server.api
         if t.res.plural == "selfsubjectreviews":
             return 201, self_subject_review(t, self.user), []
         if verb == "watch":
@@ -1209,6 +1294,15 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(403, "Forbidden", f'forbidden: User "{self.user.name}" cannot get '
                            f'path "{REQUEST_COUNTS_PATH}"', {})
         return 200, self.server.request_counts.snapshot(), []
+
+    def add_fault(self, body: bytes) -> tuple[int, dict, list[str]]:
+        """POST /debug/faults: the next matching requests fail (administrator only)."""
+        self.counted = None
+        if not self.user.is_admin:
+            raise ApiError(403, "Forbidden", f'forbidden: User "{self.user.name}" cannot create '
+                           f'path "{FAULTS_PATH}"', {})
+        self.server.faults.add(parse_fault(body))
+        return 201, {"kind": "Status", "apiVersion": "v1", "status": "Success"}, []
 
     def token_request(self, path: str) -> tuple[int, dict, list[str]]:
         """TokenRequest (POST .../serviceaccounts/NAME/token): a token for an existing
@@ -1242,6 +1336,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", JSON)
         self.send_header("Content-Length", str(len(data)))
+        if self.retry_after is not None:
+            self.send_header("Retry-After", str(self.retry_after))
         for text in warnings:
             quoted = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
             self.send_header("Warning", f'299 - "{quoted.encode("ascii", "replace").decode()}"')
@@ -1378,6 +1474,7 @@ class ApiServer(ThreadingHTTPServer):
         self.io_timeout = io_timeout
         self.api = Api(store)
         self.request_counts = RequestCounts()
+        self.faults = Faults()
         self.certificate: str | None = None
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

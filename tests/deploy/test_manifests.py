@@ -138,14 +138,17 @@ def test_release_folders_need_a_volume_and_names_are_checked():
     assert refused(CLUSTER_PLAN, image="two words").field == "--image"
 
 
-def test_the_kustomize_base_in_the_repository_is_the_render_of_the_cluster_plan(tmp_path):
-    written = manifests.write(manifests.render(CLUSTER_PLAN, **RENDER), tmp_path)
+@pytest.mark.parametrize(("folder", "argo"), [("base", False), ("argo", True)])
+def test_the_kustomize_bases_in_the_repository_are_the_render_of_the_cluster_plan(
+        tmp_path, folder, argo):
+    written = manifests.write(manifests.render(CLUSTER_PLAN, **RENDER, argo=argo), tmp_path)
+    command = ("canarykit deploy render examples/plans/reviews-cluster.yaml --secret "
+               "reviews-canarykit --reports-claim canarykit-reports"
+               f"{' --argo' if argo else ''} --output deploy/{folder}")
     for path in written:
-        assert (ROOT / "deploy" / "base" / path.name).read_text() == path.read_text(), (
-            f"deploy/base/{path.name} is stale: canarykit deploy render "
-            "examples/plans/reviews-cluster.yaml --secret reviews-canarykit --reports-claim "
-            "canarykit-reports --output deploy/base")
-    assert sorted(p.name for p in (ROOT / "deploy" / "base").iterdir()) == sorted(
+        assert (ROOT / "deploy" / folder / path.name).read_text() == path.read_text(), (
+            f"deploy/{folder}/{path.name} is stale: {command}")
+    assert sorted(p.name for p in (ROOT / "deploy" / folder).iterdir()) == sorted(
         p.name for p in written)
 
 
