@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "canarykit"
-PRODUCT = ("core", "mesh", "cluster", "analysis", "notify", "storage", "rollout", "deploy",
-           "cli")
+PRODUCT = ("core", "mesh", "cluster", "routers", "analysis", "notify", "storage", "rollout",
+           "deploy", "cli")
 LAB = "canarykit.lab"
 
 

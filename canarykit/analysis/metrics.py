@@ -525,6 +525,11 @@ def _number(text: Any) -> float:
 _FQDN_SUFFIX = "svc.cluster.local"
 
 
+REPORTERS = ("destination", "source", "waypoint")  # sidecars, and ambient mode's waypoints
+# Version labels that name a Service per version rather than a version of one Service.
+PER_VERSION_SERVICE_LABELS = ("destination_service_name", "destination_service")
+
+
 @dataclass
 class MetricsSelector:
     """Which Istio series belong to the service, and which versions are stable and canary.
@@ -558,8 +563,9 @@ class MetricsSelector:
                 raise BadInput("service", domain, f"names cluster domain {domain!r} but "
                                f"fqdn_suffix is {self.fqdn_suffix!r}")
             self.fqdn_suffix = domain
-        if self.reporter not in ("destination", "source"):
-            raise BadInput("reporter", self.reporter, "must be destination or source")
+        if self.reporter not in REPORTERS:
+            raise BadInput("reporter", self.reporter, f"must be one of {', '.join(REPORTERS)} "
+                           "(waypoint: ambient mode)")
         check_label_name("version_label", self.version_label)
         if self.version_label == "le":
             raise BadInput("version_label", self.version_label,
@@ -598,7 +604,11 @@ class MetricsSelector:
         """The label matchers (inside `{}`) that select this service's series."""
         self.validate()
         parts = [f'reporter="{escape_label_value(self.reporter)}"']
-        if self.use_fqdn:
+        if self.version_label in PER_VERSION_SERVICE_LABELS:
+            # each version is a Service of its own (Gateway API backends): the version values
+            # select the series, the parent Service's name is on none of them
+            parts.append(f'destination_workload_namespace="{escape_label_value(self.namespace)}"')
+        elif self.use_fqdn:
             parts.append(f'destination_service="{escape_label_value(self.fqdn)}"')
         else:
             parts.append(f'destination_service_name="{escape_label_value(self.service)}"')

@@ -112,6 +112,8 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def _add_cluster_command(name: str, parser: argparse.ArgumentParser) -> None:
     _add_cluster_arguments(parser)
+    parser.add_argument("--router", choices=("istio", "gateway-api"), default="",
+                        help="what routes the service (default: detected)")
     if name == "weight":
         parser.add_argument(
             "--canary", type=_percent, required=True, metavar="N", help="canary weight 0..100"
@@ -202,16 +204,24 @@ def _print_changes(applied: list[Any], args: argparse.Namespace) -> None:
         print(f"{ref}: {verb}")
 
 
-def run_status(args: argparse.Namespace) -> int:
-    from canarykit.cluster import client as cluster
+def _router(args: argparse.Namespace, kube: Any, stable: str = "v1", canary: str = "v2") -> Any:
+    from canarykit.routers import open_router
 
-    report = cluster.status(_connect(args), args.service)
+    return open_router(kube, args.service, stable, canary, args.router)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    report = _router(args, _connect(args)).status()
     if args.output == "json":
         print(json.dumps(report.to_dict(), indent=2))
         return ExitCode.OK
     print(f"service {report.service} in {report.namespace} ({report.server})")
-    print(f"VirtualService {report.virtual_service}  DestinationRule {report.destination_rule}")
-    print("subsets: " + ", ".join(f"{s.name} {s.labels}" for s in report.subsets))
+    if report.router == "istio":
+        print(f"VirtualService {report.virtual_service}  "
+              f"DestinationRule {report.destination_rule}")
+        print("subsets: " + ", ".join(f"{s.name} {s.labels}" for s in report.subsets))
+    else:
+        print(f"{report.virtual_service} (Gateway API)")
     for route in report.routes:
         split = ", ".join(
             f"{d.subset or '-'}={d.weight if d.weight is not None else 100}"
@@ -233,8 +243,13 @@ def run_status(args: argparse.Namespace) -> int:
 def run_weight(args: argparse.Namespace) -> int:
     from canarykit.cluster import client as cluster
 
+    kube = _connect(args)
+    router = _router(args, kube, args.stable_subset, args.canary_subset)
+    if router.name != "istio":
+        _print_changes([_set_backend_weight(router, args)], args)
+        return ExitCode.OK
     applied = cluster.set_weight(
-        _connect(args),
+        kube,
         args.service,
         args.canary,
         stable=args.stable_subset,
@@ -247,12 +262,30 @@ def run_weight(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def run_rollback(args: argparse.Namespace) -> int:
+def _set_backend_weight(router: Any, args: argparse.Namespace) -> Any:
+    """`weight` on a Gateway API route: the canary rule's backend weights (starting the
+    rollout, whose snapshot rollback restores, unless one is in progress)."""
     from canarykit.cluster import client as cluster
+    from canarykit.core.errors import BadInput
+    from canarykit.routers import Objects
 
-    applied = cluster.rollback(
-        _connect(args), args.service, dry_run=args.dry_run, audit_log=args.audit_log
-    )
+    if args.route:
+        raise BadInput("--route", args.route, "names an Istio http route; a Gateway API "
+                       "route's canary rule is the one whose backends are the versions")
+    route = router.route()
+    router.set_canary_weight(route, args.canary, None)  # refused before anything is written
+    if not args.dry_run:
+        cluster.start_rollout(router.cluster, route, router.snapshot(Objects(route)),
+                              stable=router.stable, canary=router.canary,
+                              audit_log=args.audit_log)
+    return cluster.apply_change(router.cluster,
+                                router.set_canary_weight(router.route(), args.canary, None),
+                                dry_run=args.dry_run, audit_log=args.audit_log)
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    applied = _router(args, _connect(args)).rollback(dry_run=args.dry_run,
+                                                     audit_log=args.audit_log)
     _print_changes(applied, args)
     return ExitCode.OK
 

@@ -69,9 +69,9 @@ NOT_APPLIED_RESULTS = (FAILED, CONFLICT, NOT_APPLIED)
 INTACT, INCOMPLETE, BROKEN, UNREADABLE = "intact", "incomplete", "broken", "unreadable"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# The objects whose audit head anchors the log: the Istio objects canarykit changes.
-_MANAGED = re.compile(r"(VirtualService|DestinationRule) ([a-z0-9][-a-z0-9]{0,62})/"
-                      r"([a-z0-9][-a-z0-9.]{0,252})")
+# The objects whose audit head anchors the log: the traffic objects canarykit changes.
+_MANAGED = re.compile(r"(VirtualService|DestinationRule|HTTPRoute|GRPCRoute) "
+                      r"([a-z0-9][-a-z0-9]{0,62})/([a-z0-9][-a-z0-9.]{0,252})")
 
 
 # --- where, and with which key --------------------------------------------------------------

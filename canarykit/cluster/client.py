@@ -47,7 +47,9 @@ from canarykit.core.urls import scrub, without_userinfo
 from canarykit.mesh import istio, validate
 from canarykit.mesh.traffic import Change, restore_managed_fields
 
-PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
+           "HTTPRoute": "httproutes", "GRPCRoute": "grpcroutes"}
+GATEWAY_API = ("gateway.networking.k8s.io", "v1")  # the Gateway API routes' group and version
 NO_ANSWER = retry.NO_ANSWER
 MAX_CONFLICT_RETRIES = 5
 DEFAULT_KUBECONFIG = "~/.kube/config"  # what kubectl reads with no flag and no $KUBECONFIG
@@ -135,6 +137,7 @@ class ServiceStatus:
     traffic_policy: dict[str, Any] | None
     routes: list[RouteStatus]
     rollout: RolloutState | None
+    router: str = "istio"  # gateway-api: `virtual_service` is the route, e.g. HTTPRoute NS/NAME
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON `canarykit status --output json` prints (the rollout without its snapshot)."""
@@ -142,6 +145,7 @@ class ServiceStatus:
             "service": self.service,
             "namespace": self.namespace,
             "server": self.server,
+            "router": self.router,
             "virtualService": self.virtual_service,
             "virtualServiceResourceVersion": self.virtual_service_resource_version,
             "destinationRule": self.destination_rule,
@@ -436,6 +440,13 @@ def _custom(cluster: Cluster) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(cluster.api)
 
 
+def api_version(cluster: Cluster, kind: str) -> tuple[str, str]:
+    """(group, version) of a kind canarykit changes: Istio's as the cluster serves it."""
+    if kind in ("HTTPRoute", "GRPCRoute"):
+        return GATEWAY_API
+    return istio.ISTIO_GROUP, cluster.istio_version
+
+
 class NotFound(ClusterError):
     """The object does not exist (any more)."""
 
@@ -447,7 +458,7 @@ def get_object(
     namespace = namespace or cluster.namespace
     try:
         return _custom(cluster).get_namespaced_custom_object(
-            istio.ISTIO_GROUP, cluster.istio_version, namespace, PLURALS[kind], name
+            *api_version(cluster, kind), namespace, PLURALS[kind], name
         )
     except ApiException as exc:
         if exc.status == 404:
@@ -460,7 +471,7 @@ def get_object(
 def list_objects(cluster: Cluster, kind: str) -> list[dict[str, Any]]:
     try:
         found = _custom(cluster).list_namespaced_custom_object(
-            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind]
+            *api_version(cluster, kind), cluster.namespace, PLURALS[kind]
         )
     except ApiException as exc:
         raise _cluster_error(exc, f"listing {PLURALS[kind]} in {cluster.namespace}") from None
@@ -512,8 +523,7 @@ def annotate(cluster: Cluster, kind: str, name: str, patch: dict[str, Any]) -> d
         raise BadInput("patch", sorted(extra), "may only change metadata.annotations")
     try:
         return _custom(cluster).patch_namespaced_custom_object(
-            istio.ISTIO_GROUP, cluster.istio_version, cluster.namespace, PLURALS[kind], name,
-            patch)
+            *api_version(cluster, kind), cluster.namespace, PLURALS[kind], name, patch)
     except ApiException as exc:
         raise _cluster_error(exc, f"annotating {kind} {cluster.namespace}/{name}") from None
     except NO_ANSWER as exc:
@@ -542,11 +552,12 @@ def _rebase(fresh: dict[str, Any], change: Change, head: str | None) -> dict[str
 
 def _replace(cluster: Cluster, body: dict[str, Any], dry_run: bool) -> dict[str, Any]:
     kind, name = body["kind"], body["metadata"]["name"]
-    body = {**body, "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}"}
+    group, version = api_version(cluster, kind)
+    body = {**body, "apiVersion": f"{group}/{version}"}
     try:
         return _custom(cluster).replace_namespaced_custom_object(
-            istio.ISTIO_GROUP,
-            cluster.istio_version,
+            group,
+            version,
             cluster.namespace,
             PLURALS[kind],
             name,
@@ -745,7 +756,7 @@ def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:
         "actor": cluster.actor,
         "server": without_userinfo(cluster.server),
         "target": ref,
-        "apiVersion": f"{istio.ISTIO_GROUP}/{cluster.istio_version}",
+        "apiVersion": "/".join(api_version(cluster, change.after["kind"])),
         "operation": change.operation,
         "params": change.params,
         "before": istio.managed_fields(change.before),
@@ -770,7 +781,30 @@ def begin_rollout(
 ) -> RolloutState:
     """Record the pre-rollout managed fields on the VirtualService, once per rollout."""
     vs = find_virtual_service(cluster, service)
-    state = read_state(vs)
+    if read_state(vs) is not None:
+        return start_rollout(cluster, vs, {}, stable=stable, canary=canary, release=release,
+                             audit_log=audit_log)
+    dr = find_destination_rule(cluster, service)
+    snapshot = {"virtualService": istio.managed_fields(vs), "destinationRule":
+                istio.managed_fields(dr), "destinationRuleName": dr["metadata"]["name"]}
+    return start_rollout(cluster, vs, snapshot, stable=stable, canary=canary, release=release,
+                         audit_log=audit_log)
+
+
+def start_rollout(
+    cluster: Cluster,
+    route: dict[str, Any],
+    snapshot: dict[str, Any],
+    *,
+    stable: str,
+    canary: str,
+    release: str = "",
+    audit_log: Path | str | None = None,
+) -> RolloutState:
+    """Record `snapshot` (what rollback restores) as the rollout state of the object that
+    routes the service (a VirtualService or an HTTPRoute); the rollout in progress when
+    there is one of the same versions."""
+    state = read_state(route)
     if state is not None:
         if (state.stable, state.canary) != (stable, canary):
             raise BadInput(
@@ -780,18 +814,12 @@ def begin_rollout(
                 f"(release {state.release}); roll it back or finish it first",
             )
         return state
-    dr = find_destination_rule(cluster, service)
-    snapshot = {
-        "virtualService": istio.managed_fields(vs),
-        "destinationRule": istio.managed_fields(dr),
-    }
-    snapshot["destinationRuleName"] = dr["metadata"]["name"]
     state = new_state(stable, canary, snapshot, release)
     change = Change(
         "begin_rollout",
         {"stable": stable, "canary": canary, "release": state.release},
-        vs,
-        with_state(vs, state),
+        route,
+        with_state(route, state),
     )
     apply_change(cluster, change, audit_log=audit_log)
     return state

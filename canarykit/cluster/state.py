@@ -57,11 +57,14 @@ MAX_STATE_CHARS = 1024 * 1024  # far above any real state; an annotation is at m
 _FIELD = f"metadata.annotations[{ROLLOUT_ANNOTATION}]"
 _REQUIRED = {"stable": str, "canary": str, "release": str, "started_at": str, "snapshot": dict}
 _OPTIONAL = {"step": int, "phase": str, "history": list}
-_SNAPSHOT = ("virtualService", "destinationRule")  # what rollback restores
+# What rollback restores, by the kind that carries the state: a VirtualService's own managed
+# fields and its DestinationRule's; a Gateway API route's rules.
+_SNAPSHOT = {"VirtualService": ("virtualService", "destinationRule"),
+             "HTTPRoute": ("route",), "GRPCRoute": ("route",)}
 
 
 def read_state(vs: dict[str, Any]) -> RolloutState | None:
-    """The rollout in progress on this VirtualService, or None.
+    """The rollout in progress on this VirtualService (or Gateway API route), or None.
 
     The annotation is checked whole (fields, their types, the snapshot rollback restores):
     anyone who can edit the object can write it, and a rollback must not stop half way on a
@@ -90,7 +93,7 @@ def read_state(vs: dict[str, Any]) -> RolloutState | None:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise BadInput(f"{_FIELD}.{name}", str(value)[:80],
                            f"must be a {'number' if kind is int else kind.__name__}")
-    for name in _SNAPSHOT:
+    for name in _SNAPSHOT.get(vs.get("kind", ""), _SNAPSHOT["VirtualService"]):
         if not isinstance(data["snapshot"].get(name), dict):
             raise BadInput(f"{_FIELD}.snapshot.{name}", "(missing)" if name not in
                            data["snapshot"] else str(data["snapshot"][name])[:80],

@@ -82,6 +82,20 @@ ARGO_RULES = [
      "verbs": ["create", "patch"]},
     {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"], "verbs": ["patch"]},
 ]
+
+
+def argo_rules(router: str) -> list[dict[str, Any]]:
+    """Argo's executor's rules, and the approval's patch on the router's routing object (both
+    routers' objects when the plan leaves the router to be detected)."""
+    rules = copy.deepcopy(ARGO_RULES)
+    if router != "istio":
+        rules.append({"apiGroups": ["gateway.networking.k8s.io"],
+                      "resources": ["httproutes", "grpcroutes"], "verbs": ["patch"]})
+    if router == "gateway-api":
+        del rules[1]
+    return rules
+
+
 # Who acted last on a workflow, as the Argo server labels it when it knows (SSO): the first
 # one set names the person who resumed.
 ACTION_LABEL = "workflows.argoproj.io/action"
@@ -100,7 +114,7 @@ def objects(target: manifests.Target) -> list[dict[str, Any]]:
     role = f"{target.name}-argo"
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": target.meta(role), "rules": copy.deepcopy(ARGO_RULES)},
+         "metadata": target.meta(role), "rules": argo_rules(target.plan.router)},
         manifests.role_binding(target, role),
         workflow_template(target),
         cron_workflow(target),
@@ -280,8 +294,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
     reject = args.decision == "reject"
     who = argo_actor(args.workflow_labels) or "unknown"
     reason = f"resumed in Argo Workflows (workflow {args.workflow or 'unknown'})"
-    vs = cluster.find_virtual_service(driver.kube, driver.plan.service)
-    cluster.annotate(driver.kube, "VirtualService", vs["metadata"]["name"],
+    route = gates.routing_object(driver)
+    cluster.annotate(driver.kube, route["kind"], route["metadata"]["name"],
                      gates.approval_patch(args.release, reject=reject, by=who, reason=reason))
     print(f"release {args.release} {'rejected' if reject else 'approved'} by {who} ({reason}); "
           "the runner's next look at the gate records it and "

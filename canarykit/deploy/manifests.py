@@ -63,6 +63,23 @@ ROLE_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["get", "create", "update"]},
 ]
+# With `router: gateway-api` the routing object is an HTTPRoute (or GRPCRoute) and each
+# version a Service (read for its selector); nothing of Istio's is read or written.
+GATEWAY_API_ROLE_RULES = [
+    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"],
+     "verbs": ["get", "list", "update"]},
+    *ROLE_RULES[2:],
+]
+
+
+def role_rules(router: str) -> list[dict[str, Any]]:
+    """The Role of a plan's runner: its router's rules; both routers' when the plan leaves the
+    router to be detected (finding out reads both APIs, and either may be the one)."""
+    if router == "istio":
+        return copy.deepcopy(ROLE_RULES)
+    if router == "gateway-api":
+        return copy.deepcopy(GATEWAY_API_ROLE_RULES)
+    return copy.deepcopy([*ROLE_RULES[:2], *GATEWAY_API_ROLE_RULES])
 # Where the libraries a runbook kernel loads keep their state, all under the scratch volume.
 SCRATCH_ENV = {"HOME": SCRATCH, "JUPYTER_RUNTIME_DIR": f"{SCRATCH}/.jupyter/runtime",
                "JUPYTER_DATA_DIR": f"{SCRATCH}/.jupyter/data", "IPYTHONDIR": f"{SCRATCH}/.ipython",
@@ -196,7 +213,7 @@ def base_objects(target: Target) -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(),
          "automountServiceAccountToken": True},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(),
-         "rules": copy.deepcopy(ROLE_RULES)},
+         "rules": role_rules(target.plan.router)},
         role_binding(target, name),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(f"{name}-plan"),
          "data": {PLAN_FILE: target.text}},

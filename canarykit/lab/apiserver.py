@@ -2,10 +2,13 @@
 
 No real API server runs on the lab machines, so this one speaks the real REST protocol
 (discovery, CRUD, merge and JSON patch, watch, dry run, optimistic concurrency, Status errors)
-for the few kinds canarykit touches. Production code reaches it only through the official
-`kubernetes` client and a kubeconfig, exactly as it would reach a cluster. It serves plain HTTP
-by default; `--tls` serves HTTPS with a self-signed certificate, which kubectl needs because
-client-go sends bearer tokens only over TLS.
+for the few kinds canarykit touches, Istio's and the Gateway API's (HTTPRoute, GRPCRoute and
+Gateway as the v1.6.1 standard-channel CRDs serve them: their limits, CEL rules and defaults
+are written out below, and canarykit's validator runs as the webhook for every custom kind).
+Production code reaches it only through the official `kubernetes` client and a kubeconfig,
+exactly as it would reach a cluster. It serves plain HTTP by default; `--tls` serves HTTPS with
+a self-signed certificate, which kubectl needs because client-go sends bearer tokens only over
+TLS.
 
 Hostile input stays bounded: the token is checked before a body is read, a body is limited
 (`--max-body-bytes`, Kubernetes' 3 MiB by default; 413 past it), framing that cannot be trusted
@@ -98,13 +101,20 @@ class Resource:
 
     @property
     def is_custom(self) -> bool:
-        return self.group == "networking.istio.io"
+        """A custom resource (a CRD's kind): Istio's and the Gateway API's."""
+        return self.group in CUSTOM_GROUPS
+
+    @property
+    def is_gateway_api(self) -> bool:
+        return self.group == GATEWAY_GROUP
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
 
 
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+CUSTOM_GROUPS = ("networking.istio.io", GATEWAY_GROUP)
 RESOURCES = [
     Resource("", ("v1",), "namespaces", "namespace", "Namespace", namespaced=False,
              short_names=("ns",), verbs=("create", "get", "list", "watch")),
@@ -122,6 +132,13 @@ RESOURCES = [
              short_names=("sa",)),
     Resource("rbac.authorization.k8s.io", ("v1",), "roles", "role", "Role"),
     Resource("rbac.authorization.k8s.io", ("v1",), "rolebindings", "rolebinding", "RoleBinding"),
+    # Gateway API v1.6.1, standard channel: the versions its CRDs serve (v1 stored).
+    Resource(GATEWAY_GROUP, ("v1", "v1beta1"), "httproutes", "httproute", "HTTPRoute",
+             returns_deleted_object=True),
+    Resource(GATEWAY_GROUP, ("v1",), "grpcroutes", "grpcroute", "GRPCRoute",
+             returns_deleted_object=True),
+    Resource(GATEWAY_GROUP, ("v1", "v1beta1"), "gateways", "gateway", "Gateway",
+             short_names=("gtw",), returns_deleted_object=True),
 ]
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 TOKEN_PREFIX = "sa."  # service-account tokens: sa.NAMESPACE.NAME.MAC, checked without state
@@ -252,6 +269,8 @@ def schema_causes(res: Resource, obj: dict) -> list[dict]:
             if not isinstance(number, int) or not 0 < number < 65536:
                 causes.append(cause(f"spec.ports[{i}].port", "FieldValueInvalid",
                                     _invalid_value(number, "must be between 1 and 65535")))
+    if res.is_gateway_api:
+        causes += gateway_api_causes(res, obj)
     return causes
 
 
@@ -271,8 +290,420 @@ def _deployment_causes(spec: dict) -> list[dict]:
     return causes
 
 
+# ---------------------------------------------------------------- Gateway API schema
+#
+# What the Gateway API v1.6.1 standard-channel CRDs enforce on HTTPRoute, GRPCRoute and Gateway
+# (OpenAPI types, limits, enums, patterns and the CEL rules canarykit's routes meet), written
+# out here so the server needs no CRD files. Messages and reasons are the API server's own.
+
+GATEWAY_DURATION = re.compile(r"([0-9]{1,5}(h|m|s|ms)){1,4}")  # GEP-2257
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_GROUP = re.compile(r"$|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_HOSTNAME = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")
+_PATH_CHARS = re.compile(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+")
+HTTP_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
+                "RequestRedirect", "URLRewrite", "ExtensionRef", "CORS")
+GRPC_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
+                "ExtensionRef")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+_FILTER_FIELDS = {"RequestHeaderModifier": "requestHeaderModifier",
+                  "ResponseHeaderModifier": "responseHeaderModifier",
+                  "RequestMirror": "requestMirror", "RequestRedirect": "requestRedirect",
+                  "URLRewrite": "urlRewrite", "ExtensionRef": "extensionRef", "CORS": "cors"}
+_ONCE_FILTERS = ("CORS", "RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect",
+                 "URLRewrite")
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int}
+
+
+def gateway_duration_seconds(text: str) -> float:
+    """A GEP-2257 duration (`1h30m`, `500ms`) in seconds; the caller checked its pattern."""
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(int(n) * scale[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+class _Schema:
+    """Collects Status causes worded as the API server words OpenAPI and CEL failures."""
+
+    def __init__(self) -> None:
+        self.causes: list[dict] = []
+
+    def add(self, field: str, reason: str, message: str) -> None:
+        self.causes.append(cause(field, reason, message))
+
+    def cel(self, field: str, message: str) -> None:
+        self.add(field, "FieldValueInvalid", f'Invalid value: "object": {message}')
+
+    def typed(self, value: Any, field: str, kind: str) -> bool:
+        """Whether `value` is of the JSON type (None counts as absent and passes)."""
+        if value is None:
+            return False
+        wanted = _JSON_TYPES[kind]
+        if isinstance(value, wanted) and not (kind == "integer" and isinstance(value, bool)):
+            return True
+        have = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+                float: "number"}.get(type(value), "null")
+        self.add(field, "FieldValueTypeInvalid",
+                 f'Invalid value: "{have}": {field} in body must be of type {kind}: "{have}"')
+        return False
+
+    def required(self, obj: dict, key: str, field: str) -> bool:
+        if obj.get(key) is None:
+            self.add(f"{field}.{key}", "FieldValueRequired", "Required value")
+            return False
+        return True
+
+    def object(self, value: Any, field: str) -> dict:
+        return value if self.typed(value, field, "object") else {}
+
+    def array(self, value: Any, field: str, max_items: int, min_items: int = 0) -> list:
+        if not self.typed(value, field, "array"):
+            return []
+        if len(value) > max_items:
+            self.add(field, "FieldValueTooMany",
+                     f"Too many: {len(value)}: must have at most {max_items} items")
+        elif len(value) < min_items:
+            self.add(field, "FieldValueInvalid", f"Invalid value: {len(value)}: {field} in "
+                     f"body should have at least {min_items} items")
+        return value
+
+    def integer(self, value: Any, field: str, low: int, high: int | None = None) -> int | None:
+        if not self.typed(value, field, "integer"):
+            return None
+        if value < low:
+            self.add(field, "FieldValueInvalid", f"Invalid value: {value}: {field} in body "
+                     f"should be greater than or equal to {low}")
+        elif high is not None and value > high:
+            self.add(field, "FieldValueInvalid", f"Invalid value: {value}: {field} in body "
+                     f"should be less than or equal to {high}")
+        else:
+            return value
+        return None
+
+    def string(self, value: Any, field: str, *, pattern: re.Pattern | None = None,
+               max_length: int | None = None, min_length: int = 0,
+               enum: tuple[str, ...] | None = None) -> str | None:
+        if not self.typed(value, field, "string"):
+            return None
+        if enum is not None and value not in enum:
+            supported = ", ".join(f'"{e}"' for e in enum)
+            self.add(field, "FieldValueNotSupported",
+                     f"Unsupported value: {json.dumps(value)}: supported values: {supported}")
+        elif max_length is not None and len(value) > max_length:
+            self.add(field, "FieldValueTooLong", f"Too long: may not be more than {max_length} "
+                     "bytes")
+        elif len(value) < min_length:
+            self.add(field, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {field} "
+                     f"in body should be at least {min_length} chars long")
+        elif pattern is not None and not pattern.fullmatch(value):
+            self.add(field, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {field} "
+                     f"in body should match '^{pattern.pattern}$'")
+        else:
+            return value
+        return None
+
+
+def gateway_api_causes(res: Resource, obj: dict) -> list[dict]:
+    """The Gateway API CRDs' schema checks for HTTPRoute, GRPCRoute and Gateway."""
+    check = _Schema()
+    if obj.get("spec") is None:
+        check.add("spec", "FieldValueRequired", "Required value")
+        return check.causes
+    spec = check.object(obj.get("spec"), "spec")
+    if res.kind == "Gateway":
+        _gateway_spec(check, spec)
+        return check.causes
+    grpc = res.kind == "GRPCRoute"
+    for i, ref in enumerate(check.array(spec.get("parentRefs"), "spec.parentRefs", 32)):
+        _parent_ref(check, ref, f"spec.parentRefs[{i}]")
+    for i, host in enumerate(check.array(spec.get("hostnames"), "spec.hostnames", 16)):
+        check.string(host, f"spec.hostnames[{i}]", pattern=_HOSTNAME, max_length=253,
+                     min_length=1)
+    rules = check.array(spec.get("rules"), "spec.rules", 16, min_items=0 if grpc else 1)
+    matches = 0
+    for i, rule in enumerate(rules):
+        where = f"spec.rules[{i}]"
+        rule = check.object(rule, where)
+        matches += len(rule.get("matches") or []) if isinstance(rule.get("matches"), list) else 0
+        if rule.get("name") is not None:
+            check.string(rule["name"], f"{where}.name", pattern=_SUBDOMAIN, max_length=253,
+                         min_length=1)
+        for k, match in enumerate(check.array(rule.get("matches"), f"{where}.matches", 64)):
+            (_grpc_match if grpc else _http_match)(check, match, f"{where}.matches[{k}]")
+        filters = GRPC_FILTERS if grpc else HTTP_FILTERS
+        _filters(check, rule.get("filters"), f"{where}.filters", filters)
+        for j, ref in enumerate(check.array(rule.get("backendRefs"), f"{where}.backendRefs",
+                                            16)):
+            ref_where = f"{where}.backendRefs[{j}]"
+            ref = _backend_ref(check, ref, ref_where)
+            check.integer(ref.get("weight"), f"{ref_where}.weight", 0, 1_000_000)
+            _filters(check, ref.get("filters"), f"{ref_where}.filters", filters)
+        if not grpc and rule.get("timeouts") is not None:
+            _timeouts(check, rule["timeouts"], f"{where}.timeouts")
+        if not grpc and isinstance(rule.get("backendRefs"), list) and rule["backendRefs"] and \
+                any(isinstance(f, dict) and f.get("requestRedirect") is not None
+                    for f in rule.get("filters") or []):
+            check.cel(where, "RequestRedirect filter must not be used together with backendRefs")
+    if matches > 128:
+        check.cel("spec.rules", "While 16 rules and 64 matches per rule are allowed, the total "
+                  "number of matches across all rules in a route must be less than 128")
+    return check.causes
+
+
+def _parent_ref(check: _Schema, ref: Any, where: str) -> None:
+    ref = check.object(ref, where)
+    if check.required(ref, "name", where):
+        check.string(ref["name"], f"{where}.name", max_length=253, min_length=1)
+    if ref.get("group") is not None:
+        check.string(ref["group"], f"{where}.group", pattern=_GROUP, max_length=253)
+    if ref.get("kind") is not None:
+        check.string(ref["kind"], f"{where}.kind", pattern=_KIND, max_length=63, min_length=1)
+    if ref.get("namespace") is not None:
+        check.string(ref["namespace"], f"{where}.namespace", pattern=_LABEL, max_length=63,
+                     min_length=1)
+    if ref.get("sectionName") is not None:
+        check.string(ref["sectionName"], f"{where}.sectionName", pattern=_SUBDOMAIN,
+                     max_length=253, min_length=1)
+    if ref.get("port") is not None:
+        check.integer(ref["port"], f"{where}.port", 1, 65535)
+
+
+def _backend_ref(check: _Schema, ref: Any, where: str) -> dict:
+    """A BackendObjectReference: name required; a port when it names a core Service."""
+    ref = check.object(ref, where)
+    if check.required(ref, "name", where):
+        check.string(ref["name"], f"{where}.name", max_length=253, min_length=1)
+    group = ref.get("group", "")
+    kind = ref.get("kind", "Service")
+    if group != "":
+        check.string(group, f"{where}.group", pattern=_GROUP, max_length=253)
+    if kind != "Service":
+        check.string(kind, f"{where}.kind", pattern=_KIND, max_length=63, min_length=1)
+    if ref.get("namespace") is not None:
+        check.string(ref["namespace"], f"{where}.namespace", pattern=_LABEL, max_length=63,
+                     min_length=1)
+    if ref.get("port") is not None:
+        check.integer(ref["port"], f"{where}.port", 1, 65535)
+    elif group == "" and kind == "Service":
+        check.cel(where, "Must have port for Service reference")
+    return ref
+
+
+def _http_match(check: _Schema, match: Any, where: str) -> None:
+    match = check.object(match, where)
+    path = match.get("path")
+    if path is not None:
+        path = check.object(path, f"{where}.path")
+        kind = check.string(path.get("type", "PathPrefix"), f"{where}.path.type",
+                            enum=("Exact", "PathPrefix", "RegularExpression"))
+        value = check.string(path.get("value", "/"), f"{where}.path.value", max_length=1024)
+        if kind in ("Exact", "PathPrefix") and value is not None:
+            if not value.startswith("/"):
+                check.cel(f"{where}.path", "value must be an absolute path and start with '/' "
+                          "when type one of ['Exact', 'PathPrefix']")
+            elif any(bad in value for bad in ("//", "/./", "/../", "%2f", "%2F", "#")) or \
+                    value.endswith(("/..", "/.")):
+                check.cel(f"{where}.path", "must not contain '//', '/./', '/../', '%2f', '%2F' "
+                          "or '#', nor end with '/..' or '/.', when type one of ['Exact', "
+                          "'PathPrefix']")
+            elif not _PATH_CHARS.fullmatch(value):
+                check.cel(f"{where}.path", "must only contain valid characters (matching "
+                          "^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$) for types "
+                          "['Exact', 'PathPrefix']")
+    _name_value_matches(check, match.get("headers"), f"{where}.headers", 4096)
+    _name_value_matches(check, match.get("queryParams"), f"{where}.queryParams", 1024)
+    if match.get("method") is not None:
+        check.string(match["method"], f"{where}.method", enum=HTTP_METHODS)
+
+
+def _grpc_match(check: _Schema, match: Any, where: str) -> None:
+    match = check.object(match, where)
+    _name_value_matches(check, match.get("headers"), f"{where}.headers", 4096)
+    method = match.get("method")
+    if method is not None:
+        method = check.object(method, f"{where}.method")
+        check.string(method.get("type", "Exact"), f"{where}.method.type",
+                     enum=("Exact", "RegularExpression"))
+        if method.get("service") is None and method.get("method") is None:
+            check.cel(f"{where}.method", "One or both of 'service' or 'method' must be "
+                      "specified")
+
+
+def _name_value_matches(check: _Schema, items: Any, where: str, max_value: int) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(check.array(items, where, 16)):
+        item_where = f"{where}[{i}]"
+        item = check.object(item, item_where)
+        if check.required(item, "name", item_where):
+            name = check.string(item["name"], f"{item_where}.name", pattern=_HEADER_NAME,
+                                max_length=256, min_length=1)
+            if name is not None and name in seen:
+                check.add(f"{item_where}", "FieldValueDuplicate",
+                          f'Duplicate value: {{"name":{json.dumps(name)}}}')
+            seen.add(name or "")
+        if check.required(item, "value", item_where):
+            check.string(item["value"], f"{item_where}.value", max_length=max_value,
+                         min_length=1)
+        check.string(item.get("type", "Exact"), f"{item_where}.type",
+                     enum=("Exact", "RegularExpression"))
+
+
+def _filters(check: _Schema, filters: Any, where: str, allowed: tuple[str, ...]) -> None:
+    kinds = []
+    for i, item in enumerate(check.array(filters, where, 16)):
+        item_where = f"{where}[{i}]"
+        item = check.object(item, item_where)
+        if not check.required(item, "type", item_where):
+            continue
+        kind = check.string(item["type"], f"{item_where}.type", enum=allowed)
+        if kind is None:
+            continue
+        kinds.append(kind)
+        for other, key in _FILTER_FIELDS.items():
+            if other != kind and item.get(key) is not None:
+                check.cel(item_where, f"filter.{key} must be nil if the filter.type is not "
+                          f"{other}")
+        key = _FILTER_FIELDS[kind]
+        if item.get(key) is None:
+            check.cel(item_where, f"filter.{key} must be specified for {kind} filter.type")
+        elif kind == "RequestMirror":
+            _request_mirror(check, item[key], f"{item_where}.requestMirror")
+    for kind in _ONCE_FILTERS:
+        if kinds.count(kind) > 1:
+            check.cel(where, f"{kind} filter cannot be repeated")
+    if "RequestRedirect" in kinds and "URLRewrite" in kinds:
+        check.cel(where, "May specify either httpRouteFilterRequestRedirect or "
+                  "httpRouteFilterRequestRewrite, but not both")
+
+
+def _request_mirror(check: _Schema, mirror: Any, where: str) -> None:
+    mirror = check.object(mirror, where)
+    if check.required(mirror, "backendRef", where):
+        _backend_ref(check, mirror["backendRef"], f"{where}.backendRef")
+    if mirror.get("percent") is not None:
+        check.integer(mirror["percent"], f"{where}.percent", 0, 100)
+    if mirror.get("fraction") is not None:
+        fraction = check.object(mirror["fraction"], f"{where}.fraction")
+        numerator = None
+        if check.required(fraction, "numerator", f"{where}.fraction"):
+            numerator = check.integer(fraction["numerator"], f"{where}.fraction.numerator", 0)
+        denominator = check.integer(fraction.get("denominator", 100),
+                                    f"{where}.fraction.denominator", 1)
+        if numerator is not None and denominator is not None and numerator > denominator:
+            check.cel(f"{where}.fraction", "numerator must be less than or equal to "
+                      "denominator")
+    if mirror.get("percent") is not None and mirror.get("fraction") is not None:
+        check.cel(where, "Only one of percent or fraction may be specified in "
+                  "HTTPRequestMirrorFilter")
+
+
+def _timeouts(check: _Schema, timeouts: Any, where: str) -> None:
+    timeouts = check.object(timeouts, where)
+    seconds = {}
+    for key in ("request", "backendRequest"):
+        if timeouts.get(key) is not None:
+            text = check.string(timeouts[key], f"{where}.{key}", pattern=GATEWAY_DURATION)
+            if text is not None:
+                seconds[key] = gateway_duration_seconds(text)
+    if seconds.get("request") and seconds.get("backendRequest", 0) > seconds["request"]:
+        check.cel(where, "backendRequest timeout cannot be longer than request timeout")
+
+
+def _gateway_spec(check: _Schema, spec: dict) -> None:
+    if check.required(spec, "gatewayClassName", "spec"):
+        check.string(spec["gatewayClassName"], "spec.gatewayClassName", max_length=253,
+                     min_length=1)
+    if spec.get("listeners") is None:
+        check.add("spec.listeners", "FieldValueRequired", "Required value")
+    names: set[str] = set()
+    for i, listener in enumerate(check.array(spec.get("listeners"), "spec.listeners", 64,
+                                             min_items=1)):
+        where = f"spec.listeners[{i}]"
+        listener = check.object(listener, where)
+        if check.required(listener, "name", where):
+            name = check.string(listener["name"], f"{where}.name", pattern=_SUBDOMAIN,
+                                max_length=253, min_length=1)
+            if name is not None and name in names:
+                check.add(where, "FieldValueDuplicate",
+                          f'Duplicate value: {{"name":{json.dumps(name)}}}')
+            names.add(name or "")
+        if check.required(listener, "port", where):
+            check.integer(listener["port"], f"{where}.port", 1, 65535)
+        if check.required(listener, "protocol", where):
+            check.string(listener["protocol"], f"{where}.protocol", max_length=255,
+                         min_length=1)
+        if listener.get("hostname") is not None:
+            check.string(listener["hostname"], f"{where}.hostname", pattern=_HOSTNAME,
+                         max_length=253, min_length=1)
+
+
+def gateway_api_defaults(res: Resource, spec: dict) -> None:
+    """The defaults the Gateway API CRDs declare, filled in as the API server fills them."""
+    if res.kind == "Gateway":
+        return
+    for ref in spec.get("parentRefs") or []:
+        if isinstance(ref, dict):
+            ref.setdefault("group", GATEWAY_GROUP)
+            ref.setdefault("kind", "Gateway")
+    if res.kind == "HTTPRoute" and "rules" not in spec:
+        spec["rules"] = [{}]
+    for rule in spec.get("rules") or []:
+        if not isinstance(rule, dict):
+            continue
+        if res.kind == "HTTPRoute":
+            if "matches" not in rule:
+                rule["matches"] = [{}]
+            for match in rule.get("matches") or []:
+                if not isinstance(match, dict):
+                    continue
+                path = match.setdefault("path", {})
+                if isinstance(path, dict):
+                    path.setdefault("type", "PathPrefix")
+                    path.setdefault("value", "/")
+                for item in (match.get("headers") or []) + (match.get("queryParams") or []):
+                    if isinstance(item, dict):
+                        item.setdefault("type", "Exact")
+        else:
+            for match in rule.get("matches") or []:
+                if isinstance(match, dict):
+                    for item in match.get("headers") or []:
+                        if isinstance(item, dict):
+                            item.setdefault("type", "Exact")
+                    if isinstance(match.get("method"), dict):
+                        match["method"].setdefault("type", "Exact")
+        refs = rule.get("backendRefs") or []
+        for ref in refs:
+            if isinstance(ref, dict):
+                _default_backend_ref(ref)
+                ref.setdefault("weight", 1)
+        for item in (rule.get("filters") or []) + [
+                f for ref in refs if isinstance(ref, dict) for f in ref.get("filters") or []]:
+            if not isinstance(item, dict):
+                continue
+            mirror = item.get("requestMirror")
+            if isinstance(mirror, dict):
+                if isinstance(mirror.get("backendRef"), dict):
+                    _default_backend_ref(mirror["backendRef"])
+                if isinstance(mirror.get("fraction"), dict):
+                    mirror["fraction"].setdefault("denominator", 100)
+            redirect = item.get("requestRedirect")
+            if isinstance(redirect, dict):
+                redirect.setdefault("statusCode", 302)
+
+
+def _default_backend_ref(ref: dict) -> None:
+    ref.setdefault("group", "")
+    ref.setdefault("kind", "Service")
+
+
 def admission(res: Resource, obj: dict) -> list[str]:
     """canarykit's validator as a validating webhook: raises 422 on errors, returns warnings.
+
+    It sees the custom resources, Istio's and the Gateway API's (`validate_object` answers
+    nothing for the kinds it does not check).
 
     Imported lazily so the server starts fast; a missing validator fails the request loudly
     (a webhook that cannot run rejects, it never waves objects through).
@@ -593,7 +1024,8 @@ class Store:
 
 
 def render(obj: dict, res: Resource, version: str) -> dict:
-    """The stored object as seen through `version` of its API (Istio versions share a schema)."""
+    """The stored object as seen through `version` of its API (the versions of an Istio or
+    Gateway API kind share one schema)."""
     out = copy.deepcopy(obj)
     out["apiVersion"] = res.api_version(version)
     out["kind"] = res.kind
@@ -619,6 +1051,8 @@ def apply_defaults(res: Resource, obj: dict) -> None:
                 port.setdefault("targetPort", port.get("port"))
     if res.plural == "namespaces":
         obj["status"] = {"phase": "Active"}
+    if res.is_gateway_api and isinstance(spec, dict):
+        gateway_api_defaults(res, spec)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -942,7 +1376,8 @@ def find_group_version(group: str, version: str) -> bool:
 
 
 def api_group(group: str) -> dict:
-    versions = next(r.versions for r in RESOURCES if r.group == group)
+    """The group's versions (every version any of its resources serves), preferred first."""
+    versions = list(dict.fromkeys(v for r in RESOURCES if r.group == group for v in r.versions))
     entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
     return {"name": group, "versions": entries, "preferredVersion": entries[0]}
 

@@ -1,11 +1,14 @@
-"""The lab's control plane: Istio objects in the API server -> Envoy LDS/CDS files.
+"""The lab's control plane: Istio and Gateway API objects in the API server -> Envoy LDS/CDS
+files.
 
 istiod's job in miniature (`python -m canarykit.lab.controlplane`): list, then watch,
-VirtualServices, DestinationRules and Deployments through the official `kubernetes` client,
-translate on every change with `envoy_config.translate`, and replace Envoy's files atomically
-(Envoy reloads them by itself). Subsets select Deployments by their pod template labels, as
-they would select pods; the replicas' addresses come from the endpoints file the lab writes,
-so no pods are needed. What cannot be expressed goes to the log and to `problems.json`;
+VirtualServices, DestinationRules, Deployments, Services and HTTPRoutes through the official
+`kubernetes` client, translate on every change with `envoy_config.translate`, and replace
+Envoy's files atomically (Envoy reloads them by itself). Subsets and Services select
+Deployments by their pod template labels, as they would select pods; the replicas' addresses
+come from the endpoints file the lab writes, so no pods are needed. HTTPRoutes bound to a
+Service (GAMMA) route that Service's host. What cannot be expressed goes to the log and to
+`problems.json`;
 `status.json` says which config version was written when, and up to which resourceVersion of
 each kind it is built from, so callers can wait for a change to reach Envoy.
 """
@@ -25,18 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
 from canarykit.core.names import CLUSTER_SUFFIX, host_fqdn
 from canarykit.lab import envoy_config, process_main
-from canarykit.lab.envoy_config import Endpoint, Translation
+from canarykit.lab.envoy_config import Endpoint, ServiceBackend, Translation
 from canarykit.mesh.istio import ISTIO_GROUP
 
 STATUS_FILE = "status.json"
 PROBLEMS_FILE = "problems.json"
-KINDS = ("virtualservices", "destinationrules", "deployments")
+KINDS = ("virtualservices", "destinationrules", "deployments", "services", "httproutes")
+GATEWAY_GROUP, GATEWAY_VERSION = envoy_config.GATEWAY_GROUP, "v1"
 RETRY_SECONDS = 0.5
+ABSENT_RETRY_SECONDS = 10.0  # a server that does not serve a kind is asked again this often
 POLL_SECONDS = 0.5  # how often the endpoints file is checked for changes
 
 
@@ -72,6 +78,40 @@ def _template_labels(deployment: dict) -> dict[str, str]:
 def _replicas(deployment: dict) -> int:
     value = (deployment.get("spec") or {}).get("replicas", 1)
     return value if isinstance(value, int) and value >= 0 else 1
+
+
+def _deployment_replicas(
+    deployments: list[dict], running: Mapping[str, Mapping[str, list[Endpoint]]]
+) -> dict[str, list[Endpoint]]:
+    """Each Deployment's replicas: its first `spec.replicas` of those the lab runs for it."""
+    out: dict[str, list[Endpoint]] = {}
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        replicas = [e for by_deployment in running.values() for e in by_deployment.get(name, [])]
+        out[name] = list(dict.fromkeys(replicas))[: _replicas(deployment)]
+    return out
+
+
+def resolve_services(
+    services: list[dict],
+    deployments: list[dict],
+    running: Mapping[str, Mapping[str, list[Endpoint]]],
+) -> dict[str, ServiceBackend]:
+    """Each Service's ports and the replicas of the Deployments whose pod template labels
+    include its `spec.selector` (a Service without a selector selects nothing)."""
+    replicas = _deployment_replicas(deployments, running)
+    by_name = sorted(deployments, key=lambda d: d["metadata"]["name"])
+    out = {}
+    for service in services:
+        spec = service.get("spec") or {}
+        selector = spec.get("selector") or {}
+        ports = tuple(p["port"] for p in spec.get("ports") or []
+                      if isinstance(p, dict) and isinstance(p.get("port"), int))
+        chosen = [e for d in by_name if selector and all(
+            _template_labels(d).get(k) == v for k, v in selector.items())
+            for e in replicas[d["metadata"]["name"]]]
+        out[service["metadata"]["name"]] = ServiceBackend(ports, tuple(chosen))
+    return out
 
 
 def resolve_endpoints(
@@ -135,20 +175,26 @@ def translate_objects(
     listener_port: int,
     namespace: str = "default",
     service_port: int = 9080,
+    http_routes: list[dict] | None = None,
+    services: list[dict] | None = None,
 ) -> Translation:
     """What the control plane writes for these objects (objects sorted by name first).
 
     Tests compute the expected version with it; the problems include the endpoint
-    resolution's. Raises BadInput on objects the translator refuses.
+    resolution's. Raises BadInput on objects the translator refuses. `services` matter only
+    as the parents and backends of `http_routes`.
     """
     def by_name(objects: list[dict]) -> list[dict]:
         return sorted(objects, key=lambda o: o["metadata"]["name"])
 
     endpoints, problems = resolve_endpoints(by_name(destination_rules), deployments, running,
                                             namespace)
+    backends = resolve_services(by_name(services or []), deployments, running) \
+        if http_routes else {}
     t = envoy_config.translate(by_name(virtual_services), by_name(destination_rules), endpoints,
                                listener_port=listener_port, namespace=namespace,
-                               service_port=service_port)
+                               service_port=service_port,
+                               http_routes=by_name(http_routes or []), services=backends)
     t.problems = problems + t.problems
     return t
 
@@ -172,7 +218,13 @@ def _lister(api: client.ApiClient, kind: str, namespace: str,
     if kind == "deployments":
         apps = client.AppsV1Api(api)
         return lambda **kw: apps.list_namespaced_deployment(namespace, **kw)
+    if kind == "services":
+        core = client.CoreV1Api(api)
+        return lambda **kw: core.list_namespaced_service(namespace, **kw)
     custom = client.CustomObjectsApi(api)
+    if kind == "httproutes":
+        return lambda **kw: custom.list_namespaced_custom_object(
+            GATEWAY_GROUP, GATEWAY_VERSION, namespace, kind, **kw)
     return lambda **kw: custom.list_namespaced_custom_object(
         ISTIO_GROUP, istio_version, namespace, kind, **kw)
 
@@ -263,6 +315,11 @@ class ControlPlane:
                         break
                     self._apply_event(kind, event)
             except Exception as err:  # the server went away or refused: start over soon
+                if isinstance(err, ApiException) and err.status == 404:
+                    # A server that does not serve the kind (no Gateway API CRDs): none exist.
+                    self._replace_all(kind, [], 0)
+                    self.stopping.wait(ABSENT_RETRY_SECONDS)
+                    continue
                 failures += 1
                 if failures in (1, 10) or failures % 100 == 0:
                     self.log(f"{kind}: watch failed ({type(err).__name__}: "
@@ -292,7 +349,9 @@ class ControlPlane:
                 list(objects["destinationrules"].values()),
                 list(objects["deployments"].values()), running,
                 listener_port=self.listener_port, namespace=self.namespace,
-                service_port=self.service_port)
+                service_port=self.service_port,
+                http_routes=list(objects["httproutes"].values()),
+                services=list(objects["services"].values()))
             if self.validate and t.version != self.written_version:
                 envoy_config.validate_with_envoy(t)
         except (CanaryKitError, OSError, ValueError) as err:

@@ -1,4 +1,4 @@
-"""The main job: two complete canary releases of `reviews` against the local lab.
+"""The main job: three complete canary releases of `reviews` against the local lab.
 
 1. A healthy v2 goes through `canarykit rollout run` (preflight, internal users, 10 %,
    25 %, 50 %, a person's approval, promote) and ends promoted; the demo approves it with
@@ -7,6 +7,10 @@
    (`canarykit rollout step`, one phase per call, as cron would run it). Once v2 holds
    25 % of the traffic it turns bad (5xx and latency); the analysis FAILs and the
    driver rolls back by itself.
+3. The lab restarts with the service routed by a Gateway API HTTPRoute instead of a
+   VirtualService (`canarykit lab up --router gateway-api`: versions are the Services
+   reviews-v1 and reviews-v2), and a healthy v2 goes through `rollout run` (preflight,
+   internal users by header, 10 %, 25 %, 50 %, promote) with the same runbooks and report.
 
 Each release leaves a folder of executed notebooks, its audit chain and an HTML report. Both
 announce what they do to a signed webhook channel, a receiver the demo starts on a loopback
@@ -62,6 +66,12 @@ PLAN = {
                        "secret_env": EVENTS_SECRET_ENV}],
 }
 BAD_V2 = {"error_rate": 0.25, "latency_median_ms": 400.0}
+# Release 3: the same plan for the lab routed by an HTTPRoute, without the approval step.
+GATEWAY_PLAN = {
+    **PLAN, "router": "gateway-api", "stable": "reviews-v1", "canary": "reviews-v2",
+    "steps": [{"internal-canary": {"header": "x-canary-user", "header_value": "true"}},
+              {"weight": 10}, {"weight": 25}, {"weight": 50}, {"promote": {}}],
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +85,10 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _write_plan(path: Path, reports: Path, state: lab.LabState) -> Path:
+def _write_plan(path: Path, reports: Path, state: lab.LabState,
+                base: dict | None = None) -> Path:
     """The plan names the lab's kubeconfig and Prometheus: nothing finds the lab by itself."""
-    plan = {**PLAN, "kubeconfig": state.kubeconfig,
+    plan = {**(base or PLAN), "kubeconfig": state.kubeconfig,
             "prometheus": {"url": state.prometheus_url}, "reports": str(reports.resolve())}
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path
@@ -143,6 +154,21 @@ def _bad_release(plan: Path, state: lab.LabState, reports: Path) -> int:
     return 1
 
 
+def _gateway_release(tmp: Path, reports: Path, rate: float) -> int:
+    data_dir = tmp / "gateway-lab"
+    state = lab.up(lab.LabConfig(data_dir=str(data_dir), rate=rate, router="gateway-api"))
+    _say(f"lab up again, reviews routed by HTTPRoute default/reviews (Gateway API): Envoy "
+         f"{state.envoy_url}")
+    try:
+        _say("release 3: a healthy v2 behind the HTTPRoute (canarykit rollout run)")
+        time.sleep(5)  # a baseline for preflight: requests to reviews-v1, scraped
+        plan = _write_plan(tmp / "gateway-plan.yaml", reports, state, GATEWAY_PLAN)
+        return rollout.main(["run", str(plan)])
+    finally:
+        stopped = lab.down(data_dir)
+        _say(f"lab down: {len(stopped)} processes stopped")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     reports = args.reports.resolve()
@@ -161,10 +187,12 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stopped = lab.down(data_dir)
             _say(f"lab down: {len(stopped)} processes stopped")
+        third = _gateway_release(Path(tmp), reports, args.rate)
         _show_messages(receiver)
     new = sorted(_releases(reports) - before, key=lambda p: p.stat().st_mtime)
     for folder in new:
         print(f"report: {folder}")
         print(f"report: {folder / 'report.html'}")
-    _say(f"finished in {time.monotonic() - started:.0f} s (exit codes {first}, {second})")
-    return 0 if (first, second, len(new)) == (0, 0, 2) else 1
+    _say(f"finished in {time.monotonic() - started:.0f} s (exit codes {first}, {second}, "
+         f"{third})")
+    return 0 if (first, second, third, len(new)) == (0, 0, 0, 3) else 1

@@ -1,4 +1,5 @@
-"""Translation of Istio VirtualServices and DestinationRules to Envoy LDS/CDS configuration.
+"""Translation of Istio VirtualServices and DestinationRules, and of mesh-bound Gateway API
+HTTPRoutes, to Envoy LDS/CDS configuration.
 
 The local mesh lab has no istiod: a small control plane calls `translate` and `write_config`,
 and a real Envoy started on `bootstrap` reloads the files by itself. The translation follows
@@ -10,13 +11,16 @@ What the lab cannot express is listed in `Translation.problems`, never silently 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import http
 import ipaddress
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Http
 MAX_UINT32 = 2**32 - 1
 MESH_CONNECT_TIMEOUT = "10s"  # istiod's MeshConfig.connectTimeout default
 LDS_FILE = "lds.yaml"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 CDS_FILE = "cds.yaml"
 GRPC_STATUS = {
     name: code
@@ -787,6 +792,514 @@ def _default_route(host: str, scope: _Scope) -> dict:
     return {"name": "default", "match": {"prefix": "/", "case_sensitive": True}, "route": action}
 
 
+# ---------------------------------------------------------------- Gateway API (GAMMA) routes
+#
+# HTTPRoutes whose parentRef is a Service (GAMMA, mesh-bound) route requests for that Service's
+# host, as istiod translates them: one Envoy route per (rule, match), sorted by the Gateway API
+# precedence, backendRefs as (weighted) clusters `outbound|PORT||BACKEND-HOST`, one per backend
+# Service. Routes bound to a Gateway (north-south) are not used by the lab and are reported.
+
+
+@dataclass(frozen=True)
+class ServiceBackend:
+    """A Kubernetes Service as a route's backend: its ports and the replicas it selects."""
+
+    ports: tuple[int, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass
+class _MeshHost:
+    """The Envoy routes HTTPRoutes give one Service host, and the routes they came from."""
+
+    entries: list[tuple[tuple, dict, str]] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)
+
+    def routes(self, scope: _Scope) -> list[dict]:
+        """In precedence order; what sorts after a catch-all (a RegularExpression path, in
+        istiod's order) is never reached, and reported."""
+        ordered = sorted(self.entries, key=lambda entry: entry[0])
+        catch_all = next((i for i, (_, route, _) in enumerate(ordered)
+                          if _is_catch_all(route["match"])), len(ordered))
+        for _, route, where in ordered[catch_all + 1:]:
+            scope.report(where, f"route {route['name']} sorts after the catch-all route "
+                         f"{ordered[catch_all][1]['name']} (RegularExpression paths sort last, "
+                         "as istiod sorts them) and is never reached")
+        return [route for _, route, _ in ordered]
+
+
+GATEWAY_DURATION = re.compile(r"([0-9]{1,5}(h|m|s|ms)){1,4}")  # GEP-2257
+INVALID_BACKEND = "canarykit|invalid-backend|"  # a cluster never built: its share answers 500
+PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
+GATEWAY_REDIRECT_CODES = {301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER",
+                          307: "TEMPORARY_REDIRECT", 308: "PERMANENT_REDIRECT"}
+
+
+def _gateway_seconds(text: Any, field_name: str) -> float:
+    """A GEP-2257 duration (`10s`, `1m30s`, `500ms`) in seconds."""
+    if not isinstance(text, str) or not GATEWAY_DURATION.fullmatch(text):
+        raise BadInput(field_name, text, "must be a Gateway API duration such as 10s or 1m30s")
+    return parse_duration(text, field_name)
+
+
+def _seconds_text(seconds: float) -> str:
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:.9f}".rstrip("0") + "s"
+
+
+def _precedence(match: dict) -> tuple:
+    """The Gateway API's order, most specific first: Exact before PathPrefix before
+    RegularExpression paths (istiod's order for the implementation-specific regex), longer
+    values first, then a method match, then more header matches, then more query matches."""
+    path = match.get("path") or {}
+    kind, value = path.get("type", "PathPrefix"), path.get("value", "/")
+    return (PATH_RANK.get(kind, 3), -len(value) if isinstance(value, str) else 0,
+            0 if match.get("method") else 1, -len(match.get("headers") or []),
+            -len(match.get("queryParams") or []))
+
+
+def _gateway_string_match(item: Any, field_name: str) -> dict:
+    if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+        raise BadInput(field_name, item, "must have a name and a value")
+    kind = item.get("type", "Exact")
+    if kind == "Exact":
+        return {"exact": item["value"]}
+    if kind == "RegularExpression":
+        return {"safe_regex": _regex(item["value"], f"{field_name}.value")}
+    raise BadInput(f"{field_name}.type", kind, "must be Exact or RegularExpression")
+
+
+def _gateway_match(match: dict, where: str) -> dict:
+    """HTTPRouteMatch -> RouteMatch. A PathPrefix matches whole path segments (`/api` matches
+    `/api` and `/api/x`, not `/apix`): Envoy's path_separated_prefix, as istiod uses."""
+    path = match.get("path") or {}
+    kind, value = path.get("type", "PathPrefix"), path.get("value", "/")
+    if not isinstance(value, str) or not value:
+        raise BadInput(f"{where}.path.value", value, "must be a path")
+    out: dict[str, Any]
+    if kind == "Exact":
+        out = {"path": value}
+    elif kind == "PathPrefix":
+        trimmed = value.rstrip("/")
+        out = {"path_separated_prefix": trimmed} if trimmed else {"prefix": "/"}
+    elif kind == "RegularExpression":
+        out = {"safe_regex": _regex(value, f"{where}.path.value")}
+    else:
+        raise BadInput(f"{where}.path.type", kind, "must be Exact, PathPrefix or "
+                       "RegularExpression")
+    out["case_sensitive"] = True
+    headers, seen = [], set()
+    for i, item in enumerate(match.get("headers") or []):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadInput(f"{where}.headers[{i}].name", name, "is required")
+        if name.lower() in seen:  # the spec: only the first of equivalent names counts
+            continue
+        seen.add(name.lower())
+        headers.append({"name": name.lower(),
+                        "string_match": _gateway_string_match(item, f"{where}.headers[{i}]")})
+    method = match.get("method")
+    if method is not None:
+        headers.append({"name": ":method", "string_match": {"exact": method}})
+    if headers:
+        out["headers"] = headers
+    params, seen = [], set()
+    for i, item in enumerate(match.get("queryParams") or []):
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadInput(f"{where}.queryParams[{i}].name", name, "is required")
+        if name in seen:
+            continue
+        seen.add(name)
+        params.append({"name": name, "string_match": _gateway_string_match(
+            item, f"{where}.queryParams[{i}]")})
+    if params:
+        out["query_parameters"] = params
+    return out
+
+
+def _gateway_headers(modifier: Any, side: str, where: str, scope: _Scope) -> dict:
+    """RequestHeaderModifier / ResponseHeaderModifier -> {side}_headers_to_add / _remove."""
+    if not isinstance(modifier, dict):
+        raise BadInput(where, modifier, "must be an object with set, add and remove")
+    out: dict[str, Any] = {}
+    to_add = []
+    for verb, action in (("set", "OVERWRITE_IF_EXISTS_OR_ADD"), ("add", "APPEND_IF_EXISTS_OR_ADD")):
+        for item in modifier.get(verb) or []:
+            name, value = item.get("name"), item.get("value")
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise BadInput(f"{where}.{verb}", item, "entries need a name and a value")
+            if name.startswith(":") or name.lower() == "host":
+                scope.report(where, f"changing {name} is not supported by the lab; ignored")
+                continue
+            to_add.append({"header": {"key": name, "value": value}, "append_action": action})
+    removes = [n for n in modifier.get("remove") or []
+               if isinstance(n, str) and not (n.startswith(":") or n.lower() == "host")]
+    if to_add:
+        out[f"{side}_headers_to_add"] = to_add
+    if removes:
+        out[f"{side}_headers_to_remove"] = removes
+    return out
+
+
+def _merge_headers(target: dict, operations: dict) -> None:
+    for key, values in operations.items():
+        target[key] = target.get(key, []) + values
+
+
+def _mirror_fraction(mirror: dict, where: str) -> dict:
+    """percent (0-100) or fraction (numerator/denominator) as Envoy's FractionalPercent."""
+    percent, fraction = mirror.get("percent"), mirror.get("fraction")
+    if percent is not None and fraction is not None:
+        raise BadInput(where, mirror, "may have percent or fraction, not both")
+    if percent is not None:
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise BadInput(f"{where}.percent", percent, "must be a whole number from 0 to 100")
+        return {"numerator": percent, "denominator": "HUNDRED"}
+    if fraction is not None:
+        numerator = fraction.get("numerator") if isinstance(fraction, dict) else None
+        denominator = fraction.get("denominator", 100) if isinstance(fraction, dict) else None
+        if not (isinstance(numerator, int) and isinstance(denominator, int)
+                and 0 <= numerator <= denominator and denominator > 0):
+            raise BadInput(f"{where}.fraction", fraction,
+                           "must have 0 <= numerator <= denominator and denominator > 0")
+        return {"numerator": round(numerator * 1_000_000 / denominator), "denominator": "MILLION"}
+    return {"numerator": 100, "denominator": "HUNDRED"}
+
+
+class _Gateway:
+    """What translating HTTPRoutes needs beside the scope: the Services, and the backends the
+    routes use (their clusters are built like any service's)."""
+
+    def __init__(self, services: Mapping[str, ServiceBackend], scope: _Scope) -> None:
+        self.services = services
+        self.scope = scope
+        self.used: list[str] = []
+
+    def backend(self, ref: Any, where: str) -> str | None:
+        """The cluster of a backendRef, or None (reported) when it cannot be resolved."""
+        scope = self.scope
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            raise BadInput(f"{where}.name", ref, "is required")
+        name, group, kind = ref["name"], ref.get("group", ""), ref.get("kind", "Service")
+        if (group, kind) != ("", "Service"):
+            scope.report(where, f"backend {kind} {name} (group {group!r}) is not a Service; "
+                         "its share of the requests answers 500")
+            return None
+        if ref.get("namespace") not in (None, scope.namespace):
+            scope.report(where, f"backend Service {ref['namespace']}/{name} is in another "
+                         "namespace, which needs a ReferenceGrant the lab does not serve; its "
+                         "share of the requests answers 500")
+            return None
+        service = self.services.get(name)
+        if service is None:
+            scope.report(where, f"backend Service {name} does not exist; its share of the "
+                         "requests answers 500")
+            return None
+        port = ref.get("port")
+        if port is None or port not in service.ports:
+            scope.report(where, f"backend Service {name} has no port {port}; its share of the "
+                         "requests answers 500")
+            return None
+        if not service.endpoints:
+            scope.report(where, f"backend Service {name} selects no running replica (503)")
+        host = host_fqdn(name, scope.namespace)
+        scope.wanted.append((port, "", host, where))
+        if name not in self.used:
+            self.used.append(name)
+        return cluster_name(port, "", host)
+
+    def mirror(self, mirror: Any, where: str) -> dict | None:
+        if not isinstance(mirror, dict):
+            raise BadInput(where, mirror, "must be an object with a backendRef")
+        fraction = _mirror_fraction(mirror, where)
+        cluster = self.backend(mirror.get("backendRef"), f"{where}.backendRef")
+        if cluster is None or fraction["numerator"] == 0:
+            return None
+        return {"cluster": cluster, "runtime_fraction": {"default_value": fraction},
+                "trace_sampled": False, "disable_shadow_host_suffix_append": True}
+
+    def action(self, rule: dict, where: str) -> dict:
+        """The route fields of one rule (all but `match` and `name`): filters, then the
+        backends, timeouts and retries; a rule with a filter the lab cannot apply answers 500,
+        as the Gateway API requires of filters that cannot be resolved."""
+        scope = self.scope
+        route: dict[str, Any] = {}
+        mirrors, redirect, rewrite = [], None, None
+        for i, item in enumerate(rule.get("filters") or []):
+            kind = item.get("type") if isinstance(item, dict) else None
+            item_where = f"{where} filters[{i}]"
+            if kind == "RequestHeaderModifier":
+                _merge_headers(route, _gateway_headers(item.get("requestHeaderModifier"),
+                                                       "request", item_where, scope))
+            elif kind == "ResponseHeaderModifier":
+                _merge_headers(route, _gateway_headers(item.get("responseHeaderModifier"),
+                                                       "response", item_where, scope))
+            elif kind == "RequestMirror":
+                policy = self.mirror(item.get("requestMirror"), f"{item_where}.requestMirror")
+                if policy is not None:
+                    mirrors.append(policy)
+            elif kind == "RequestRedirect":
+                redirect = item.get("requestRedirect") or {}
+            elif kind == "URLRewrite":
+                rewrite = item.get("urlRewrite") or {}
+            elif kind == "CORS":
+                scope.report(item_where, "the CORS filter is not supported by the lab (no CORS "
+                             "filter); ignored")
+            else:
+                ref = (item.get("extensionRef") or {}) if isinstance(item, dict) else {}
+                what = (f"ExtensionRef {ref.get('group', '')}/{ref.get('kind', '')} "
+                        f"{ref.get('name', '')}" if kind == "ExtensionRef" else f"filter {kind}")
+                scope.report(item_where, f"{what} cannot be applied by the lab; requests "
+                             "matching this rule answer 500")
+                return {"direct_response": {"status": 500}}
+        if redirect is not None:
+            route["redirect"] = self.redirect(redirect, rule, f"{where} requestRedirect")
+            return route
+        action = self.backends(rule, route, where)
+        if action is None:
+            return {**route, "direct_response": {"status": 500}}
+        if rewrite is not None:
+            self.rewrite(action, rewrite, rule, f"{where} urlRewrite")
+        if mirrors:
+            action["request_mirror_policies"] = mirrors
+        retry = self.retry(rule.get("retry"), where)
+        _gateway_timeouts(action, retry, rule, where)
+        if retry is not None:
+            action["retry_policy"] = retry
+        route["route"] = action
+        return route
+
+    def backends(self, rule: dict, route: dict, where: str) -> dict | None:
+        """backendRefs -> `cluster` or `weighted_clusters` (zero weights left out); None when
+        no request can reach a backend (no backendRefs, or every weight 0): 500."""
+        refs = rule.get("backendRefs") or []
+        if not refs:
+            self.scope.report(where, "has no backendRefs; requests matching it answer 500")
+            return None
+        entries, invalid = [], False
+        for j, ref in enumerate(refs):
+            ref_where = f"{where} backendRefs[{j}]"
+            weight = ref.get("weight", 1) if isinstance(ref, dict) else None
+            if isinstance(weight, bool) or not isinstance(weight, int) or \
+                    not 0 <= weight <= 1_000_000:
+                raise BadInput(f"{ref_where}.weight", weight, "must be a whole number from 0 "
+                               "to 1000000")
+            cluster = self.backend(ref, ref_where)  # built even at weight 0, ready for traffic
+            if weight == 0:
+                continue
+            invalid = invalid or cluster is None
+            entry: dict[str, Any] = {"name": cluster or f"{INVALID_BACKEND}{j}",
+                                     "weight": weight}
+            for i, item in enumerate(ref.get("filters") or []):
+                kind = item.get("type") if isinstance(item, dict) else None
+                key = {"RequestHeaderModifier": "request",
+                       "ResponseHeaderModifier": "response"}.get(kind or "")
+                if key is None:
+                    self.scope.report(f"{ref_where} filters[{i}]", f"filter {kind} on a "
+                                      "backendRef is not supported by the lab; ignored")
+                    continue
+                _merge_headers(entry, _gateway_headers(item.get(f"{key}HeaderModifier"), key,
+                                                       f"{ref_where} filters[{i}]", self.scope))
+            entries.append(entry)
+        if not entries:
+            self.scope.report(where, "every backendRef has weight 0; requests matching it "
+                              "answer 500")
+            return None
+        action: dict[str, Any] = {}
+        if len(entries) == 1:
+            entry = entries[0]
+            action["cluster"] = entry.pop("name")
+            entry.pop("weight")
+            _merge_headers(route, entry)
+        else:
+            action["weighted_clusters"] = {"clusters": entries}
+        if invalid:
+            action["cluster_not_found_response_code"] = "INTERNAL_SERVER_ERROR"
+        return action
+
+    def retry(self, retry: Any, where: str) -> dict | None:
+        """istiod's default retry policy, as for a VirtualService route without `retries`; the
+        experimental channel's `retry` (attempts, codes, backoff) replaces it."""
+        if retry is None:
+            return _retry_policy(None, False, where)
+        if not isinstance(retry, dict):
+            raise BadInput(f"{where}.retry", retry, "must be an object")
+        attempts = retry.get("attempts", 0)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise BadInput(f"{where}.retry.attempts", attempts, "must be a whole number >= 0")
+        if attempts == 0:
+            return None
+        out = _retry_policy(None, False, where) or {}
+        out["num_retries"] = attempts
+        if retry.get("codes"):
+            out["retriable_status_codes"] = list(retry["codes"])
+        if retry.get("backoff") is not None:
+            base = _gateway_seconds(retry["backoff"], f"{where}.retry.backoff")
+            out["retry_back_off"] = {"base_interval": _seconds_text(base)}
+        return out
+
+    def redirect(self, redirect: dict, rule: dict, where: str) -> dict:
+        code = redirect.get("statusCode", 302)
+        if code not in GATEWAY_REDIRECT_CODES:
+            raise BadInput(f"{where}.statusCode", code, "must be 301, 302, 303, 307 or 308")
+        out: dict[str, Any] = {"response_code": GATEWAY_REDIRECT_CODES[code]}
+        if redirect.get("scheme"):
+            out["scheme_redirect"] = redirect["scheme"]
+        if redirect.get("hostname"):
+            out["host_redirect"] = redirect["hostname"]
+        if redirect.get("port"):
+            out["port_redirect"] = redirect["port"]
+        self._path(out, redirect.get("path"), rule, where, full_key="path_redirect")
+        return out
+
+    def rewrite(self, action: dict, rewrite: dict, rule: dict, where: str) -> None:
+        if rewrite.get("hostname"):
+            action["host_rewrite_literal"] = rewrite["hostname"]
+        self._path(action, rewrite.get("path"), rule, where, full_key=None)
+
+    def _path(self, out: dict, path: Any, rule: dict, where: str, full_key: str | None) -> None:
+        """ReplaceFullPath / ReplacePrefixMatch of a redirect or a rewrite."""
+        if not path:
+            return
+        kind = path.get("type")
+        if kind == "ReplaceFullPath":
+            value = path.get("replaceFullPath", "/")
+            if full_key is not None:
+                out[full_key] = value
+            else:
+                out["regex_rewrite"] = {"pattern": {"regex": "^/.*$"}, "substitution": value}
+            return
+        if kind != "ReplacePrefixMatch":
+            raise BadInput(f"{where}.path.type", kind, "must be ReplaceFullPath or "
+                           "ReplacePrefixMatch")
+        matches = rule.get("matches") or [{}]
+        prefix_path = (matches[0].get("path") or {}) if len(matches) == 1 else {}
+        if prefix_path.get("type", "PathPrefix") != "PathPrefix" or len(matches) != 1:
+            raise BadInput(f"{where}.path", path, "ReplacePrefixMatch needs exactly one "
+                           "PathPrefix match")
+        prefix = str(prefix_path.get("value", "/")).rstrip("/")
+        value = path.get("replacePrefixMatch", "/")
+        if value == "/" and prefix:  # `/api/x` -> `/x`, never `//x`
+            out["regex_rewrite"] = {"pattern": {"regex": f"^{re.escape(prefix)}/*"},
+                                    "substitution": "/"}
+        else:
+            out["prefix_rewrite"] = value.rstrip("/") if prefix else value
+
+
+def _gateway_timeouts(action: dict, retry: dict | None, rule: dict, where: str) -> None:
+    """`timeouts.request` is Envoy's route timeout (the whole request, retries included).
+    `timeouts.backendRequest` bounds one call to a backend: with the route's own `retry` it is
+    each try's per_try_timeout; without, it becomes the route timeout when it is shorter (as
+    istiod does), since every try then shares the one timeout. "0s" or unset: no timeout."""
+    timeouts = rule.get("timeouts") or {}
+    request = backend = 0.0
+    if timeouts.get("request") is not None:
+        request = _gateway_seconds(timeouts["request"], f"{where} timeouts.request")
+    if timeouts.get("backendRequest") is not None:
+        backend = _gateway_seconds(timeouts["backendRequest"],
+                                   f"{where} timeouts.backendRequest")
+    timeout = request
+    if backend:
+        if retry is not None and rule.get("retry"):
+            retry["per_try_timeout"] = _seconds_text(backend)
+        elif not request or backend < request:
+            timeout = backend
+    action["timeout"] = _seconds_text(timeout)
+
+
+def _route_parents(route: dict, where: str, gateway: _Gateway) -> list[str]:
+    """The Service hosts an HTTPRoute is bound to (GAMMA parentRefs); the rest is reported."""
+    scope = gateway.scope
+    spec = route.get("spec") or {}
+    refs = spec.get("parentRefs") or []
+    if not refs:
+        scope.report(where, "has no parentRefs; it is bound to nothing")
+    hosts = []
+    for i, ref in enumerate(refs):
+        ref_where = f"{where} parentRefs[{i}]"
+        if not isinstance(ref, dict):
+            raise BadInput(ref_where, ref, "must be an object")
+        group, kind = ref.get("group", GATEWAY_GROUP), ref.get("kind", "Gateway")
+        name = ref.get("name")
+        if (group, kind) != ("", "Service"):
+            what = ("a Gateway (north-south); the lab routes only mesh traffic"
+                    if (group, kind) == (GATEWAY_GROUP, "Gateway")
+                    else f"a {kind} of group {group!r}, which the lab does not serve")
+            scope.report(ref_where, f"{name} is {what}; this parent is left out")
+            continue
+        if ref.get("namespace") not in (None, scope.namespace):
+            scope.report(ref_where, f"Service {ref['namespace']}/{name} is in another "
+                         "namespace; the lab routes one namespace, this parent is left out")
+            continue
+        if name not in gateway.services:
+            scope.report(ref_where, f"Service {name} does not exist; this parent is left out")
+            continue
+        if ref.get("port") not in (None, scope.service_port):
+            scope.report(ref_where, f"port {ref['port']} of Service {name} is not served in "
+                         "the lab; this parent is left out")
+            continue
+        if ref.get("sectionName"):
+            scope.report(ref_where, "sectionName is not supported by the lab; the route "
+                         f"applies to every port of Service {name}")
+        hosts.append(host_fqdn(name, scope.namespace))
+    if spec.get("hostnames") and hosts:
+        scope.report(where, "hostnames do not apply to a route bound to a Service; ignored")
+    return list(dict.fromkeys(hosts))
+
+
+def _route_order(route: dict) -> tuple[str, str, str]:
+    """Ties between routes: the oldest first, then by namespace/name (the Gateway API's)."""
+    meta = route.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or ""), str(meta.get("namespace") or ""),
+            str(meta.get("name") or ""))
+
+
+def _mesh_hosts(http_routes: list[dict], gateway: _Gateway) -> dict[str, _MeshHost]:
+    """Service host -> its Envoy routes, from every HTTPRoute bound to that Service. A rule
+    that cannot be translated is reported and left out; the other rules still route."""
+    scope = gateway.scope
+    hosts: dict[str, _MeshHost] = {}
+    sequence = 0
+    for route in sorted(http_routes, key=_route_order):
+        where = _object_name(route, "HTTPRoute", scope.namespace)
+        meta = route.get("metadata") or {}
+        try:
+            parents = _route_parents(route, where, gateway)
+        except BadInput as err:
+            scope.report(where, f"{err}; the route is left out")
+            continue
+        if not parents:
+            continue
+        rules = (route.get("spec") or {}).get("rules")
+        for index, rule in enumerate(rules if rules is not None else [{}]):
+            rule = rule if isinstance(rule, dict) else {}
+            label = rule.get("name") or str(index)
+            rule_where = f"{where} rules[{index}]" + (f" ({rule['name']})" if rule.get("name")
+                                                      else "")
+            matches = rule.get("matches") or [{}]
+            try:
+                fields_ = gateway.action(rule, rule_where)
+                built = [(_precedence(m), _gateway_match(m, f"{rule_where} matches[{k}]"))
+                         for k, m in enumerate(matches)]
+            except BadInput as err:
+                scope.report(rule_where, f"{err}; the rule is left out")
+                continue
+            for k, (rank, match) in enumerate(built):
+                name = f"{meta.get('namespace', scope.namespace)}.{meta.get('name')}.{label}"
+                envoy_route = {"name": name if len(built) == 1 else f"{name}.{k}",
+                               "match": match, **copy.deepcopy(fields_)}
+                for host in parents:
+                    mesh = hosts.setdefault(host, _MeshHost())
+                    mesh.entries.append(((*rank, sequence), copy.deepcopy(envoy_route),
+                                         rule_where))
+                    if where not in mesh.owners:
+                        mesh.owners.append(where)
+                sequence += 1
+    return hosts
+
+
 # ---------------------------------------------------------------- listener
 
 
@@ -796,12 +1309,21 @@ def _object_name(obj: dict, kind: str, namespace: str) -> str:
 
 
 def _virtual_hosts(
-    virtual_services: list[dict], service_hosts: list[str], scope: _Scope
+    virtual_services: list[dict],
+    service_hosts: list[str],
+    scope: _Scope,
+    mesh_hosts: Mapping[str, _MeshHost] | None = None,
 ) -> list[dict]:
-    """One virtual host per VirtualService, then a default one per service without any."""
+    """One virtual host per VirtualService, then one per Service host that HTTPRoutes route,
+    then a default one per service without any.
+
+    A host that both a VirtualService and HTTPRoutes route keeps the VirtualService's routes
+    (what the Istio path always did); the HTTPRoutes are left out for it and reported, so the
+    conflict is never silent.
+    """
     hosts_out: list[dict] = []
     taken: set[str] = set()
-    covered: set[str] = set()
+    covered: dict[str, str] = {}
 
     def add(name: str, domains: list[str], routes: list[dict], where: str) -> None:
         fresh = [d for d in dict.fromkeys(domains) if d not in taken]
@@ -834,7 +1356,19 @@ def _virtual_hosts(
         full_hosts = [host_fqdn(h, scope.namespace) for h in hosts]
         domains = [d for h in full_hosts for d in _domains(h, scope.namespace, scope.service_port)]
         add(f"{full_hosts[0]}:{scope.service_port}", domains, routes, where)
-        covered.update(full_hosts)
+        for host in full_hosts:
+            covered.setdefault(host, where)
+    for host, mesh in (mesh_hosts or {}).items():
+        owners = ", ".join(mesh.owners)
+        if host in covered:
+            for owner in mesh.owners:
+                scope.report(owner, f"{host} is also routed by {covered[host]}; the lab keeps "
+                             "the VirtualService's routes and leaves the HTTPRoute's out for it "
+                             "(delete one of them)")
+            continue
+        domains = _domains(host, scope.namespace, scope.service_port)
+        add(f"{host}:{scope.service_port}", domains, mesh.routes(scope), owners)
+        covered[host] = owners
     for host in service_hosts:
         if host not in covered:
             domains = _domains(host, scope.namespace, scope.service_port)
@@ -1168,18 +1702,31 @@ def translate(
     listener_port: int,
     namespace: str = "default",
     service_port: int = 9080,
+    http_routes: list[dict] | None = None,
+    services: Mapping[str, ServiceBackend] | None = None,
 ) -> Translation:
-    """Translate the Istio objects as istiod would for one sidecar in `namespace`.
+    """Translate the Istio objects, and the mesh-bound (GAMMA) HTTPRoutes, as istiod would for
+    one sidecar in `namespace`.
 
     `endpoints` maps (service short name, subset name) to that subset's replicas; the lab
-    resolves subset labels against its Deployments. Raises BadInput on malformed objects.
+    resolves subset labels against its Deployments. `services` maps Service names to their
+    ports and selected replicas: the parents and backends of `http_routes`. Without HTTPRoutes
+    the translation is the Istio one alone. Raises BadInput on malformed Istio objects; an
+    HTTPRoute rule that cannot be translated is reported and left out.
     """
     scope = _Scope(namespace=namespace, service_port=service_port, rules={})
     scope.rules = _rules_by_host(destination_rules, scope)
+    mesh_hosts: dict[str, _MeshHost] = {}
+    if http_routes:
+        gateway = _Gateway(services or {}, scope)
+        mesh_hosts = _mesh_hosts(http_routes, gateway)
+        endpoints = dict(endpoints)
+        for name in sorted(gateway.used):  # a backend's cluster is its Service's, as any
+            endpoints.setdefault((name, ""), list(gateway.services[name].endpoints))
     service_hosts = list(
         dict.fromkeys([host_fqdn(short, namespace) for short, _ in endpoints] + list(scope.rules))
     )
-    virtual_hosts = _virtual_hosts(virtual_services, service_hosts, scope)
+    virtual_hosts = _virtual_hosts(virtual_services, service_hosts, scope, mesh_hosts)
     for _port, _subset, host, where in scope.wanted:
         if host not in service_hosts and "*" not in host:
             scope.report(where, f"{host} has no replicas in the lab (503)")

@@ -2,11 +2,12 @@
 
 Rehearsing a rollout needs something real to roll out on. `up` starts, in this order and each
 with its own log file in the data dir: the local Kubernetes API server (seeded with the demo
-service `reviews`), one HTTP process per replica of each version, the control plane, a real
-Envoy, a real Prometheus scraping every replica and Envoy every second, and the load
-generator. It returns once every part is healthy; a part that fails is named with its log,
-and what was started is stopped. The state file (`lab.json`) lists every PID, so `down` stops
-them by PID from any shell, and a second `up` on a running lab is refused.
+service `reviews`, routed by Istio or, with `--router gateway-api`, by a Gateway API
+HTTPRoute over one Service per version), one HTTP process per replica of each version, the
+control plane, a real Envoy, a real Prometheus scraping every replica and Envoy every second,
+and the load generator. It returns once every part is healthy; a part that fails is named with
+its log, and what was started is stopped. The state file (`lab.json`) lists every PID, so
+`down` stops them by PID from any shell, and a second `up` on a running lab is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from canarykit.lab.loadgen import DEFAULT_MIX, LoadStats, parse_mix
 from canarykit.mesh.istio import ISTIO_GROUP
 
 STATE_FILE = "lab.json"
+ISTIO_ROUTER, GATEWAY_API_ROUTER = "istio", "gateway-api"
+ROUTERS = (ISTIO_ROUTER, GATEWAY_API_ROUTER)
+GATEWAY_GROUP, GATEWAY_VERSION = controlplane.GATEWAY_GROUP, controlplane.GATEWAY_VERSION
 DEFAULT_DATA_DIR = ".canarykit-lab"
 # What `up` removes before starting afresh (only these: the data dir may hold other files).
 RUN_PATHS = ("apiserver", "xds", "history", "prometheus", "run", "kubeconfig",
@@ -120,9 +124,18 @@ class LabConfig:
     keep_config_history: bool = False  # every config written, kept for `envoy --mode validate`
     validate_configs: bool = False  # the control plane runs `envoy --mode validate` per write
     prometheus: str = ""  # the prometheus binary ("" = on PATH or /usr/bin/prometheus)
+    # What routes the demo service: an Istio VirtualService and DestinationRule subsets, or a
+    # Gateway API HTTPRoute (GAMMA) over one Service per version (`reviews-v1`, `reviews-v2`).
+    router: str = ISTIO_ROUTER
+
+    @property
+    def gateway_api(self) -> bool:
+        return self.router == GATEWAY_API_ROUTER
 
     def validate(self) -> LabConfig:
         """Refuse settings that cannot work, before anything starts."""
+        if self.router not in ROUTERS:
+            raise BadInput("router", self.router, f"must be one of {', '.join(ROUTERS)}")
         check_dns_label("service", self.service)
         check_dns_label("namespace", self.namespace)
         if not isinstance(self.data_dir, str) or not self.data_dir:
@@ -463,6 +476,31 @@ def seed_deployment(cfg: LabConfig, version: str) -> dict:
                                       "ports": [{"containerPort": cfg.service_port}]}]}}}}
 
 
+def seed_version_service(cfg: LabConfig, version: str) -> dict:
+    """The Service of one version (`reviews-v2`), for the Gateway API router's backendRefs."""
+    service = seed_service(cfg)
+    name = f"{cfg.service}-{version}"
+    service["metadata"] = {"name": name, "namespace": cfg.namespace,
+                           "labels": _labels(cfg, version)}
+    service["spec"]["selector"] = _labels(cfg, version)
+    return service
+
+
+def seed_http_route(cfg: LabConfig) -> dict:
+    """Bound to the Service (GAMMA): everything to v1 on the rule `primary`, which already holds
+    v2 at weight 0, as the seeded VirtualService does for the Istio router."""
+    backends = [{"group": "", "kind": "Service", "name": f"{cfg.service}-{v}",
+                 "port": cfg.service_port, "weight": 100 if v == "v1" else 0}
+                for v in ("v1", "v2")]
+    return {"apiVersion": f"{GATEWAY_GROUP}/{GATEWAY_VERSION}", "kind": "HTTPRoute",
+            "metadata": {"name": cfg.service, "namespace": cfg.namespace},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": cfg.service,
+                                     "port": cfg.service_port}],
+                     "rules": [{"name": "primary",
+                                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "backendRefs": backends}]}}
+
+
 def seed_destination_rule(cfg: LabConfig) -> dict:
     """Subsets for every version, selected by the `version` label."""
     return {"apiVersion": f"{ISTIO_GROUP}/v1", "kind": "DestinationRule",
@@ -500,10 +538,17 @@ def seed(state: LabState, cfg: LabConfig) -> None:
             core.create_namespace({"apiVersion": "v1", "kind": "Namespace",
                                    "metadata": {"name": cfg.namespace}})
         core.create_namespaced_service(cfg.namespace, seed_service(cfg))
+        if cfg.gateway_api:
+            for version in cfg.versions:
+                core.create_namespaced_service(cfg.namespace, seed_version_service(cfg, version))
         apps = client.AppsV1Api(api)
         for version in cfg.versions:
             apps.create_namespaced_deployment(cfg.namespace, seed_deployment(cfg, version))
         custom = client.CustomObjectsApi(api)
+        if cfg.gateway_api:
+            custom.create_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, cfg.namespace,
+                                                   "httproutes", seed_http_route(cfg))
+            return
         for plural, body in (("destinationrules", seed_destination_rule(cfg)),
                              ("virtualservices", seed_virtual_service(cfg))):
             custom.create_namespaced_custom_object(ISTIO_GROUP, "v1", cfg.namespace, plural,
@@ -618,11 +663,16 @@ def _start_workloads(state: LabState, cfg: LabConfig) -> None:
     run = Path(state.data_dir) / "run"
     started = []
     for version, settings in cfg.versions.items():
+        # With the Gateway API router each version is a Service of its own: its replicas
+        # report it as destination_service_name (reviews-v2), as Istio's proxies would.
+        identity = ["--service", f"{cfg.service}-{version}", "--app", cfg.service] \
+            if cfg.gateway_api else ["--service", cfg.service]
         for replica in range(settings.replicas):
             name = f"{cfg.service}-{version}-{replica}"
             ready_file = run / f"{name}.port"
             argv = _python(
-                "workload", "--service", cfg.service, "--namespace", cfg.namespace,
+                "workload", *identity, "--workload", f"{cfg.service}-{version}",
+                "--namespace", cfg.namespace,
                 "--version", version, "--replica", str(replica), "--port", "0",
                 "--error-rate", str(settings.error_rate),
                 "--error-status", str(settings.error_status),
@@ -809,6 +859,7 @@ def status(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, Any]:
         "envoy_admin_url": state.envoy_admin_url,
         "loadgen_url": state.loadgen_url,
         "apiserver_url": state.apiserver_url,
+        "router": state.config.get("router", ISTIO_ROUTER),
         "config_version": (controlplane.read_status(state.config_dir) or {}).get("version"),
         "parts": parts,
     }
@@ -873,27 +924,38 @@ def wait_for_routing(state: LabState, resource_versions: Mapping[str, int] | Non
         time.sleep(0.01)
 
 
+def _reset_object(custom: client.CustomObjectsApi, group: str, version: str, plural: str,
+                  seed_object: dict) -> None:
+    """Replace the object by its seed (keeping metadata but canarykit's annotations), unless
+    that changes nothing."""
+    namespace, name = seed_object["metadata"]["namespace"], seed_object["metadata"]["name"]
+    current = custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+    meta = dict(current["metadata"])
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not k.startswith(ANNOTATION_PREFIX)}
+    meta["annotations"] = annotations or None
+    body = {**seed_object, "apiVersion": f"{group}/{version}",
+            "metadata": {k: v for k, v in meta.items() if v is not None}}
+    if body != {**current, "apiVersion": body["apiVersion"]}:
+        custom.replace_namespaced_custom_object(group, version, namespace, plural, name, body)
+
+
 def reset(state: LabState, *, wait: bool = True) -> str | None:
-    """Back to the seed: VirtualService and DestinationRule (no rollout annotations), Deployment
-    replicas, each replica's configured behaviour, and fresh load generator counts."""
+    """Back to the seed: the route (VirtualService and DestinationRule, or the HTTPRoute;
+    no rollout annotations), Deployment replicas, each replica's configured behaviour, and
+    fresh load generator counts."""
     cfg = LabConfig.from_dict(state.config)
     api = _api(state)
     try:
-        istio_version = _istio_version(api)
         custom = client.CustomObjectsApi(api)
-        for plural, seed_object in (("virtualservices", seed_virtual_service(cfg)),
-                                    ("destinationrules", seed_destination_rule(cfg))):
-            current = custom.get_namespaced_custom_object(
-                ISTIO_GROUP, istio_version, cfg.namespace, plural, cfg.service)
-            meta = dict(current["metadata"])
-            annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                           if not k.startswith(ANNOTATION_PREFIX)}
-            meta["annotations"] = annotations or None
-            body = {**seed_object, "apiVersion": f"{ISTIO_GROUP}/{istio_version}",
-                    "metadata": {k: v for k, v in meta.items() if v is not None}}
-            if body != {**current, "apiVersion": body["apiVersion"]}:
-                custom.replace_namespaced_custom_object(
-                    ISTIO_GROUP, istio_version, cfg.namespace, plural, cfg.service, body)
+        if cfg.gateway_api:
+            _reset_object(custom, GATEWAY_GROUP, GATEWAY_VERSION, "httproutes",
+                          seed_http_route(cfg))
+        else:
+            istio_version = _istio_version(api)
+            for plural, seed_object in (("virtualservices", seed_virtual_service(cfg)),
+                                        ("destinationrules", seed_destination_rule(cfg))):
+                _reset_object(custom, ISTIO_GROUP, istio_version, plural, seed_object)
         apps = client.AppsV1Api(api)
         for version, settings in cfg.versions.items():
             name = f"{cfg.service}-{version}"
@@ -986,6 +1048,10 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log-normal sigma of a version's latency (repeatable)")
     parser.add_argument("--start-timeout", type=float, default=None,
                         help="seconds each part may take to become healthy (default 60)")
+    parser.add_argument("--router", choices=ROUTERS, default=None,
+                        help="what routes the demo service: istio (a VirtualService and "
+                        "DestinationRule subsets, the default) or gateway-api (an HTTPRoute "
+                        "bound to the Service, one Service per version)")
     parser.add_argument("--output", choices=("text", "json"), default="text")
 
 
@@ -1012,7 +1078,7 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
     if getattr(args, "data_dir", None):
         cfg.data_dir = args.data_dir
     for flag in ("apiserver_port", "envoy_port", "envoy_admin_port", "prometheus_port",
-                 "loadgen_port", "rate", "mix", "sessions"):
+                 "loadgen_port", "rate", "mix", "sessions", "router"):
         value = getattr(args, flag, None)
         if value is not None:
             setattr(cfg, flag, value)
@@ -1033,6 +1099,7 @@ def run_up(args: argparse.Namespace) -> int:
         print(json.dumps(status(state.data_dir), indent=2))
         return 0
     print(f"lab is up in {state.data_dir}")
+    print(f"router:      {state.config.get('router', ISTIO_ROUTER)}")
     print(f"kubeconfig:  {state.kubeconfig}")
     print(f"prometheus:  {state.prometheus_url}")
     print(f"envoy:       {state.envoy_url}  (admin {state.envoy_admin_url})")
@@ -1071,7 +1138,7 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"no lab in {report['data_dir']}")
     else:
         print(f"lab in {report['data_dir']}: {'healthy' if report['healthy'] else 'NOT healthy'}")
-        for key in ("kubeconfig", "prometheus_url", "envoy_url", "envoy_admin_url",
+        for key in ("router", "kubeconfig", "prometheus_url", "envoy_url", "envoy_admin_url",
                     "loadgen_url", "config_version"):
             print(f"  {key + ':':17} {report[key]}")
         for part in report["parts"]:

@@ -26,7 +26,9 @@ RETRY_ON_POLICIES = frozenset({
     "http3-post-connect-failure", "reset-before-request",
 })
 HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-MANAGED_FIELDS = {"VirtualService": ("http",), "DestinationRule": ("trafficPolicy", "subsets")}
+# The spec fields canarykit changes, per kind it changes (Gateway API routes: their rules).
+MANAGED_FIELDS = {"VirtualService": ("http",), "DestinationRule": ("trafficPolicy", "subsets"),
+                  "HTTPRoute": ("rules",), "GRPCRoute": ("rules",)}
 
 
 @functools.cache
@@ -85,7 +87,7 @@ def object_ref(obj: dict) -> str:
 def _managed_names(obj: dict) -> tuple[str, ...]:
     kind = obj.get("kind") if isinstance(obj, dict) else None
     if kind not in MANAGED_FIELDS:
-        raise BadInput("kind", kind, "canarykit manages only VirtualService and DestinationRule")
+        raise BadInput("kind", kind, f"canarykit manages only {', '.join(MANAGED_FIELDS)}")
     return MANAGED_FIELDS[kind]
 
 

@@ -1,9 +1,12 @@
 """The offline analyzer: check VirtualService and DestinationRule objects the way Istio's
-validating webhook and `istioctl analyze` would, before anything reaches a cluster.
+validating webhook and `istioctl analyze` would, and Gateway API HTTPRoutes and GRPCRoutes the
+way the API server's schema and CEL rules would, before anything reaches a cluster.
 
-`validate_object` makes the single-object checks (what the webhook rejects, plus warnings);
-`analyze` adds the checks that need several objects (a route naming a subset that no
-DestinationRule defines). Messages carry Istio's codes where the check is Istio's own.
+`validate_object` makes the single-object checks (what the webhook or the API server rejects,
+plus warnings); `analyze` adds the checks that need several objects (a route naming a subset
+that no DestinationRule defines, a backend Service that is not there, one workload routed by
+both a VirtualService and an HTTPRoute). Messages carry Istio's codes where the check is
+Istio's own (IST0106 for any schema error), canarykit's CK codes otherwise.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ from canarykit.core import yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, ExitCode, exit_code_for
 from canarykit.core.names import host_fqdn as _host_fqdn
-from canarykit.core.names import is_dns1123_label, is_header_name
+from canarykit.core.names import is_dns1123_label, is_dns1123_subdomain, is_header_name
+from canarykit.mesh.gateway import (
+    GATEWAY_GROUP,
+    MATCH_TYPES,
+    MAX_CONDITIONS,
+    MAX_MATCHES,
+    MAX_RULES,
+    MAX_TOTAL_MATCHES,
+    MAX_WEIGHT,
+    duration_seconds,
+)
 from canarykit.mesh.istio import API_VERSIONS, HASH_KEYS, KINDS, RETRY_ON_POLICIES
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
@@ -36,6 +49,24 @@ INEFFECTIVE_MATCH = "IST0131"  # VirtualServiceIneffectiveMatch
 CONFLICTING_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
 WEIGHT_SUM = "CK0001"  # canarykit's own: weights of a split do not sum to 100
 HEADER_TOKEN = "CK0002"  # canarykit's own: a header name Envoy would refuse, Istio lets through
+MIXED_ROUTERS = "CK0003"  # canarykit's own: a workload routed by a VirtualService and an HTTPRoute
+NO_TRAFFIC = "CK0004"  # canarykit's own: a Gateway API rule whose backend weights are all 0
+UNREACHABLE_ROUTE_RULE = "CK0005"  # canarykit's own: a Gateway API rule repeating earlier matches
+
+# Gateway API (v1.6.1 standard channel): the versions served per kind, and per filter type the
+# field that type needs (every other type's field must be absent).
+ROUTE_API_VERSIONS = {
+    "HTTPRoute": (f"{GATEWAY_GROUP}/v1", f"{GATEWAY_GROUP}/v1beta1"),
+    "GRPCRoute": (f"{GATEWAY_GROUP}/v1",),
+}
+GRPC_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier",
+                "ResponseHeaderModifier": "responseHeaderModifier",
+                "RequestMirror": "requestMirror", "ExtensionRef": "extensionRef"}
+HTTP_FILTERS = {**GRPC_FILTERS, "RequestRedirect": "requestRedirect", "URLRewrite": "urlRewrite",
+                "CORS": "cors"}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+PATH_MATCH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
+_HOSTNAME = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 GRPC_STATUSES = frozenset({
     "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -773,6 +804,256 @@ def _check_connection_pool(value: Any, path: str, out: list[_Finding]) -> None:
                 _check_duration(keepalive.get(part), f"{path}.http.http2KeepAlive.{part}", out)
 
 
+# --- Gateway API: HTTPRoute and GRPCRoute ----------------------------------------------------
+
+
+def _max_items(items: list, limit: int, path: str, out: list[_Finding]) -> None:
+    if len(items) > limit:
+        out.append(_bad(path, f"must have at most {limit} items", len(items)))
+
+
+def _check_route(spec: dict, out: list[_Finding], *, grpc: bool) -> None:
+    """What the CRD's schema and CEL rules refuse, plus rules that serve or match nothing."""
+    parents = _as_list(spec.get("parentRefs"), "spec.parentRefs", out)
+    _max_items(parents, 32, "spec.parentRefs", out)
+    for i, parent in enumerate(parents):
+        parent = _as_dict(parent, f"spec.parentRefs[{i}]", out)
+        if not parent.get("name"):
+            out.append(_bad(f"spec.parentRefs[{i}].name", "is required"))
+    hostnames = _as_list(spec.get("hostnames"), "spec.hostnames", out)
+    _max_items(hostnames, 16, "spec.hostnames", out)
+    for i, hostname in enumerate(hostnames):
+        hostname = _as_str(hostname, f"spec.hostnames[{i}]", out)
+        if hostname is not None and (len(hostname) > 253 or not _HOSTNAME.fullmatch(hostname)):
+            out.append(_bad(f"spec.hostnames[{i}]", "must be a lower-case DNS name, optionally "
+                            "starting with *.", hostname))
+    rules = _as_list(spec.get("rules"), "spec.rules", out)
+    if "rules" in spec and isinstance(spec["rules"], list) and not rules and not grpc:
+        out.append(_bad("spec.rules", "must have at least one rule"))
+    _max_items(rules, MAX_RULES, "spec.rules", out)
+    total = 0
+    first_index: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        path = f"spec.rules[{i}]"
+        rule = _as_dict(rule, path, out)
+        matches = rule.get("matches")
+        total += len(matches) if isinstance(matches, list) else 0 if grpc else 1
+        name = _as_str(rule.get("name"), f"{path}.name", out)
+        if name is not None and (len(name) > 253 or not is_dns1123_subdomain(name)):
+            out.append(_bad(f"{path}.name", "must be a DNS-1123 subdomain (a-z, 0-9, '-' and "
+                            "'.')", name))
+        elif name is not None and name in first_index:
+            out.append(_bad(f"{path}.name", f"duplicates spec.rules[{first_index[name]}].name "
+                            "(rule names must be unique within a route)", name))
+        elif name is not None:
+            first_index[name] = i
+        _check_route_rule(rule, path, out, grpc=grpc)
+    if total > MAX_TOTAL_MATCHES:
+        out.append(_bad("spec.rules", f"must have at most {MAX_TOTAL_MATCHES} matches across "
+                        "all rules", total))
+    out.extend(_unreachable_route_rules(rules, grpc))
+
+
+def _check_route_rule(rule: dict, path: str, out: list[_Finding], *, grpc: bool) -> None:
+    matches = _as_list(rule.get("matches"), f"{path}.matches", out)
+    _max_items(matches, MAX_MATCHES, f"{path}.matches", out)
+    for k, match in enumerate(matches):
+        _check_route_match(match, f"{path}.matches[{k}]", out, grpc=grpc)
+    _check_route_filters(rule.get("filters"), f"{path}.filters", out, grpc=grpc)
+    refs = _as_list(rule.get("backendRefs"), f"{path}.backendRefs", out)
+    _max_items(refs, 16, f"{path}.backendRefs", out)
+    weights = []
+    for j, ref in enumerate(refs):
+        ref_path = f"{path}.backendRefs[{j}]"
+        weights.append(_check_backend_ref(ref, ref_path, out, weighted=True))
+        if isinstance(ref, dict) and "filters" in ref:
+            _check_route_filters(ref["filters"], f"{ref_path}.filters", out, grpc=grpc)
+    if refs and all(weight == 0 for weight in weights):
+        out.append(_Finding(WARNING, NO_TRAFFIC, f"{path}.backendRefs: all weights are zero; "
+                            "the rule sends its requests nowhere (clients get errors)"))
+    if "timeouts" in rule and not grpc:
+        _check_route_timeouts(rule["timeouts"], f"{path}.timeouts", out)
+
+
+def _check_route_match(match: Any, path: str, out: list[_Finding], *, grpc: bool) -> None:
+    match = _as_dict(match, path, out)
+    for field, longest in (("headers", 4096), ("queryParams", 1024)):
+        if field not in match or (grpc and field == "queryParams"):
+            continue
+        conditions = _as_list(match[field], f"{path}.{field}", out)
+        _max_items(conditions, MAX_CONDITIONS, f"{path}.{field}", out)
+        for n, condition in enumerate(conditions):
+            _check_route_condition(condition, f"{path}.{field}[{n}]", out, longest)
+    if grpc:
+        method = _as_dict(match.get("method"), f"{path}.method", out)
+        kind = method.get("type", "Exact")
+        if kind not in MATCH_TYPES:
+            out.append(_bad(f"{path}.method.type", "must be Exact or RegularExpression", kind))
+        if method and "service" not in method and "method" not in method:
+            out.append(_bad(f"{path}.method", "must set service, method or both"))
+        for field in ("service", "method"):
+            text = _as_str(method.get(field), f"{path}.method.{field}", out)
+            if kind == "RegularExpression" and text and _regex_problem(text):
+                out.append(_bad(f"{path}.method.{field}", "is not a valid RE2 regular "
+                                f"expression: {_cut(_regex_problem(text))}", text))
+        return
+    if "method" in match and match["method"] not in HTTP_METHODS:
+        out.append(_bad(f"{path}.method", f"must be one of {', '.join(HTTP_METHODS)}",
+                        match["method"]))
+    if "path" in match:
+        path_match = _as_dict(match["path"], f"{path}.path", out)
+        kind = path_match.get("type", "PathPrefix")
+        value = _as_str(path_match.get("value", "/"), f"{path}.path.value", out)
+        if kind not in PATH_MATCH_TYPES:
+            out.append(_bad(f"{path}.path.type", f"must be one of {', '.join(PATH_MATCH_TYPES)}",
+                            kind))
+        elif value is not None and len(value) > 1024:
+            out.append(_bad(f"{path}.path.value", "must be at most 1024 characters", len(value)))
+        elif value is not None and kind != "RegularExpression" and not value.startswith("/"):
+            out.append(_bad(f"{path}.path.value", "must be an absolute path starting with /",
+                            value))
+        elif value is not None and kind == "RegularExpression" and _regex_problem(value):
+            out.append(_bad(f"{path}.path.value", "is not a valid RE2 regular expression: "
+                            f"{_cut(_regex_problem(value))}", value))
+
+
+def _check_route_condition(value: Any, path: str, out: list[_Finding], longest: int) -> None:
+    """A header or query parameter match: `{name, value, type}`."""
+    condition = _as_dict(value, path, out)
+    name = condition.get("name")
+    if name is None or name == "":
+        out.append(_bad(f"{path}.name", "is required"))
+    elif not isinstance(name, str) or len(name) > 256 or not is_header_name(name):
+        out.append(_bad(f"{path}.name", "must be an HTTP token (letters, digits and "
+                        "!#$%&'*+-.^_`|~ only), at most 256 characters", name))
+    kind = condition.get("type", "Exact")
+    if kind not in MATCH_TYPES:
+        out.append(_bad(f"{path}.type", "must be Exact or RegularExpression", kind))
+    text = _as_str(condition.get("value"), f"{path}.value", out)
+    if condition.get("value") in (None, ""):
+        out.append(_bad(f"{path}.value", "is required (a non-empty string)"))
+    elif text is not None and len(text) > longest:
+        out.append(_bad(f"{path}.value", f"must be at most {longest} characters", len(text)))
+    elif text is not None and kind == "RegularExpression" and _regex_problem(text):
+        out.append(_bad(f"{path}.value", "is not a valid RE2 regular expression: "
+                        f"{_cut(_regex_problem(text))}", text))
+
+
+def _check_backend_ref(value: Any, path: str, out: list[_Finding], *,
+                       weighted: bool) -> int | None:
+    """A backendRef (or a mirror's); returns its weight (the API's default 1 when absent)."""
+    if not isinstance(value, dict):
+        out.append(_bad(path, "must be a mapping", value))
+        return None
+    ref = value
+    if not ref.get("name"):
+        out.append(_bad(f"{path}.name", "is required"))
+    _as_str(ref.get("name"), f"{path}.name", out)
+    _check_int(ref.get("port"), f"{path}.port", out, 1, 65535)
+    if ref.get("group", "") == "" and ref.get("kind", "Service") == "Service" \
+            and ref.get("port") is None:
+        out.append(_bad(path, "must have a port: it refers to a Service"))
+    if not weighted:
+        return None
+    weight = ref.get("weight")
+    if weight is None:
+        return 1
+    return _check_int(weight, f"{path}.weight", out, 0, MAX_WEIGHT)
+
+
+def _check_route_filters(value: Any, path: str, out: list[_Finding], *, grpc: bool) -> None:
+    filters = _as_list(value, path, out)
+    _max_items(filters, 16, path, out)
+    types = GRPC_FILTERS if grpc else HTTP_FILTERS
+    for k, item in enumerate(filters):
+        item_path = f"{path}[{k}]"
+        item = _as_dict(item, item_path, out)
+        kind = item.get("type")
+        if kind not in types:
+            out.append(_bad(f"{item_path}.type", f"must be one of {', '.join(types)}", kind))
+            continue
+        if item.get(types[kind]) is None:
+            out.append(_bad(item_path, f"{types[kind]} is required when type is {kind}"))
+        for other in types.values():
+            if other != types[kind] and other in item:
+                out.append(_bad(f"{item_path}.{other}", f"must not be set when type is {kind}"))
+        if kind == "RequestMirror" and item.get("requestMirror") is not None:
+            _check_request_mirror(item["requestMirror"], f"{item_path}.requestMirror", out)
+
+
+def _check_request_mirror(value: Any, path: str, out: list[_Finding]) -> None:
+    mirror = _as_dict(value, path, out)
+    if mirror.get("backendRef") is None:
+        out.append(_bad(f"{path}.backendRef", "is required"))
+    else:
+        _check_backend_ref(mirror["backendRef"], f"{path}.backendRef", out, weighted=False)
+    if "percent" in mirror and "fraction" in mirror:
+        out.append(_bad(path, "must set only one of percent or fraction"))
+    _check_int(mirror.get("percent"), f"{path}.percent", out, 0, 100)
+    if "fraction" not in mirror:
+        return
+    fraction = _as_dict(mirror["fraction"], f"{path}.fraction", out)
+    if fraction.get("numerator") is None:
+        out.append(_bad(f"{path}.fraction.numerator", "is required"))
+    numerator = _check_int(fraction.get("numerator"), f"{path}.fraction.numerator", out, 0)
+    denominator = _check_int(fraction.get("denominator", 100), f"{path}.fraction.denominator",
+                             out, 1)
+    if numerator is not None and denominator is not None and 0 <= numerator \
+            and 1 <= denominator < numerator:
+        out.append(_bad(f"{path}.fraction", "numerator must be at most the denominator",
+                        f"{numerator}/{denominator}"))
+
+
+def _check_route_timeouts(value: Any, path: str, out: list[_Finding]) -> None:
+    timeouts = _as_dict(value, path, out)
+    seconds = {}
+    for field in ("request", "backendRequest"):
+        text = _as_str(timeouts.get(field), f"{path}.{field}", out)
+        if text is None:
+            continue
+        seconds[field] = duration_seconds(text)
+        if seconds[field] is None:
+            out.append(_bad(f"{path}.{field}", "must be a Gateway API duration such as 10s, "
+                            "500ms or 1m30s (1 to 4 parts of up to 5 digits with h, m, s or ms)",
+                            text))
+    request, backend = seconds.get("request"), seconds.get("backendRequest")
+    if request and backend is not None and backend > request:  # a request of 0s is "off"
+        out.append(_bad(f"{path}.backendRequest", "must not be longer than the request timeout "
+                        f"({timeouts['request']})", timeouts["backendRequest"]))
+
+
+def _route_match_key(matches: Any, grpc: bool) -> str | None:
+    """A rule's matches as one canonical text (order and the API's defaults ignored); None when
+    they are not a list of mappings."""
+    if matches is None or matches == []:
+        matches = [{}]
+    if not isinstance(matches, list) or not all(isinstance(m, dict) for m in matches):
+        return None
+    if not grpc:
+        matches = [m if "path" in m else {**m, "path": {"type": "PathPrefix", "value": "/"}}
+                   for m in matches]
+    return "|".join(sorted({_CANONICAL.encode(m) for m in matches}))
+
+
+def _unreachable_route_rules(rules: list, grpc: bool) -> list[_Finding]:
+    """A rule whose matches are exactly an earlier rule's: ties go to the earlier rule, so
+    it never gets a request."""
+    out: list[_Finding] = []
+    seen: dict[str, int] = {}
+    for n, rule in enumerate(rules):
+        key = _route_match_key(rule.get("matches"), grpc) if isinstance(rule, dict) else None
+        if key is None:
+            continue
+        if key in seen:
+            out.append(_Finding(WARNING, UNREACHABLE_ROUTE_RULE,
+                                f"spec.rules[{n}]: rule {_rule_label(rules, n)} can never match: "
+                                f"rule {_rule_label(rules, seen[key])} has the same matches "
+                                "and, listed first, wins every tie"))
+        else:
+            seen[key] = n
+    return out
+
+
 # --- objects -------------------------------------------------------------------------------
 
 
@@ -803,10 +1084,16 @@ def _is_istio_object(obj: Any, kind: str) -> bool:
             and obj["apiVersion"] in API_VERSIONS)
 
 
-def validate_object(obj: dict) -> list[Message]:
-    """Single-object checks: what Istio's validating webhook rejects, plus its warnings.
+def _is_gateway_route(obj: dict, kind: str) -> bool:
+    """An HTTPRoute or GRPCRoute of the Gateway API group (another group's kind is not ours)."""
+    return kind in ROUTE_API_VERSIONS and obj["apiVersion"].split("/")[0] == GATEWAY_GROUP
 
-    Objects of other kinds get no messages. Error-level messages mean Istio would refuse it.
+
+def validate_object(obj: dict) -> list[Message]:
+    """Single-object checks: what Istio's validating webhook (or, for HTTPRoute and GRPCRoute,
+    the API server) rejects, plus warnings.
+
+    Objects of other kinds get no messages. Error-level messages mean the object would be refused.
     """
     if not is_kubernetes_object(obj):
         kind, namespace, name = _shown_identity(_identity(obj)) if isinstance(obj, dict) \
@@ -818,11 +1105,17 @@ def validate_object(obj: dict) -> list[Message]:
 
 def _validate(obj: dict, identity: tuple[str, str, str]) -> list[Message]:
     kind = identity[0]
-    if kind not in KINDS:
+    if kind in KINDS:
+        versions = API_VERSIONS
+        check = _check_virtual_service if kind == "VirtualService" else _check_destination_rule
+    elif _is_gateway_route(obj, kind):
+        versions = ROUTE_API_VERSIONS[kind]
+        check = functools.partial(_check_route, grpc=kind == "GRPCRoute")
+    else:
         return []
     out: list[_Finding] = []
-    if obj["apiVersion"] not in API_VERSIONS:
-        out.append(_bad("apiVersion", f"must be one of {', '.join(API_VERSIONS)} for "
+    if obj["apiVersion"] not in versions:
+        out.append(_bad("apiVersion", f"must be one of {', '.join(versions)} for "
                         f"{kind}", obj["apiVersion"]))
     else:
         metadata = _as_dict(obj.get("metadata"), "metadata", out)
@@ -831,7 +1124,6 @@ def _validate(obj: dict, identity: tuple[str, str, str]) -> list[Message]:
         if obj.get("spec") is None:
             out.append(_bad("spec", "is required"))
         spec = _as_dict(obj.get("spec"), "spec", out)
-        check = _check_virtual_service if kind == "VirtualService" else _check_destination_rule
         check(spec, out)
     if not out:
         return []
@@ -941,8 +1233,125 @@ def _conflicting_hosts(services: list[tuple[dict, tuple[str, str, str]]]) -> lis
     return messages
 
 
+# --- cross-object: Gateway API routes ------------------------------------------------------
+
+
+def _is_service_ref(ref: Any) -> bool:
+    return (isinstance(ref, dict) and ref.get("group", "") == ""
+            and ref.get("kind", "Service") == "Service")
+
+
+def _route_backend_refs(spec: dict) -> list[tuple[str, dict]]:
+    """(field path, backendRef) of every backend and mirror of a route's rules."""
+    found: list[tuple[str, Any]] = []
+
+    def mirrors(filters: Any, path: str) -> None:
+        for k, item in enumerate(filters if isinstance(filters, list) else []):
+            mirror = item.get("requestMirror") if isinstance(item, dict) else None
+            if isinstance(mirror, dict):
+                found.append((f"{path}[{k}].requestMirror.backendRef", mirror.get("backendRef")))
+
+    rules = spec.get("rules")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, dict):
+            continue
+        refs = rule.get("backendRefs")
+        for j, ref in enumerate(refs if isinstance(refs, list) else []):
+            found.append((f"spec.rules[{i}].backendRefs[{j}]", ref))
+            if isinstance(ref, dict):
+                mirrors(ref.get("filters"), f"spec.rules[{i}].backendRefs[{j}].filters")
+        mirrors(rule.get("filters"), f"spec.rules[{i}].filters")
+    return [(path, ref) for path, ref in found if _is_service_ref(ref)]
+
+
+def _missing_backends(route: dict, identity: tuple[str, str, str],
+                      services: set[tuple[str, str]]) -> list[Message]:
+    """Backends and mirrors naming a Service the files do not hold. Without any Service in the
+    files nothing can be known, so nothing is said."""
+    if not services:
+        return []
+    spec = route.get("spec") if isinstance(route.get("spec"), dict) else {}
+    messages: dict[Message, None] = {}
+    for path, ref in _route_backend_refs(spec):
+        name, namespace = ref.get("name"), ref.get("namespace")
+        namespace = namespace if isinstance(namespace, str) and namespace else identity[1]
+        if not isinstance(name, str) or not name or (namespace, name) in services:
+            continue
+        messages[Message(ERROR, REFERENCE_NOT_FOUND, *_shown_identity(identity),
+                         f"{path}: Referenced Service not found: "
+                         f"{json.dumps(_cut(f'{namespace}/{name}'))}")] = None
+    return list(messages)
+
+
+def _gateway_hosts(vs: dict, namespace: str) -> set[str]:
+    """Fully qualified hosts a VirtualService routes on gateways other than the mesh."""
+    spec = vs.get("spec") if isinstance(vs.get("spec"), dict) else {}
+    gateways = spec.get("gateways")
+    if not isinstance(gateways, list) or not any(g != "mesh" for g in gateways):
+        return set()
+    hosts = spec.get("hosts") if isinstance(spec.get("hosts"), list) else []
+    return {host_fqdn(host, namespace) for host in hosts if isinstance(host, str) and host}
+
+
+def _route_hosts(route: dict, namespace: str) -> list[tuple[str, str, bool]]:
+    """(field path, fully qualified host, on the mesh?) a route routes for: the Services of
+    its GAMMA parentRefs (mesh), and its hostnames when a parentRef is a Gateway."""
+    spec = route.get("spec") if isinstance(route.get("spec"), dict) else {}
+    parents = spec.get("parentRefs") if isinstance(spec.get("parentRefs"), list) else []
+    found = []
+    on_gateway = False
+    for i, parent in enumerate(parents):
+        if not isinstance(parent, dict) or not isinstance(parent.get("name"), str):
+            continue
+        if parent.get("kind") == "Service" and parent.get("group") == "":
+            parent_namespace = parent.get("namespace")
+            if not isinstance(parent_namespace, str) or not parent_namespace:
+                parent_namespace = namespace
+            found.append((f"spec.parentRefs[{i}]", host_fqdn(
+                f"{parent['name']}.{parent_namespace}", namespace), True))
+        else:
+            on_gateway = True
+    hostnames = spec.get("hostnames") if isinstance(spec.get("hostnames"), list) else []
+    if on_gateway:
+        found += [(f"spec.hostnames[{k}]", host_fqdn(hostname, namespace), False)
+                  for k, hostname in enumerate(hostnames) if isinstance(hostname, str) and hostname]
+    return found
+
+
+def _mixed_routers(virtual_services: list[tuple[dict, tuple[str, str, str]]],
+                   routes: list[tuple[dict, tuple[str, str, str]]]) -> list[Message]:
+    """One workload routed by a VirtualService and an HTTPRoute (or GRPCRoute): Istio does not
+    merge them, so which one applies is undefined. Said once, on the route, naming both."""
+    if not virtual_services or not routes:
+        return []
+    on_gateways: dict[str, set[tuple[str, str, str]]] = {}  # host -> VirtualServices
+    on_mesh: dict[str, set[tuple[str, str, str]]] = {}
+    for vs, identity in virtual_services:
+        for host in _gateway_hosts(vs, identity[1]):
+            on_gateways.setdefault(host, set()).add(identity)
+        for host in _mesh_hosts(vs, identity[1]):
+            on_mesh.setdefault(host, set()).add(identity)
+    messages: dict[Message, None] = {}
+    for route, identity in routes:
+        kind, namespace, name = _shown_identity(identity)
+        for path, host, mesh in _route_hosts(route, identity[1]):
+            found = sorted((on_mesh if mesh else on_gateways).get(host, ()))
+            if not found:
+                continue
+            listed = [f"{n}/{v}" for _, n, v in map(_shown_identity, found[:MAX_LISTED])]
+            names = ", ".join(listed) + (
+                f" and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else "")
+            where = "on the mesh" if mesh else "on a gateway"
+            messages[Message(
+                ERROR, MIXED_ROUTERS, kind, namespace, name,
+                f"{path}: host {json.dumps(_cut(host))} is routed {where} by both {kind} "
+                f"{namespace}/{name} and VirtualService {names}; Istio does not support mixing "
+                f"VirtualService and {kind} on one workload")] = None
+    return list(messages)
+
+
 def analyze(objects: list[dict]) -> list[Message]:
-    """`validate_object` for each object, plus checks across objects (IST0101, IST0109).
+    """`validate_object` for each object, plus checks across objects (IST0101, IST0109, CK0003).
 
     Linear in the objects: lookups by host, never a search through every other object."""
     known = [(obj, _identity(obj)) for obj in objects if is_kubernetes_object(obj)]
@@ -950,8 +1359,11 @@ def analyze(objects: list[dict]) -> list[Message]:
              if kind in KINDS and obj["apiVersion"] in API_VERSIONS}
     subsets = _subsets_by_host(pair for pair in known if istio.get(id(pair[0])) ==
                                "DestinationRule")
+    kube_services = {(namespace, name) for obj, (kind, namespace, name) in known
+                     if kind == "Service" and obj["apiVersion"] == "v1"}
     messages: list[Message] = []
     services = []
+    routes = []
     identities = {id(obj): identity for obj, identity in known}
     for obj in objects:
         identity = identities.get(id(obj))
@@ -962,7 +1374,11 @@ def analyze(objects: list[dict]) -> list[Message]:
         if istio.get(id(obj)) == "VirtualService":
             messages += _missing_subsets(obj, identity, subsets)
             services.append((obj, identity))
-    return messages + _conflicting_hosts(services)
+        elif _is_gateway_route(obj, identity[0]) \
+                and obj["apiVersion"] in ROUTE_API_VERSIONS[identity[0]]:
+            messages += _missing_backends(obj, identity, kube_services)
+            routes.append((obj, identity))
+    return messages + _conflicting_hosts(services) + _mixed_routers(services, routes)
 
 
 def has_errors(messages: Iterable[Message]) -> bool:
@@ -1028,8 +1444,9 @@ def load_files(paths: Iterable[str]) -> list[tuple[str, dict]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `canarykit validate`."""
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="YAML files (several documents each) with VirtualServices and "
-                             "DestinationRules; other kinds are ignored")
+                        help="YAML files (several documents each) with VirtualServices, "
+                             "DestinationRules, HTTPRoutes, GRPCRoutes and the Services they "
+                             "route to; other kinds are ignored")
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text",
                         help="text: one istioctl-style line per message; json: a list of objects")
 

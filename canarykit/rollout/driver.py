@@ -426,6 +426,7 @@ def common_parameters(driver: Driver, release: str, folder: Path) -> dict[str, A
         "namespace": plan.namespace,
         "stable": plan.stable,
         "canary": plan.canary,
+        "router": plan.router,
         "kubeconfig": driver.kubeconfig,
         "context": plan.context,
         "prometheus_url": driver.prometheus_url,
@@ -1009,9 +1010,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
         what = "no release" if state is None else f"release {state.release} is {state.status}"
         driver.say(f"{what}; nothing to {'reject' if args.reject else 'approve'}")
         return ExitCode.FAILED
-    vs = cluster.find_virtual_service(driver.kube, driver.plan.service)
+    route = gates.routing_object(driver)
     who = driver.kube.actor or "unknown"
-    cluster.annotate(driver.kube, "VirtualService", vs["metadata"]["name"],
+    cluster.annotate(driver.kube, route["kind"], route["metadata"]["name"],
                      gates.approval_patch(state.release, reject=args.reject, by=who,
                                           reason=args.reason or ""))
     waiting = (f"; the gate {state.waiting['gate']} opens at the next look"
@@ -1032,7 +1033,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def status_report(driver: Driver) -> dict[str, Any]:
-    from canarykit.cluster import client as cluster
 
     lease = read_lease(driver.kube, driver.plan.service)
     state = lease_state(lease)
@@ -1053,7 +1053,7 @@ def status_report(driver: Driver) -> dict[str, Any]:
             out["release"]["next"] = f"none: {exc}"
         out["release"]["planChanged"] = state.plan_digest != driver.plan.digest()
     try:
-        out["cluster"] = cluster.status(driver.kube, driver.plan.service).to_dict()
+        out["cluster"] = gates.routing_router(driver).status().to_dict()
     except CanaryKitError as exc:
         out["cluster"] = {"error": str(exc)}
     return out

@@ -28,6 +28,7 @@ from canarykit.core.errors import CanaryKitError
 if TYPE_CHECKING:
     from canarykit.rollout.driver import Driver, DriverState
     from canarykit.rollout.plan import PhaseSpec
+    from canarykit.routers import Router
 
 APPROVE_ANNOTATION = "canarykit.io/approve"
 REJECT_ANNOTATION = "canarykit.io/reject"
@@ -177,14 +178,25 @@ class GateCheck:
     entry: dict[str, Any] = field(default_factory=dict)
 
 
+def routing_router(driver: Driver) -> Router:
+    """The router of the plan's service (`routers.open_router`)."""
+    from canarykit.routers import open_router
+
+    plan = driver.plan
+    return open_router(driver.kube, plan.service, plan.stable, plan.canary, plan.router)
+
+
+def routing_object(driver: Driver) -> dict[str, Any]:
+    """The object that routes the plan's service (a VirtualService or an HTTPRoute): the
+    approvals of its releases are annotations on it."""
+    return routing_router(driver).route()
+
+
 def check_approval(driver: Driver, state: DriverState, spec: PhaseSpec,
                    at: datetime) -> GateCheck:
-    from canarykit.cluster import client as cluster
-
     settings = spec.parameters
     since = times.parse_timestamp(state.waiting["since"]) if state.waiting else at
-    vs = cluster.find_virtual_service(driver.kube, driver.plan.service)
-    found = approval(vs, state.release)
+    found = approval(routing_object(driver), state.release)
     if found is not None:
         _record_approval(driver, state, found)
         words = f"{found['decision']} by {found['by']} ({found['how']})"

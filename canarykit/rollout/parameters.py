@@ -47,6 +47,8 @@ COMMON = (
     Parameter("stable", "str", "v1",
               "stable subset of the DestinationRule (its labels give the metrics' version)"),
     Parameter("canary", "str", "v2", "canary subset of the DestinationRule"),
+    Parameter("router", "str", "",
+              "istio or gateway-api; empty: detected from what routes the service"),
     Parameter("kubeconfig", "str", "",
               "empty: $KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)"),
     Parameter("context", "str", "", "kubeconfig context; empty: its current context"),

@@ -42,14 +42,16 @@ from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the r
     metrics_selector,
     prometheus_client,
     renamed,
+    router_of,
     subset_versions,
     text_parameter,
 )
+from canarykit.routers import Objects, Router
+from canarykit.routers.istio import INTERNAL_ROUTES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
 # Seconds after a weight change before its traffic counts: Envoy takes the new routes and
 # Prometheus scrapes at least once (the lab scrapes every second).
 SETTLE_SECONDS = 2.0
@@ -83,34 +85,11 @@ def _phase(function: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _objects(target: Target) -> tuple[dict[str, Any], dict[str, Any]]:
-    return (cluster.find_virtual_service(target.cluster, target.service),
-            cluster.find_destination_rule(target.cluster, target.service))
-
-
 def configured_weights(vs: dict[str, Any], stable: str, canary: str) -> dict[str, int] | None:
-    """The split of the canary route ({stable: 75, canary: 25}), or None without one."""
-    try:
-        index = istio.find_canary_route(vs, stable, canary)
-    except BadInput:
-        return None
-    weights = istio.subset_weights(istio.http_routes(vs)[index])
-    return {stable: int(weights.get(stable, 0)), canary: int(weights.get(canary, 0))}
+    """The split of a VirtualService's canary route ({stable: 75, canary: 25}), or None."""
+    from canarykit.routers.istio import IstioRouter
 
-
-def _canary_match_routes(vs: dict[str, Any], canary: str) -> list[str]:
-    """Routes with a match that send only to the canary (internal users): they make the
-    canary's share of traffic differ from its configured weight."""
-    found = []
-    for index, route in enumerate(istio.http_routes(vs)):
-        subsets = istio.route_subsets(route)
-        if route.get("match") and subsets and all(s == canary for s in subsets):
-            found.append(istio.route_label(vs, index))
-    return found
-
-
-def _mirrors(vs: dict[str, Any]) -> bool:
-    return any("mirror" in r or "mirrors" in r for r in istio.http_routes(vs))
+    return IstioRouter(None, "", stable, canary).weights(vs)  # type: ignore[arg-type]
 
 
 def _record_change(result: runbook.RunbookResult, applied: cluster.AppliedChange) -> None:
@@ -122,25 +101,28 @@ def _record_change(result: runbook.RunbookResult, applied: cluster.AppliedChange
 
 
 def _set_weights(target: Target, result: runbook.RunbookResult) -> dict[str, Any]:
-    vs = cluster.find_virtual_service(target.cluster, target.service)
-    result.weights = configured_weights(vs, target.stable, target.canary)
-    return vs
+    router = router_of(target)
+    route = router.route()
+    result.weights = router.weights(route)
+    return route
 
 
 def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
     """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running."""
-    vs = cluster.find_virtual_service(target.cluster, target.service)
+    router = router_of(target)
+    objects = router.read()
+    vs = objects.route
     running = read_state(vs)
-    state = cluster.begin_rollout(target.cluster, target.service, stable=target.stable,
-                                  canary=target.canary, release=target.release,
-                                  audit_log=target.audit_log)
+    state = cluster.start_rollout(target.cluster, vs, {} if running else router.snapshot(objects),
+                                  stable=target.stable, canary=target.canary,
+                                  release=target.release, audit_log=target.audit_log)
     result.release = state.release
     if running is not None:
         if target.release and target.release != state.release:
             result.notes.append(f"release {state.release} is in progress; continuing it "
                                    f"(release parameter {target.release} not used)")
         return
-    after = cluster.find_virtual_service(target.cluster, target.service)
+    after = router.route()
     change = traffic.Change("begin_rollout", {"stable": target.stable, "canary": target.canary,
                                               "release": state.release},
                             istio.copy_object(vs), with_state(vs, state))
@@ -151,8 +133,8 @@ def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
 
 def _apply(target: Target, result: runbook.RunbookResult,
            operation: Callable[[dict[str, Any]], traffic.Change]) -> cluster.AppliedChange:
-    applied = cluster.change_virtual_service(target.cluster, target.service, operation,
-                                             audit_log=target.audit_log)
+    applied = cluster.apply_change(target.cluster, operation(router_of(target).route()),
+                                   audit_log=target.audit_log)
     _record_change(result, applied)
     return applied
 
@@ -182,29 +164,29 @@ def _judgement(judge: str, verdict: Verdict, reason: str, values: dict | None = 
     return Judgement(judge, verdict, reason, values or {}, thresholds or {}, queries or [])
 
 
-def _check_objects(target: Target) -> tuple[Judgement, dict | None, dict | None]:
+def _check_objects(target: Target) -> tuple[Judgement, Objects | None]:
+    judge = f"{target.router or 'istio'}-objects"
     try:
-        vs, dr = _objects(target)
+        router = router_of(target)
+        judge = f"{router.name}-objects"
+        objects = router.read()
     except CanaryKitError as exc:
-        return _judgement("istio-objects", Verdict.FAIL, str(exc)), None, None
-    problems = [msg.format() for msg in validate.analyze([vs, dr]) if msg.level == "Error"]
-    try:
-        traffic.set_canary_weight(vs, 0, stable=target.stable, canary=target.canary, dr=dr)
-    except BadInput as exc:
-        problems.append(f"cannot split traffic: {exc}")
-    values = {"virtualService": istio.object_ref(vs), "destinationRule": istio.object_ref(dr),
-              "subsets": istio.destination_rule_subsets(dr)}
+        return _judgement(judge, Verdict.FAIL, str(exc)), None
+    problems = router.problems(objects)
+    values = router.describe(objects)
     if problems:
-        return _judgement("istio-objects", Verdict.FAIL, "; ".join(problems), values), vs, dr
-    return _judgement("istio-objects", Verdict.PASS,
-                      f"{values['virtualService']} and {values['destinationRule']} validate and "
-                      f"route {target.stable}/{target.canary} on one route", values), vs, dr
+        return _judgement(judge, Verdict.FAIL, "; ".join(problems), values), objects
+    shown = " and ".join(str(v) for k, v in values.items()
+                         if k in ("virtualService", "destinationRule", "route"))
+    return _judgement(judge, Verdict.PASS,
+                      f"{shown} validate and route {target.stable}/{target.canary} on one "
+                      "route", values), objects
 
 
-def _check_rollout(target: Target, vs: dict | None) -> Judgement:
-    if vs is None:
-        return _judgement("rollout", Verdict.INCONCLUSIVE, "not checked: no VirtualService")
-    state = read_state(vs)
+def _check_rollout(target: Target, objects: Objects | None) -> Judgement:
+    if objects is None:
+        return _judgement("rollout", Verdict.INCONCLUSIVE, "not checked: no routing object")
+    state = read_state(objects.route)
     if state is None:
         return _judgement("rollout", Verdict.PASS, "no rollout in progress")
     values = {"release": state.release, "stable": state.stable, "canary": state.canary}
@@ -226,34 +208,31 @@ def _ready_replicas(deployment: Any) -> tuple[int, str]:
     return int(status.ready_replicas or 0), ""
 
 
-def _check_subsets(target: Target, dr: dict | None) -> Judgement:
-    if dr is None:
-        return _judgement("subsets", Verdict.INCONCLUSIVE, "not checked: no DestinationRule")
+def _check_subsets(target: Target, objects: Objects | None) -> Judgement:
+    """Each version has Deployments with ready replicas: the pods its subset (Istio) or its
+    backend Service (Gateway API) selects."""
+    if objects is None:
+        return _judgement("subsets", Verdict.INCONCLUSIVE, "not checked: no routing object")
     from kubernetes import client as k8s  # here: not every runbook kernel needs it
 
-    api = target.cluster.api
+    router = router_of(target)
     try:
-        selector = dict(k8s.CoreV1Api(api).read_namespaced_service(
-            target.service, target.namespace).spec.selector or {})
-    except k8s.ApiException as exc:
-        if exc.status != 404:  # no Service: the subsets' labels alone select the pods
-            return _judgement("subsets", Verdict.FAIL, f"cannot read Service "
-                              f"{target.namespace}/{target.service}: {cluster.api_error_text(exc)}")
-        selector = {}
+        wanted_by_version = router.backend_labels(objects)
+    except CanaryKitError as exc:
+        return _judgement("subsets", Verdict.FAIL, str(exc))
     try:
-        deployments = k8s.AppsV1Api(api).list_namespaced_deployment(target.namespace).items
+        deployments = k8s.AppsV1Api(target.cluster.api).list_namespaced_deployment(
+            target.namespace).items
     except k8s.ApiException as exc:
         return _judgement("subsets", Verdict.FAIL, f"cannot list Deployments in "
                           f"{target.namespace}: {cluster.api_error_text(exc)}")
-    subsets = {s.get("name"): s.get("labels") or {}
-               for s in (dr.get("spec") or {}).get("subsets") or [] if isinstance(s, dict)}
     values: dict[str, Any] = {}
     problems = []
     for subset in (target.stable, target.canary):
-        if subset not in subsets:
-            problems.append(f"subset {subset} is not defined in {istio.object_ref(dr)}")
+        if subset not in wanted_by_version:
+            problems.append(router.missing_backend(objects, subset))
             continue
-        wanted = {**selector, **subsets[subset]}
+        wanted = wanted_by_version[subset]
         matching = [d for d in deployments
                     if all(((d.spec.template.metadata.labels or {}).get(k) == v)
                            for k, v in wanted.items())]
@@ -266,10 +245,10 @@ def _check_subsets(target: Target, dr: dict | None) -> Judgement:
         values[subset] = {"labels": wanted, "deployments": [d.metadata.name for d in matching],
                           "ready_replicas": ready, "notes": sorted(notes)}
         if not matching:
-            problems.append(f"no Deployment in {target.namespace} has the labels of subset "
+            problems.append(f"no Deployment in {target.namespace} has the labels of "
                             f"{subset} ({wanted})")
         elif ready <= 0:
-            problems.append(f"subset {subset}: Deployments "
+            problems.append(f"{subset}: Deployments "
                             f"{', '.join(values[subset]['deployments'])} have no ready replica")
     if problems:
         return _judgement("subsets", Verdict.FAIL, "; ".join(problems), values)
@@ -321,15 +300,15 @@ def preflight(target: Target, result: runbook.RunbookResult, *,
     seconds = m.parse_window(baseline_window, "baseline_window")
     settings = target.prometheus
     client = prometheus_client(target)
-    objects, vs, dr = _check_objects(target)
-    found = [objects, _check_rollout(target, vs), _check_subsets(target, dr)]
+    checked, objects = _check_objects(target)
+    found = [checked, _check_rollout(target, objects), _check_subsets(target, objects)]
     probe = m.query_at(client, "vector(1)", time.time())
     reachable = probe.status not in (m.UNREACHABLE, m.HTTP_ERROR)
     found.append(_judgement(
         "prometheus", Verdict.PASS if reachable else Verdict.FAIL,
         f"Prometheus at {settings.url} answers" if reachable
         else f"prometheus_url {settings.url!r}: {probe.message}", queries=[probe.query]))
-    selector = _preflight_selector(target, result, dr, version_label_key, found)
+    selector = _preflight_selector(target, result, objects, version_label_key, found)
     if reachable and selector is not None:
         found.append(_check_baseline(target, client, selector, min_baseline_success_rate,
                                      baseline_window, seconds))
@@ -338,8 +317,8 @@ def preflight(target: Target, result: runbook.RunbookResult, *,
                                       min(seconds, 10.0))
     decision = decide(found)
     result.decision = decision.to_dict()
-    if vs is not None:
-        result.weights = configured_weights(vs, target.stable, target.canary)
+    if objects is not None:
+        result.weights = router_of(target).weights(objects.route)
     if not reachable:
         raise BadInput("prometheus_url", settings.url, f"Prometheus does not answer: "
                        f"{probe.message}")
@@ -348,16 +327,17 @@ def preflight(target: Target, result: runbook.RunbookResult, *,
     return decision
 
 
-def _preflight_selector(target: Target, result: runbook.RunbookResult, dr: dict | None,
+def _preflight_selector(target: Target, result: runbook.RunbookResult, objects: Objects | None,
                         label_key: str, found: list[Judgement]) -> m.MetricsSelector | None:
-    """The baseline's selector from the DestinationRule already read; None (the baseline not
-    checked, a judgement saying why) when there is none or its versions cannot be told apart."""
-    if dr is None:
+    """The baseline's selector from the objects already read; None (the baseline not
+    checked, a judgement saying why) when there are none or the versions cannot be told
+    apart."""
+    if objects is None:
         found.append(_judgement("baseline-success-rate", Verdict.INCONCLUSIVE,
-                                "not checked: no DestinationRule to read the versions from"))
+                                "not checked: no routing object to read the versions from"))
         return None
     try:
-        pair = versions.subset_versions(dr, target.stable, target.canary, label_key)
+        pair = router_of(target).versions(objects, label_key)
     except BadInput as exc:
         found.append(_judgement("versions", Verdict.FAIL, str(exc)))
         return None
@@ -388,30 +368,26 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
         text_parameter(name, value)
     if not header and not cookie_name:
         raise BadInput("header", header, "give a header or a cookie_name (or both)")
+    router = router_of(target)
     operations = []
     if header:
         operations.append(functools.partial(
-            traffic.add_match_route, name=INTERNAL_ROUTES[0], canary=target.canary,
-            header=header, value=header_value, stable=target.stable))
+            router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value))
     if cookie_name:
-        try:
-            pattern = traffic.cookie_regex(cookie_name, cookie_value or None)
-        except BadInput as err:
-            raise renamed(err, {"cookie": "cookie_name", "value": "cookie_value"}) from None
         operations.append(functools.partial(
-            traffic.add_match_route, name=INTERNAL_ROUTES[1], canary=target.canary,
-            cookie_regex=pattern, stable=target.stable))
-    vs, dr = _objects(target)
-    trial = vs
+            router.add_match_route, name=INTERNAL_ROUTES[1],
+            cookie=(cookie_name, cookie_value)))
+    objects = router.read()
+    trial = objects.route
     for operation in operations:  # every route is checked before anything is written
         try:
-            trial = operation(trial, dr=dr).after
+            trial = operation(trial, extra=objects.extra).after
         except BadInput as err:
-            raise renamed(err, {"value": "header_value"}) from None
+            raise renamed(err, {"value": "header_value", "cookie": "cookie_name"}) from None
     _refuse_invalid(trial)
     _ensure_rollout(target, result)
     for operation in operations:
-        _apply(target, result, functools.partial(operation, dr=dr))
+        _apply(target, result, functools.partial(operation, extra=objects.extra))
     _set_weights(target, result)
 
 
@@ -424,59 +400,38 @@ def _refuse_invalid(vs: dict[str, Any]) -> None:
 @_phase
 def shift_traffic(target: Target, result: runbook.RunbookResult, *, canary_weight: int) -> None:
     """Send `canary_weight`% of the canary route to the canary (starting the rollout)."""
-    vs, dr = _objects(target)
-    traffic.set_canary_weight(vs, canary_weight, stable=target.stable, canary=target.canary,
-                              dr=dr)  # refuses bad input before anything is written
-    _ensure_rollout(target, result)
-    applied = cluster.set_weight(target.cluster, target.service, canary_weight,
-                                 stable=target.stable, canary=target.canary,
-                                 audit_log=target.audit_log)
-    _record_change(result, applied)
+    router = router_of(target)
+    objects = router.read()
+    router.set_canary_weight(objects.route, canary_weight, objects.extra)  # refused before
+    _ensure_rollout(target, result)                                         # anything is written
+    _apply(target, result, lambda route: router.set_canary_weight(route, canary_weight,
+                                                                  objects.extra))
     _set_weights(target, result)
 
 
 @_phase
 def blue_green_switch(target: Target, result: runbook.RunbookResult, *, to_subset: str) -> None:
-    """Send all of the canary route's traffic to one subset (blue-green)."""
-    vs, dr = _objects(target)
-    known = istio.destination_rule_subsets(dr)
-    if to_subset not in known:
-        raise BadInput("to_subset", to_subset, f"is not a subset of {istio.object_ref(dr)} "
-                       f"(subsets: {', '.join(map(str, known))})")
+    """Send all of the canary route's traffic to one version (blue-green)."""
+    router = router_of(target)
+    objects = router.read()
     if to_subset not in (target.stable, target.canary):
         raise BadInput("to_subset", to_subset, f"must be the stable ({target.stable}) or the "
-                       f"canary ({target.canary}) subset")
-    operation = functools.partial(traffic.switch_all_traffic, subset=to_subset,
-                                  stable=target.stable, canary=target.canary, dr=dr)
-    operation(vs)
+                       f"canary ({target.canary}) version")
+    router.switch_all_traffic(objects.route, to_subset, objects.extra)
     _ensure_rollout(target, result)
-    _apply(target, result, operation)
+    _apply(target, result, lambda route: router.switch_all_traffic(route, to_subset,
+                                                                   objects.extra))
     _set_weights(target, result)
-
-
-def _promote_change(vs: dict[str, Any], dr: dict[str, Any], stable: str,
-                    canary: str, release: str) -> traffic.Change:
-    after = vs
-    removed = []
-    for name in INTERNAL_ROUTES:
-        change = traffic.remove_match_route(after, name)
-        if change.changed:
-            removed.append(name)
-        after = change.after
-    after = traffic.clear_mirror(after, stable=stable, canary=canary).after
-    after = traffic.clear_fault(after, stable=stable, canary=canary).after
-    after = traffic.switch_all_traffic(after, canary, stable=stable, canary=canary, dr=dr).after
-    after = with_state(after, None)
-    params = {"stable": stable, "canary": canary, "release": release, "removed_routes": removed}
-    return traffic.Change("promote", params, istio.copy_object(vs), after)
 
 
 @_phase
 def promote(target: Target, result: runbook.RunbookResult) -> None:
     """All traffic to the canary, temporary routes gone, the rollout ended: one atomic write,
-    so a promote that dies half-way never leaves a half-promoted VirtualService."""
-    vs, dr = _objects(target)
-    state = read_state(vs)
+    so a promote that dies half-way never leaves a half-promoted route. Routes the rollout
+    did not manage that still send traffic to the old version are listed (not moved)."""
+    router = router_of(target)
+    objects = router.read()
+    state = read_state(objects.route)
     if state is not None and (state.stable, state.canary) != (target.stable, target.canary):
         raise BadInput("canary", target.canary, f"the rollout in progress is of {state.canary} "
                        f"over {state.stable} (release {state.release})")
@@ -484,11 +439,16 @@ def promote(target: Target, result: runbook.RunbookResult) -> None:
     if state is None:
         result.notes.append("no rollout in progress; switching all traffic to "
                                f"{target.canary} anyway")
-    _apply(target, result, lambda fresh: _promote_change(fresh, dr, target.stable,
-                                                          target.canary, release))
+    applied = _apply(target, result,
+                     lambda route: router.promote(route, objects.extra, release))
     result.release = release
     _set_weights(target, result)
     result.notes.append(f"{target.canary} is now the stable version of {target.service}")
+    left = router.left_on_stable(applied.result)
+    if left:
+        result.notes.append(f"still sending traffic to {target.stable}, not managed by the "
+                            f"rollout: {', '.join(left)}; move them before scaling "
+                            f"{target.stable} down")
 
 
 @_phase
@@ -498,23 +458,22 @@ def rollback(target: Target, result: runbook.RunbookResult, *,
     text_parameter("reason", reason)
     if reason:
         result.notes.append(f"reason: {reason}")
-    vs = cluster.find_virtual_service(target.cluster, target.service)
-    state = read_state(vs)
+    router = router_of(target)
+    route = router.route()
+    state = read_state(route)
     if state is None:
-        weights = configured_weights(vs, target.stable, target.canary) or {}
-        clean = (weights.get(target.canary) == 0 and not _mirrors(vs)
-                 and not _canary_match_routes(vs, target.canary))
+        weights = router.weights(route) or {}
+        clean = weights.get(target.canary) == 0 and not router.diverted(route)
         if not clean:
             raise PhaseFailed(
-                f"no rollout in progress on {istio.object_ref(vs)} (no snapshot to restore) "
+                f"no rollout in progress on {istio.object_ref(route)} (no snapshot to restore) "
                 f"and traffic is not all on {target.stable} (weights {weights}); use the "
                 "blue-green or shift-traffic runbook to move it")
         result.notes.append(f"nothing to roll back: no rollout in progress and all traffic "
                                f"is on {target.stable}")
     else:
         result.release = state.release
-        for applied in cluster.rollback(target.cluster, target.service,
-                                        audit_log=target.audit_log):
+        for applied in router.rollback(audit_log=target.audit_log):
             _record_change(result, applied)
     _set_weights(target, result)
 
@@ -551,14 +510,23 @@ class WeightPeriod:
 
 
 def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, namespace: str,
-                   stable: str, canary: str, release: str) -> list[WeightPeriod]:
+                   stable: str, canary: str, release: str,
+                   router: Router | None = None) -> list[WeightPeriod]:
     """The rollout's periods of constant canary weight, oldest first, from its audit records.
 
-    Starts at the `begin_rollout` record of `release` on `virtual_service` (e.g.
-    "VirtualService default/reviews"); each later record of that object whose canary weight
-    differs starts a new period. `share_known` is False while routes send matched users to the
-    canary or traffic is mirrored (the canary's share then differs from its weight).
+    Starts at the `begin_rollout` record of `release` on `virtual_service` (the routing
+    object, e.g. "VirtualService default/reviews" or "HTTPRoute default/reviews"); each later
+    record of that object whose canary weight differs starts a new period. `share_known` is
+    False while routes send matched users to the canary or traffic is mirrored (the canary's
+    share then differs from its weight). `router` reads the weights (default: Istio's).
     """
+    kind = virtual_service.split(" ")[0]
+    if router is None:  # read the records as the router of that kind would
+        from canarykit.routers.gateway_api import ROUTE_KINDS, GatewayRouter
+        from canarykit.routers.istio import IstioRouter
+
+        implementation = GatewayRouter if kind in ROUTE_KINDS else IstioRouter
+        router = implementation(None, "", stable, canary)  # type: ignore[arg-type]
     mine = [r for r in records if r.get("target") == virtual_service]
     begins = [i for i, r in enumerate(mine) if r.get("operation") == "begin_rollout"
               and (r.get("params") or {}).get("release") == release]
@@ -568,11 +536,11 @@ def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, names
     for record in mine[begins[-1]:]:
         if record is not mine[begins[-1]] and record.get("operation") == "begin_rollout":
             break
-        vs = {"kind": "VirtualService", "metadata": {"namespace": namespace},
+        vs = {"kind": kind, "metadata": {"namespace": namespace},
               "spec": record.get("after") or {}}
         try:
-            weights = configured_weights(vs, stable, canary)
-            known = not _canary_match_routes(vs, canary) and not _mirrors(vs)
+            weights = router.weights(vs)
+            known = not router.diverted(vs)
         except BadInput:
             continue
         if weights is None:
@@ -742,7 +710,7 @@ def analyze(target: Target, result: runbook.RunbookResult,
     began = time.time()
     vs = _set_weights(target, result)
     weight = (result.weights or {}).get(target.canary)
-    share_known = not _canary_match_routes(vs, target.canary) and not _mirrors(vs)
+    share_known = not router_of(target).diverted(vs)
     config = _fit_config(config, result, weight, share_known)
     state = read_state(vs)
     periods: list[WeightPeriod] = []
@@ -750,7 +718,8 @@ def analyze(target: Target, result: runbook.RunbookResult,
         periods = weight_periods(audit.read_records(target.audit_log),
                                  virtual_service=istio.object_ref(vs),
                                  namespace=target.namespace, stable=target.stable,
-                                 canary=target.canary, release=state.release)
+                                 canary=target.canary, release=state.release,
+                                 router=router_of(target))
     start = began - window_s
     segments: list[Segment] = []
     if periods and periods[-1].weight == weight:
@@ -797,14 +766,12 @@ def shadow(target: Target, result: runbook.RunbookResult,
     flag_parameter("keep_mirror", keep_mirror)
     config = _settings("shadow", settings)
     client = prometheus_client(target)
-    vs, dr = _objects(target)
-    selector = _selector(target, result, versions.subset_versions(
-        dr, target.stable, target.canary, config.version_label_key))
-    operation = functools.partial(traffic.set_mirror, subset=target.canary,
-                                  percentage=percentage, stable=target.stable, dr=dr)
-    operation(vs)
+    router = router_of(target)
+    objects = router.read()
+    selector = _selector(target, result, router.versions(objects, config.version_label_key))
+    router.set_mirror(objects.route, percentage, objects.extra)  # refused before any write
     _ensure_rollout(target, result)
-    _apply(target, result, operation)
+    _apply(target, result, lambda route: router.set_mirror(route, percentage, objects.extra))
     start = time.time() + SETTLE_SECONDS
     checks: list[dict] = []
     decision, end = _judge(target, client, selector, config, start=start,
@@ -816,8 +783,7 @@ def shadow(target: Target, result: runbook.RunbookResult,
                        "checks": checks, "versions": _versions_evidence(selector)}
     result.metrics = _metric_rows(client, selector, start, end, config.interval_seconds)
     if not keep_mirror:
-        _apply(target, result, functools.partial(traffic.clear_mirror, stable=target.stable,
-                                                 canary=target.canary))
+        _apply(target, result, router.clear_mirror)
     _set_weights(target, result)
     return decision
 

@@ -27,6 +27,7 @@ from canarykit.notify.channels import Channel, parse_channels
 from canarykit.notify.hooks import Hook, parse_hooks
 from canarykit.rollout import runbook
 from canarykit.rollout.parameters import analysis_values, default
+from canarykit.routers import check_router
 from canarykit.storage import records
 
 STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "approve", "promote")
@@ -89,6 +90,7 @@ class Plan:
     namespace: str = "default"
     stable: str = "v1"
     canary: str = "v2"
+    router: str = ""  # istio, gateway-api; "" = detected from what routes the service
     kubeconfig: str = ""  # a path; "" = as kubectl: $KUBECONFIG, ~/.kube/config, in-cluster
     context: str = ""
     release: str = ""  # "" = CANARY-TIMESTAMP, chosen when the release starts
@@ -104,6 +106,8 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if not self.router:
+            del out["router"]  # so a plan written before routers existed keeps its digest
         out["analysis"] = self.analysis.to_dict(PLAN)
         out["steps"] = [step.to_dict() for step in self.steps]
         out["notifications"] = [channel.to_dict() for channel in self.notifications]
@@ -195,7 +199,7 @@ def _parse_plan(data: Any) -> Plan:
     if "service" not in values:
         raise BadInput("service", None, "is required: the service to roll out")
     plan = Plan(service=_text("service", values["service"]))
-    for name in ("namespace", "stable", "canary", "kubeconfig", "context", "release",
+    for name in ("namespace", "stable", "canary", "router", "kubeconfig", "context", "release",
                  "reports", "pause"):
         if name in values:
             setattr(plan, name, _text(name, values[name]))
@@ -208,6 +212,7 @@ def _parse_plan(data: Any) -> Plan:
         names.check_dns_label(name, getattr(plan, name))
     if plan.stable == plan.canary:
         raise BadInput("canary", plan.canary, "must differ from the stable subset")
+    check_router("router", plan.router)
     if plan.release and not names.is_dns1123_label(plan.release.lower()):
         raise BadInput("release", plan.release, "must be a folder name of letters, digits and "
                        "'-' (a DNS-1123 label, upper case allowed)")
@@ -467,7 +472,11 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
     found: list[PhaseSpec]
     weight: float = -1  # -1: the analyze runbook reads the configured weight
     if step.kind == "internal-canary":
-        found = [PhaseSpec("internal-canary", "internal-canary", dict(step.settings), index)]
+        settings = dict(step.settings)
+        if "header" in settings or "cookie_name" in settings:  # only the routes asked for
+            settings.setdefault("header", "")
+            settings.setdefault("cookie_name", "")
+        found = [PhaseSpec("internal-canary", "internal-canary", settings, index)]
         label = "internal"
     elif step.kind == "shadow":
         percentage = step.settings["percentage"]

@@ -785,6 +785,19 @@ def replay_periods(release: Release) -> tuple[list[WeightPeriod], str]:
                      f"record of release {name} in {path.name})")
 
 
+def _routing_target(release: Release) -> str:
+    """The routed object the release's audit log began its rollout on ("" when none), e.g.
+    "HTTPRoute default/reviews"."""
+    path = _audit_log(release)
+    try:
+        records = audit.read_records(path) if path is not None else []
+    except (OSError, ValueError, RecursionError):
+        return ""
+    begins = [r.get("target") for r in records if isinstance(r, dict)
+              and r.get("operation") == "begin_rollout" and isinstance(r.get("target"), str)]
+    return begins[-1] if begins else ""
+
+
 def _summary_field(release: Release, key: str) -> str:
     value = release.summary.get(key)
     if not isinstance(value, str) or not value:
@@ -900,11 +913,16 @@ def export_replay_csv(release: Release | str | Path,
         if (isinstance(value, bool) or not isinstance(value, int | float)
                 or not math.isfinite(value) or value < 0 or (value == 0 and not zero)):
             raise BadInput(name, value, f"must be a number of seconds {'>=' if zero else '>'} 0")
+    periods, source = replay_periods(release)
+    routed = _routing_target(release)
     selector = m.MetricsSelector(
         service=_summary_field(release, "service"), namespace=_summary_field(release, "namespace"),
         stable=_summary_field(release, "stable"), canary=_summary_field(release, "canary"),
+        # behind a Gateway API route each version is a Service: its name is on the metrics
+        version_label="destination_service_name" if routed.startswith(("HTTPRoute ",
+                                                                        "GRPCRoute "))
+        else "destination_version",
     ).validate()
-    periods, source = replay_periods(release)
     start, end = _rollout_span(release, periods)
     after = math.floor((end - start) / interval + 1e-9)
     if after < 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +11,9 @@ from canarykit.analysis import metrics as m
 from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
 from canarykit.core import names
-from canarykit.core.errors import BadInput
+from canarykit.core.errors import BadInput, ClusterError
 from canarykit.mesh import versions
+from canarykit.routers import Router, check_router, open_router
 
 # Where a Prometheus URL comes from when neither the plan nor the runbook gives one.
 PROMETHEUS_URL_ENV = "CANARYKIT_PROMETHEUS_URL"
@@ -36,6 +37,16 @@ class Target:
     prometheus: m.PrometheusSettings | None
     audit_log: Path
     release: str = ""
+    router: str = ""  # istio, gateway-api, or "" (detected on first use)
+    opened: Router | None = field(default=None, repr=False, compare=False)
+
+
+def router_of(target: Target) -> Router:
+    """The target's router, opened (and detected, when not named) once per runbook."""
+    if target.opened is None:
+        target.opened = open_router(target.cluster, target.service, target.stable,
+                                    target.canary, target.router)
+    return target.opened
 
 
 def text_parameter(field: str, value: Any) -> str:
@@ -67,6 +78,7 @@ def connect_target(
     prometheus_bearer_token_env: str = "",
     audit_log: str = "",
     release: str = "",
+    router: str = "",
 ) -> Target:
     """Check the common parameters and connect. `service` is a short name or an FQDN
     (`reviews.prod.svc.cluster.local`, whose namespace an empty `namespace` takes); an empty
@@ -80,6 +92,7 @@ def connect_target(
     service, named = names.split_service("service", service, namespace or None)
     names.check_dns_label("stable", stable)
     names.check_dns_label("canary", canary)
+    check_router("router", router)
     if stable == canary:
         raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
     for name, value in (("kubeconfig", kubeconfig), ("context", context),
@@ -110,24 +123,34 @@ def connect_target(
         raise renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
                              "--namespace": "namespace"}) from None
     return Target(service, connected.namespace, stable, canary, connected, prometheus,
-                  Path(audit_log) if audit_log else audit.default_audit_log(), release)
+                  Path(audit_log) if audit_log else audit.default_audit_log(), release, router)
 
 
 def subset_versions(target: Target, version_label_key: str = ""
                     ) -> tuple[versions.SubsetVersion, versions.SubsetVersion]:
-    """The stable and canary subsets' versions (`versions.SubsetVersion`), read from the
-    DestinationRule (one GET): a subset's name is the user's, its pods' version label is what
-    Istio's metrics carry."""
+    """The stable and canary versions as the metrics carry them (`versions.SubsetVersion`):
+    for Istio read from the DestinationRule's subsets (a subset's name is the user's, its
+    pods' version label is what Istio's metrics carry); for Gateway API the backend Services'
+    names."""
     versions.check_label_key("version_label_key", version_label_key)
-    dr = cluster.find_destination_rule(target.cluster, target.service)
-    return versions.subset_versions(dr, target.stable, target.canary, version_label_key)
+    if target.router != "gateway-api":
+        try:
+            router = router_of(target)
+        except ClusterError:  # nothing routes the service (yet): its DestinationRule says
+            dr = cluster.find_destination_rule(target.cluster, target.service)
+            return versions.subset_versions(dr, target.stable, target.canary, version_label_key)
+    router = router_of(target)
+    return router.versions(router.read(), version_label_key)
 
 
 def metrics_selector(target: Target, found: tuple[versions.SubsetVersion, versions.SubsetVersion]
                      ) -> m.MetricsSelector:
-    """The target's series, stable and canary by the versions `subset_versions` found."""
+    """The target's series, stable and canary by the versions `subset_versions` found, told
+    apart by the label its router's versions differ in."""
     stable, canary = found
+    label = target.opened.version_label() if target.opened else "destination_version"
     return m.MetricsSelector(service=target.service, namespace=target.namespace,
+                             version_label=label,
                              stable=stable.version, canary=canary.version,
                              stable_subset=stable.subset, canary_subset=canary.subset).validate()
 

@@ -315,6 +315,7 @@ def test_status_as_json_has_the_keys_and_values_scripts_read(lab):
         "service": "reviews",
         "namespace": "default",
         "server": kube.server,
+        "router": "istio",
         "virtualService": "reviews",
         "virtualServiceResourceVersion": change.result["metadata"]["resourceVersion"],
         "destinationRule": "reviews",

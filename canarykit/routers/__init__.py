@@ -1,0 +1,117 @@
+"""How a rollout moves traffic: one small interface, two implementations.
+
+The phases, the driver and the report never touch a VirtualService or an HTTPRoute: they ask a
+`Router` (in the spirit of Flagger's `pkg/router/router.go` and Argo Rollouts' traffic routers)
+for the change an operation makes to the service's routing object, and apply it through
+`cluster.apply_change` (validated, dry-run on the server, optimistic concurrency, audited).
+
+- `istio`: a VirtualService routes the service; versions are DestinationRule subsets.
+- `gateway-api`: an HTTPRoute (or GRPCRoute) routes it; versions are separate Services, its
+  `backendRefs`.
+
+The router is the plan's `router:`, else detected from what routes the service; a service
+routed by both is refused (Istio does not support mixing them on one workload).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from canarykit.core.errors import BadInput, ClusterError
+
+if TYPE_CHECKING:
+    from canarykit.cluster.client import AppliedChange, Cluster, ServiceStatus
+    from canarykit.mesh.traffic import Change
+    from canarykit.mesh.versions import SubsetVersion
+
+ISTIO = "istio"
+GATEWAY_API = "gateway-api"
+ROUTERS = (ISTIO, GATEWAY_API)
+
+
+@dataclass
+class Objects:
+    """What a router read in one go: the object that routes the service (and carries the
+    rollout state) and what it needs beside it (the DestinationRule for Istio)."""
+
+    route: dict[str, Any]
+    extra: dict[str, Any] | None = None
+
+
+class Router(Protocol):
+    """One service's traffic, as a rollout sees it. `stable` and `canary` are what the router
+    calls versions: subset names for Istio, backend Service names for Gateway API."""
+
+    name: str
+    kind: str  # the kind of `Objects.route`
+    cluster: Cluster
+    service: str
+    stable: str
+    canary: str
+
+    def read(self) -> Objects: ...
+    def route(self) -> dict[str, Any]: ...
+    def problems(self, objects: Objects) -> list[str]: ...
+    def describe(self, objects: Objects) -> dict[str, Any]: ...
+    def weights(self, route: dict[str, Any]) -> dict[str, int] | None: ...
+    def diverted(self, route: dict[str, Any]) -> list[str]: ...
+    def snapshot(self, objects: Objects) -> dict[str, Any]: ...
+    def versions(self, objects: Objects, label_key: str
+                 ) -> tuple[SubsetVersion, SubsetVersion]: ...
+    def version_label(self) -> str: ...
+    def backend_labels(self, objects: Objects) -> dict[str, dict[str, str]]: ...
+    def set_canary_weight(self, route: dict[str, Any], weight: int,
+                          extra: dict[str, Any] | None) -> Change: ...
+    def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
+                        *, header: str = "", value: str = "",
+                        cookie: tuple[str, str] | None = None) -> Change: ...
+    def switch_all_traffic(self, route: dict[str, Any], to: str,
+                           extra: dict[str, Any] | None) -> Change: ...
+    def set_mirror(self, route: dict[str, Any], percent: float,
+                   extra: dict[str, Any] | None) -> Change: ...
+    def clear_mirror(self, route: dict[str, Any]) -> Change: ...
+    def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
+                release: str) -> Change: ...
+    def left_on_stable(self, route: dict[str, Any]) -> list[str]: ...
+    def rollback(self, *, dry_run: bool = False,
+                 audit_log: Any = None) -> list[AppliedChange]: ...
+    def status(self) -> ServiceStatus: ...
+
+
+def check_router(field: str, value: Any) -> str:
+    """"" (detect), istio or gateway-api."""
+    if value not in ("", *ROUTERS):
+        raise BadInput(field, value, f"must be one of {', '.join(ROUTERS)} (or empty: detected "
+                       "from what routes the service)")
+    return value
+
+
+def detect(cluster: Cluster, service: str) -> str:
+    """Which API routes `service`: refused when both or neither do."""
+    from canarykit.routers import gateway_api, istio
+
+    by_istio = istio.routes_service(cluster, service)
+    by_gateway = gateway_api.routes_service(cluster, service)
+    if by_istio and by_gateway:
+        raise ClusterError(
+            f"{service} is routed by both {by_istio} and {by_gateway}: Istio does not support "
+            "VirtualService and HTTPRoute on one workload; remove one, or name the router "
+            "(plan `router:`)")
+    if by_gateway:
+        return GATEWAY_API
+    if by_istio:
+        return ISTIO
+    raise ClusterError(f"no VirtualService and no HTTPRoute routes {service} in namespace "
+                       f"{cluster.namespace}")
+
+
+def open_router(cluster: Cluster, service: str, stable: str, canary: str,
+                name: str = "") -> Router:
+    """The service's router: `name` (istio, gateway-api), or detected."""
+    from canarykit.routers import gateway_api, istio
+
+    check_router("router", name)
+    chosen = name or detect(cluster, service)
+    implementation = istio.IstioRouter if chosen == ISTIO else gateway_api.GatewayRouter
+    return implementation(cluster, service, stable, canary)

@@ -1,0 +1,210 @@
+"""The Gateway API router: an HTTPRoute (or GRPCRoute) routes the service; each version is
+a Service of its own (`reviews-v1`, `reviews-v2`), one of the route's `backendRefs`.
+
+Only what the rollout manages is changed: the weights of the canary rule's backendRefs, the
+rules and mirror filters canarykit adds. Everything else in the route (other rules, foreign
+filters such as `ExtensionRef`, matches, `parentRefs`) is carried through untouched, and the
+rollback snapshot is the route's rules as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from canarykit.cluster import client as cluster
+from canarykit.cluster.state import read_state, with_state
+from canarykit.core.errors import BadInput, ClusterError
+from canarykit.core.names import service_name
+from canarykit.mesh import gateway, istio, traffic, validate, versions
+from canarykit.routers import GATEWAY_API, Objects
+from canarykit.routers.istio import service_selector
+
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+
+
+def _parented_by(route: dict[str, Any], service: str) -> bool:
+    """A mesh (GAMMA) route of `service`: a parentRef to the Service itself."""
+    for ref in (route.get("spec") or {}).get("parentRefs") or []:
+        if (isinstance(ref, dict) and ref.get("kind") == "Service" and ref.get("group", "") == ""
+                and ref.get("name") == service_name(service)):
+            return True
+    return False
+
+
+def _routes_by_name_or_parent(kube: cluster.Cluster, service: str) -> list[dict[str, Any]]:
+    """The routes of `service`: the one named after it, else those whose parentRef is it."""
+    found = []
+    for kind in ROUTE_KINDS:
+        try:
+            named = cluster.get_object(kube, kind, service_name(service))
+        except cluster.NotFound:
+            named = None
+        except ClusterError as exc:
+            if " 404 " in f" {exc} ":  # the cluster does not serve this kind (no CRD)
+                continue
+            raise
+        if named is not None and _parented_by(named, service):
+            return [named]
+        try:
+            found += [r for r in cluster.list_objects(kube, kind) if _parented_by(r, service)]
+        except ClusterError as exc:
+            if " 404 " not in f" {exc} ":
+                raise
+    return found
+
+
+def routes_service(kube: cluster.Cluster, service: str) -> str:
+    """`HTTPRoute NS/NAME` when a Gateway API route has the Service as parent, else ""."""
+    found = _routes_by_name_or_parent(kube, service)
+    return ", ".join(istio.object_ref(r) for r in found)
+
+
+def find_route(kube: cluster.Cluster, service: str) -> dict[str, Any]:
+    found = _routes_by_name_or_parent(kube, service)
+    if not found:
+        raise ClusterError(f"no HTTPRoute or GRPCRoute has Service {service} as parent in "
+                           f"namespace {kube.namespace}")
+    if len(found) > 1:
+        raise ClusterError(f"several routes have Service {service} as parent: "
+                           f"{', '.join(istio.object_ref(r) for r in found)}; name one")
+    return found[0]
+
+
+class GatewayRouter:
+    name = GATEWAY_API
+    kind = "HTTPRoute"
+
+    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str) -> None:
+        self.cluster, self.service, self.stable, self.canary = kube, service, stable, canary
+
+    def read(self) -> Objects:
+        return Objects(self.route())
+
+    def route(self) -> dict[str, Any]:
+        found = find_route(self.cluster, self.service)
+        self.kind = found["kind"]
+        return found
+
+    def problems(self, objects: Objects) -> list[str]:
+        found = [m.format() for m in validate.validate_object(objects.route)
+                 if m.level == "Error"]
+        try:
+            self.set_canary_weight(objects.route, 0, None)
+        except BadInput as exc:
+            found.append(f"cannot split traffic: {exc}")
+        return found
+
+    def describe(self, objects: Objects) -> dict[str, Any]:
+        return {"route": istio.object_ref(objects.route),
+                "backends": gateway.backend_services(objects.route)}
+
+    def weights(self, route: dict[str, Any]) -> dict[str, int] | None:
+        try:
+            return gateway.weights_percent(route, self.stable, self.canary)
+        except BadInput:
+            return None
+
+    def diverted(self, route: dict[str, Any]) -> list[str]:
+        """canarykit's match rules and mirror filters to the canary: while any is there, the
+        canary's share of traffic is not its weight."""
+        found = []
+        for index, rule in enumerate(gateway.rules(route)):
+            backends = gateway.rule_backends(rule)
+            if rule.get("matches") and backends and set(backends) == {self.canary}:
+                found.append(gateway.rule_label(route, index))
+            if any(f.get("type") == "RequestMirror" for f in rule.get("filters") or []
+                   if isinstance(f, dict)):
+                found.append(f"mirroring on {gateway.rule_label(route, index)}")
+        return found
+
+    def snapshot(self, objects: Objects) -> dict[str, Any]:
+        return {"route": istio.managed_fields(objects.route)}
+
+    def versions(self, objects: Objects, label_key: str
+                 ) -> tuple[versions.SubsetVersion, versions.SubsetVersion]:
+        """Each version is its own Service: the metrics tell them apart by
+        destination_service_name, whatever the pods' version labels say."""
+        return (versions.SubsetVersion(self.stable, self.stable, "destination_service_name"),
+                versions.SubsetVersion(self.canary, self.canary, "destination_service_name"))
+
+    def version_label(self) -> str:
+        return "destination_service_name"
+
+    def backend_labels(self, objects: Objects) -> dict[str, dict[str, str]]:
+        """backend Service -> its selector (a backend with no Service is left out)."""
+        found = {}
+        for name in (self.stable, self.canary):
+            selector = service_selector(self.cluster, name)
+            if selector:
+                found[name] = selector
+        return found
+
+    def missing_backend(self, objects: Objects, name: str) -> str:
+        return f"backend Service {self.cluster.namespace}/{name} does not exist or selects no pods"
+
+    def set_canary_weight(self, route: dict[str, Any], weight: int,
+                          extra: dict[str, Any] | None) -> traffic.Change:
+        return gateway.set_canary_weight(route, weight, stable=self.stable, canary=self.canary)
+
+    def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
+                        *, header: str = "", value: str = "",
+                        cookie: tuple[str, str] | None = None) -> traffic.Change:
+        headers = None
+        if header:
+            headers = [{"type": "Exact" if value else "RegularExpression", "name": header,
+                        "value": value or ".*"}]
+        return gateway.add_match_rule(route, name, canary=self.canary, stable=self.stable,
+                                      headers=headers,
+                                      cookie=(cookie[0], cookie[1] or None) if cookie else None)
+
+    def switch_all_traffic(self, route: dict[str, Any], to: str,
+                           extra: dict[str, Any] | None) -> traffic.Change:
+        return gateway.switch_all_traffic(route, to, stable=self.stable, canary=self.canary)
+
+    def set_mirror(self, route: dict[str, Any], percent: float,
+                   extra: dict[str, Any] | None) -> traffic.Change:
+        return gateway.set_mirror(route, canary=self.canary, stable=self.stable, percent=percent)
+
+    def clear_mirror(self, route: dict[str, Any]) -> traffic.Change:
+        return gateway.clear_mirror(route, canary=self.canary, stable=self.stable)
+
+    def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
+                release: str) -> traffic.Change:
+        change = gateway.promote_change(route, stable=self.stable, canary=self.canary,
+                                        release=release)
+        return traffic.Change("promote", change.params, change.before,
+                              with_state(change.after, None))
+
+    def left_on_stable(self, route: dict[str, Any]) -> list[str]:
+        return gateway.routes_to(route, self.stable)
+
+    def rollback(self, *, dry_run: bool = False,
+                 audit_log: Any = None) -> list[cluster.AppliedChange]:
+        """The route's rules as they were before the rollout, and the rollout ended, in one
+        write: a route is one object, so there is no half-way state to finish later."""
+        route = find_route(self.cluster, self.service)
+        state = read_state(route)
+        if state is None:
+            raise ClusterError(f"no rollout in progress on {istio.object_ref(route)}: nothing "
+                               "to roll back")
+        restored = traffic.restore_managed_fields(route, state.snapshot["route"])
+        change = traffic.Change("rollback", {"release": state.release},
+                                restored.before, with_state(restored.after, None))
+        return [cluster.apply_change(self.cluster, change, dry_run=dry_run,
+                                     audit_log=audit_log)]
+
+    def status(self) -> cluster.ServiceStatus:
+        route = find_route(self.cluster, self.service)
+        routes = [
+            cluster.RouteStatus(
+                index=index, name=rule.get("name", ""), match=rule.get("matches", []),
+                destinations=[cluster.DestinationStatus(ref.get("name", ""), ref.get("weight", 1))
+                              for ref in rule.get("backendRefs") or []],
+                settings={k: rule[k] for k in ("filters", "timeouts") if k in rule})
+            for index, rule in enumerate(gateway.rules(route))]
+        return cluster.ServiceStatus(
+            service=self.service, namespace=self.cluster.namespace, server=self.cluster.server,
+            virtual_service=istio.object_ref(route),
+            virtual_service_resource_version=route["metadata"].get("resourceVersion"),
+            destination_rule="", subsets=[], traffic_policy=None, routes=routes,
+            rollout=read_state(route), router=GATEWAY_API)

@@ -1,0 +1,184 @@
+"""The Istio router: a VirtualService routes the service, DestinationRule subsets are versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from canarykit.cluster import client as cluster
+from canarykit.cluster.state import with_state
+from canarykit.core.errors import BadInput, ClusterError
+from canarykit.mesh import istio, traffic, validate, versions
+from canarykit.routers import ISTIO, Objects
+
+# The match routes the internal-canary phase adds, by what they match; promote removes them.
+INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
+
+
+def routes_service(kube: cluster.Cluster, service: str) -> str:
+    """`VirtualService NS/NAME` when one routes `service`, else ""."""
+    try:
+        return istio.object_ref(cluster.find_virtual_service(kube, service))
+    except cluster.NotFound:
+        return ""
+    except ClusterError as exc:
+        if str(exc).startswith("no VirtualService"):
+            return ""
+        raise
+
+
+class IstioRouter:
+    name = ISTIO
+    kind = "VirtualService"
+
+    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str) -> None:
+        self.cluster, self.service, self.stable, self.canary = kube, service, stable, canary
+
+    def read(self) -> Objects:
+        return Objects(cluster.find_virtual_service(self.cluster, self.service),
+                       cluster.find_destination_rule(self.cluster, self.service))
+
+    def route(self) -> dict[str, Any]:
+        return cluster.find_virtual_service(self.cluster, self.service)
+
+    def problems(self, objects: Objects) -> list[str]:
+        found = [msg.format() for msg in validate.analyze([objects.route, objects.extra or {}])
+                 if msg.level == "Error"]
+        try:
+            self.set_canary_weight(objects.route, 0, objects.extra)
+        except BadInput as exc:
+            found.append(f"cannot split traffic: {exc}")
+        return found
+
+    def describe(self, objects: Objects) -> dict[str, Any]:
+        dr = objects.extra or {}
+        return {"virtualService": istio.object_ref(objects.route),
+                "destinationRule": istio.object_ref(dr),
+                "subsets": istio.destination_rule_subsets(dr)}
+
+    def weights(self, route: dict[str, Any]) -> dict[str, int] | None:
+        try:
+            index = istio.find_canary_route(route, self.stable, self.canary)
+        except BadInput:
+            return None
+        found = istio.subset_weights(istio.http_routes(route)[index])
+        return {self.stable: int(found.get(self.stable, 0)),
+                self.canary: int(found.get(self.canary, 0))}
+
+    def diverted(self, route: dict[str, Any]) -> list[str]:
+        """What sends the canary traffic besides the split (match routes that send only to
+        it, mirroring): while any does, its share of traffic is not its weight."""
+        found = []
+        for index, rule in enumerate(istio.http_routes(route)):
+            subsets = istio.route_subsets(rule)
+            if rule.get("match") and subsets and all(s == self.canary for s in subsets):
+                found.append(istio.route_label(route, index))
+            if "mirror" in rule or "mirrors" in rule:
+                found.append(f"mirroring on {istio.route_label(route, index)}")
+        return found
+
+    def snapshot(self, objects: Objects) -> dict[str, Any]:
+        dr = objects.extra or {}
+        return {"virtualService": istio.managed_fields(objects.route),
+                "destinationRule": istio.managed_fields(dr),
+                "destinationRuleName": dr["metadata"]["name"]}
+
+    def versions(self, objects: Objects, label_key: str
+                 ) -> tuple[versions.SubsetVersion, versions.SubsetVersion]:
+        return versions.subset_versions(objects.extra or {}, self.stable, self.canary, label_key)
+
+    def version_label(self) -> str:
+        return "destination_version"
+
+    def backend_labels(self, objects: Objects) -> dict[str, dict[str, str]]:
+        """version -> the pod labels that select it: the Service's selector and the subset's
+        labels (a version missing from the DestinationRule is left out)."""
+        selector = service_selector(self.cluster, self.service)
+        subsets = {s.get("name"): s.get("labels") or {}
+                   for s in ((objects.extra or {}).get("spec") or {}).get("subsets") or []
+                   if isinstance(s, dict)}
+        return {name: {**selector, **subsets[name]} for name in (self.stable, self.canary)
+                if name in subsets}
+
+    def missing_backend(self, objects: Objects, name: str) -> str:
+        return f"subset {name} is not defined in {istio.object_ref(objects.extra or {})}"
+
+    def set_canary_weight(self, route: dict[str, Any], weight: int,
+                          extra: dict[str, Any] | None) -> traffic.Change:
+        return traffic.set_canary_weight(route, weight, stable=self.stable, canary=self.canary,
+                                         dr=extra)
+
+    def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
+                        *, header: str = "", value: str = "",
+                        cookie: tuple[str, str] | None = None) -> traffic.Change:
+        if cookie is not None:
+            pattern = traffic.cookie_regex(cookie[0], cookie[1] or None)
+            return traffic.add_match_route(route, name=name, canary=self.canary,
+                                           cookie_regex=pattern, stable=self.stable, dr=extra)
+        return traffic.add_match_route(route, name=name, canary=self.canary, header=header,
+                                       value=value, stable=self.stable, dr=extra)
+
+    def switch_all_traffic(self, route: dict[str, Any], to: str,
+                           extra: dict[str, Any] | None) -> traffic.Change:
+        known = istio.destination_rule_subsets(extra or {})
+        if to not in known:
+            raise BadInput("to_subset", to, f"is not a subset of {istio.object_ref(extra or {})} "
+                           f"(subsets: {', '.join(map(str, known))})")
+        return traffic.switch_all_traffic(route, to, stable=self.stable, canary=self.canary,
+                                          dr=extra)
+
+    def set_mirror(self, route: dict[str, Any], percent: float,
+                   extra: dict[str, Any] | None) -> traffic.Change:
+        return traffic.set_mirror(route, subset=self.canary, percentage=percent,
+                                  stable=self.stable, dr=extra)
+
+    def clear_mirror(self, route: dict[str, Any]) -> traffic.Change:
+        return traffic.clear_mirror(route, stable=self.stable, canary=self.canary)
+
+    def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
+                release: str) -> traffic.Change:
+        """Internal routes gone, mirror and fault cleared, all to the canary, the rollout
+        ended: one write."""
+        after, removed = route, []
+        for name in INTERNAL_ROUTES:
+            change = traffic.remove_match_route(after, name)
+            if change.changed:
+                removed.append(name)
+            after = change.after
+        after = self.clear_mirror(after).after
+        after = traffic.clear_fault(after, stable=self.stable, canary=self.canary).after
+        after = traffic.switch_all_traffic(after, self.canary, stable=self.stable,
+                                           canary=self.canary, dr=extra).after
+        params = {"stable": self.stable, "canary": self.canary, "release": release,
+                  "removed_routes": removed}
+        return traffic.Change("promote", params, istio.copy_object(route), with_state(after, None))
+
+    def left_on_stable(self, route: dict[str, Any]) -> list[str]:
+        return [istio.route_label(route, index)
+                for index, rule in enumerate(istio.http_routes(route))
+                if any(s == self.stable and (d.get("weight") is None or d.get("weight", 0) > 0)
+                       for s, d in zip(istio.route_subsets(rule), istio.route_destinations(rule),
+                                       strict=False))]
+
+    def rollback(self, *, dry_run: bool = False,
+                 audit_log: Any = None) -> list[cluster.AppliedChange]:
+        return cluster.rollback(self.cluster, self.service, dry_run=dry_run,
+                                audit_log=audit_log)
+
+    def status(self) -> cluster.ServiceStatus:
+        return cluster.status(self.cluster, self.service)
+
+
+def service_selector(kube: cluster.Cluster, service: str) -> dict[str, str]:
+    """The Service's pod selector ({} when there is no such Service: the version's own labels
+    alone select its pods)."""
+    from kubernetes import client as k8s  # here: not every runbook kernel needs it
+
+    try:
+        found = k8s.CoreV1Api(kube.api).read_namespaced_service(
+            service.split(".")[0], kube.namespace)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise ClusterError(f"cannot read Service {kube.namespace}/{service}: "
+                           f"{cluster.api_error_text(exc)}") from None
+    return dict(found.spec.selector or {})
