@@ -121,6 +121,20 @@ def check_label_value(field_name: str, value: Any) -> str:
     return value
 
 
+def check_metrics_source(reporter: Any, version_label: Any, prefix: str = "") -> None:
+    """The reporter whose series are read, and the label telling versions apart ("": the
+    router's own: destination_version for Istio subsets, destination_service_name for Gateway
+    API backends)."""
+    if reporter not in REPORTERS:
+        raise BadInput(f"{prefix}reporter", reporter, f"must be one of {', '.join(REPORTERS)} "
+                       "(waypoint: ambient mode)")
+    if version_label != "":
+        check_label_name(f"{prefix}version_label", version_label)
+        if version_label == "le":
+            raise BadInput(f"{prefix}version_label", version_label,
+                           "must not be the histogram label le")
+
+
 def check_label_name(field_name: str, value: Any) -> str:
     """A Prometheus label name, which PromQL uses unquoted."""
     if not is_label_name(value):
@@ -563,13 +577,8 @@ class MetricsSelector:
                 raise BadInput("service", domain, f"names cluster domain {domain!r} but "
                                f"fqdn_suffix is {self.fqdn_suffix!r}")
             self.fqdn_suffix = domain
-        if self.reporter not in REPORTERS:
-            raise BadInput("reporter", self.reporter, f"must be one of {', '.join(REPORTERS)} "
-                           "(waypoint: ambient mode)")
         check_label_name("version_label", self.version_label)
-        if self.version_label == "le":
-            raise BadInput("version_label", self.version_label,
-                           "must not be the histogram label le")
+        check_metrics_source(self.reporter, self.version_label)
         if not is_dns1123_subdomain(self.fqdn_suffix):
             raise BadInput("fqdn_suffix", self.fqdn_suffix,
                            "must be a DNS name such as svc.cluster.local")

@@ -427,6 +427,8 @@ def common_parameters(driver: Driver, release: str, folder: Path) -> dict[str, A
         "stable": plan.stable,
         "canary": plan.canary,
         "router": plan.router,
+        "reporter": plan.metrics.reporter,
+        "version_label": plan.metrics.version_label,
         "kubeconfig": driver.kubeconfig,
         "context": plan.context,
         "prometheus_url": driver.prometheus_url,

@@ -39,6 +39,7 @@ class Parameter:
         return json.dumps(self.default) if isinstance(self.default, str) else repr(self.default)
 
 
+MAX_LISTED = 16  # parameter names an error lists before it says how many there are
 COMMON = (
     Parameter("service", "str", "reviews",
               "the service rolled out: NAME, or NAME.NAMESPACE.svc.cluster.local"),
@@ -49,6 +50,10 @@ COMMON = (
     Parameter("canary", "str", "v2", "canary subset of the DestinationRule"),
     Parameter("router", "str", "",
               "istio or gateway-api; empty: detected from what routes the service"),
+    Parameter("reporter", "str", "destination",
+              "Istio reporter of the series read: destination, source or waypoint"),
+    Parameter("version_label", "str", "",
+              "metrics label telling versions apart; empty: the router's"),
     Parameter("kubeconfig", "str", "",
               "empty: $KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)"),
     Parameter("context", "str", "", "kubeconfig context; empty: its current context"),
@@ -169,8 +174,11 @@ def given_parameters(runbook_name: str, namespace: dict[str, Any],
         shown = given[name]
         if isinstance(shown, str) and len(shown) > 80:
             shown = shown[:80] + "..."
+        listed = ", ".join(known[:MAX_LISTED]) + (
+            f", ... ({len(known)} in all: the notebook's parameters cell)"
+            if len(known) > MAX_LISTED else "")
         raise BadInput(name, shown, f"is not a parameter of the {runbook_name} runbook "
-                       f"(parameters: {', '.join(known)})")
+                       f"(parameters: {listed})")
     return {name: given[name] for name in known if name in given}
 
 

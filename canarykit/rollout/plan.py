@@ -53,6 +53,16 @@ class PrometheusRef:
 
 
 @dataclass
+class MetricsSource:
+    """Whose Istio series a release reads and which label tells its versions apart ("": the
+    router's: destination_version for Istio subsets, destination_service_name for Gateway API
+    backends; e.g. destination_workload, or a waypoint's `reporter: waypoint` in ambient)."""
+
+    reporter: str = "destination"
+    version_label: str = ""
+
+
+@dataclass
 class PreflightSettings:
     baseline_window: str = default("preflight", "baseline_window")
     min_baseline_success_rate: float = default("preflight", "min_baseline_success_rate")
@@ -97,6 +107,7 @@ class Plan:
     reports: str = "reports"
     pause: str = "0s"  # default wait after preflight and after each step
     prometheus: PrometheusRef = field(default_factory=PrometheusRef)
+    metrics: MetricsSource = field(default_factory=MetricsSource)
     preflight: PreflightSettings = field(default_factory=PreflightSettings)
     inconclusive: InconclusivePolicy = field(default_factory=InconclusivePolicy)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
@@ -108,6 +119,8 @@ class Plan:
         out = asdict(self)
         if not self.router:
             del out["router"]  # so a plan written before routers existed keeps its digest
+        if self.metrics == MetricsSource():
+            del out["metrics"]  # likewise
         out["analysis"] = self.analysis.to_dict(PLAN)
         out["steps"] = [step.to_dict() for step in self.steps]
         out["notifications"] = [channel.to_dict() for channel in self.notifications]
@@ -228,6 +241,8 @@ def _parse_plan(data: Any) -> Plan:
             plan.prometheus.bearer_token_env):
         raise BadInput("prometheus.bearer_token_env", plan.prometheus.bearer_token_env,
                        "must be the NAME of an environment variable")
+    plan.metrics = MetricsSource(**_section("metrics", values, MetricsSource))
+    metrics.check_metrics_source(plan.metrics.reporter, plan.metrics.version_label, "metrics.")
     plan.preflight = _preflight(values)
     plan.inconclusive = _inconclusive(values)
     plan.analysis = parse_analysis("analysis", values.get("analysis", {}), AnalysisSettings())

@@ -38,6 +38,8 @@ class Target:
     audit_log: Path
     release: str = ""
     router: str = ""  # istio, gateway-api, or "" (detected on first use)
+    reporter: str = "destination"
+    version_label: str = ""  # "" = the router's
     opened: Router | None = field(default=None, repr=False, compare=False)
 
 
@@ -79,6 +81,8 @@ def connect_target(
     audit_log: str = "",
     release: str = "",
     router: str = "",
+    reporter: str = "destination",
+    version_label: str = "",
 ) -> Target:
     """Check the common parameters and connect. `service` is a short name or an FQDN
     (`reviews.prod.svc.cluster.local`, whose namespace an empty `namespace` takes); an empty
@@ -93,6 +97,7 @@ def connect_target(
     names.check_dns_label("stable", stable)
     names.check_dns_label("canary", canary)
     check_router("router", router)
+    m.check_metrics_source(reporter, version_label)
     if stable == canary:
         raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
     for name, value in (("kubeconfig", kubeconfig), ("context", context),
@@ -123,7 +128,8 @@ def connect_target(
         raise renamed(err, {"--kubeconfig": "kubeconfig", "--context": "context",
                              "--namespace": "namespace"}) from None
     return Target(service, connected.namespace, stable, canary, connected, prometheus,
-                  Path(audit_log) if audit_log else audit.default_audit_log(), release, router)
+                  Path(audit_log) if audit_log else audit.default_audit_log(), release, router,
+                  reporter=reporter, version_label=version_label)
 
 
 def subset_versions(target: Target, version_label_key: str = ""
@@ -148,9 +154,10 @@ def metrics_selector(target: Target, found: tuple[versions.SubsetVersion, versio
     """The target's series, stable and canary by the versions `subset_versions` found, told
     apart by the label its router's versions differ in."""
     stable, canary = found
-    label = target.opened.version_label() if target.opened else "destination_version"
+    label = target.version_label or (
+        target.opened.version_label() if target.opened else "destination_version")
     return m.MetricsSelector(service=target.service, namespace=target.namespace,
-                             version_label=label,
+                             reporter=target.reporter, version_label=label,
                              stable=stable.version, canary=canary.version,
                              stable_subset=stable.subset, canary_subset=canary.subset).validate()
 

@@ -369,3 +369,37 @@ def test_channels_and_webhooks_round_trip_and_keep_only_variable_names():
 def test_a_bad_channel_is_refused_naming_its_path():
     error = refused(with_changes(notifications=[{"kind": "pager", "url_env": "X"}]))
     assert error.field.startswith("notifications[0]")
+
+
+def test_the_metrics_section_names_the_reporter_and_the_version_label():
+    loaded = plan.parse_plan(with_changes(metrics={"reporter": "waypoint",
+                                                   "version_label": "destination_workload"}))
+    assert (loaded.metrics.reporter, loaded.metrics.version_label) == (
+        "waypoint", "destination_workload")
+    assert refused(with_changes(metrics={"reporter": "sidecar"})).field == "metrics.reporter"
+    assert refused(with_changes(metrics={"version_label": "le"})).field == \
+        "metrics.version_label"
+    assert refused(with_changes(metrics={"version_label": "a-b"})).field == \
+        "metrics.version_label"
+    assert refused(with_changes(metrics={"reporters": "source"})).field == "metrics.reporters"
+
+
+def test_the_default_router_and_metrics_leave_an_older_plans_digest_as_it_was():
+    """A release that began before routers existed is not taken for a changed plan."""
+    loaded = plan.parse_plan(with_changes())
+    assert "router" not in loaded.to_dict() and "metrics" not in loaded.to_dict()
+    named = plan.parse_plan(with_changes(router="istio"))
+    assert named.to_dict()["router"] == "istio" and named.digest() != loaded.digest()
+
+
+def test_the_internal_canary_step_adds_only_the_routes_it_names():
+    """Naming a header means no cookie route (and the reverse); naming neither, both defaults."""
+    def internal(settings):
+        loaded = plan.parse_plan(with_changes(steps=[{"internal-canary": settings},
+                                                     {"promote": {}}]))
+        return next(p for p in plan.expand(loaded) if p.runbook == "internal-canary").parameters
+
+    assert internal({"header": "x-team", "header_value": "qa"}) == {
+        "header": "x-team", "header_value": "qa", "cookie_name": ""}
+    assert internal({"cookie_name": "beta"}) == {"cookie_name": "beta", "header": ""}
+    assert internal({}) == {}

@@ -111,3 +111,22 @@ def test_weight_and_rollback_of_an_fqdn(kubeconfig, capsys, tmp_path):
                  "--canary-subset", "canary", *common]) == ExitCode.OK
     assert main(["rollback", "reviews.prod", *common]) == ExitCode.OK
     assert "changed" in capsys.readouterr().out
+
+
+def test_the_metrics_source_of_a_target_reaches_its_queries(kubeconfig):
+    """The plan's metrics section (reporter, version label) is what the selector asks for;
+    without a version label, the router's (Istio: destination_version)."""
+    target = rollout_target.connect_target(
+        service=FQDN, stable="stable", canary="canary", kubeconfig=kubeconfig,
+        reporter="waypoint", version_label="destination_workload")
+    found = rollout_target.subset_versions(target)
+    selector = rollout_target.metrics_selector(target, found)
+    assert 'reporter="waypoint"' in selector.matchers()
+    assert selector.version_label == "destination_workload"
+    plain = rollout_target.connect_target(service=FQDN, stable="stable", canary="canary",
+                                          kubeconfig=kubeconfig)
+    default = rollout_target.metrics_selector(plain, rollout_target.subset_versions(plain))
+    assert (default.reporter, default.version_label) == ("destination", "destination_version")
+    with pytest.raises(BadInput, match="reporter"):
+        rollout_target.connect_target(service=FQDN, stable="stable", canary="canary",
+                                      kubeconfig=kubeconfig, reporter="sidecar")
