@@ -718,6 +718,7 @@ def _apply_with_retries(
     for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
         try:
             preview = _replace(cluster, body, dry_run=True)
+            _refuse_dropped_fields(body, preview)
             if dry_run:
                 return preview, attempt
             progress.unanswered_write = True
@@ -748,6 +749,20 @@ def _apply_with_retries(
             )
         body = _rebase(fresh, change, head)
     raise ClusterError(f"{ref}: gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
+
+
+def _refuse_dropped_fields(sent: dict[str, Any], preview: dict[str, Any]) -> None:
+    """A Gateway API route whose dry run lost fields the change relies on is not written:
+    the cluster's CRDs are older than those fields."""
+    if sent.get("kind") not in ("HTTPRoute", "GRPCRoute"):
+        return
+    from canarykit.mesh import gateway
+
+    dropped = gateway.dropped_fields(sent, preview)
+    if dropped:
+        raise ClusterError(f"{istio.object_ref(sent)}: the cluster dropped {', '.join(dropped)} "
+                           "from the change (its Gateway API CRDs are older than these fields; "
+                           "install Gateway API v1.2 or later); nothing was changed")
 
 
 def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:

@@ -7,9 +7,12 @@ jittered exponential backoff (or the server's `Retry-After`), within a budget of
 timeouts, when sending it again cannot do anything twice:
 
 - a read (GET, HEAD) or a server-side dry run: after no answer, 429 or 5xx;
-- any other request: only after an answer that says it was not served: 429, or a 5xx with
-  `Retry-After` (client-go's rule for every verb). A write that got no answer is never re-sent
-  here: whether it landed is for the caller to find out (see `client.apply_change`).
+- any other request: only after 429, which API Priority and Fairness answers before doing
+  anything. A write that got no answer or a 5xx (an etcd timeout may still land) is never
+  re-sent here: whether it landed is for the caller to find out (see `client.apply_change`).
+
+Each try after the first gets only what is left of the budget as its timeout, so one request
+never takes longer than two request timeouts.
 
 Each retry is said on stderr (a kernel's stderr is the release's kernels.log), naming the
 request by method and path only: the host part of a URL may carry what is not for logs.
@@ -51,7 +54,7 @@ def answer_retried(method: str, url: str, response: Any) -> bool:
     status = getattr(response, "status", 200)
     if status not in RETRIED_STATUSES:
         return False
-    return is_safe(method, url) or status == 429 or retry_after(response) is not None
+    return is_safe(method, url) or status == 429
 
 
 def backoff(attempt: int) -> float:
@@ -83,6 +86,9 @@ def send(request: Callable[..., Any], method: str, url: str, budget: float,
     while True:
         attempt += 1
         failure: Any
+        left = budget - (time.monotonic() - began)
+        if attempt > 1 and isinstance(kwargs.get("_request_timeout"), int | float):
+            kwargs["_request_timeout"] = min(kwargs["_request_timeout"], max(left, 0.1))
         try:
             response = request(method, url, *args, **kwargs)
         except ApiException as exc:  # the client's word for a TLS failure: nothing was served

@@ -369,24 +369,25 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
     if not header and not cookie_name:
         raise BadInput("header", header, "give a header or a cookie_name (or both)")
     router = router_of(target)
-    operations = []
+    operations = []  # each with the names its refusals get as this runbook's parameters
     if header:
-        operations.append(functools.partial(
-            router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value))
+        operations.append((functools.partial(
+            router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value),
+            {"value": "header_value"}))
     if cookie_name:
-        operations.append(functools.partial(
-            router.add_match_route, name=INTERNAL_ROUTES[1],
-            cookie=(cookie_name, cookie_value)))
+        operations.append((functools.partial(
+            router.add_match_route, name=INTERNAL_ROUTES[1], cookie=(cookie_name, cookie_value)),
+            {"value": "cookie_value", "cookie": "cookie_name"}))
     objects = router.read()
     trial = objects.route
-    for operation in operations:  # every route is checked before anything is written
+    for operation, names in operations:  # every route is checked before anything is written
         try:
             trial = operation(trial, extra=objects.extra).after
         except BadInput as err:
-            raise renamed(err, {"value": "header_value", "cookie": "cookie_name"}) from None
+            raise renamed(err, names) from None
     _refuse_invalid(trial)
     _ensure_rollout(target, result)
-    for operation in operations:
+    for operation, _ in operations:
         _apply(target, result, functools.partial(operation, extra=objects.extra))
     _set_weights(target, result)
 

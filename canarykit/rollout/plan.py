@@ -442,6 +442,11 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
         for key, value in settings.items():
             if not value:
                 raise BadInput(f"{path}.{key}", value, "must not be empty")
+        for key, needs in (("header_value", "header"), ("cookie_value", "cookie_name")):
+            if key in settings and needs not in settings and {"header", "cookie_name"} & set(
+                    settings):
+                raise BadInput(f"{path}.{key}", settings[key], f"needs {needs} beside it: the "
+                               f"step adds only the routes it names")
         # The route's match needs what Istio accepts: checked now, not when the step runs.
         if "header" in settings and (not names.is_header_name(settings["header"])
                                      or settings["header"] != settings["header"].lower()):

@@ -92,7 +92,7 @@ def detect(cluster: Cluster, service: str) -> str:
     from canarykit.routers import gateway_api, istio
 
     by_istio = istio.routes_service(cluster, service)
-    by_gateway = gateway_api.routes_service(cluster, service)
+    by_gateway = gateway_api.routes_service(cluster, service, beside_istio=bool(by_istio))
     if by_istio and by_gateway:
         raise ClusterError(
             f"{service} is routed by both {by_istio} and {by_gateway}: Istio does not support "

@@ -31,31 +31,45 @@ def _parented_by(route: dict[str, Any], service: str) -> bool:
     return False
 
 
-def _routes_by_name_or_parent(kube: cluster.Cluster, service: str) -> list[dict[str, Any]]:
-    """The routes of `service`: the one named after it, else those whose parentRef is it."""
-    found = []
+def _routes_by_name_or_parent(kube: cluster.Cluster, service: str, *, named_only: bool = False,
+                              forbidden_is_none: bool = False) -> list[dict[str, Any]]:
+    """The routes of `service`: those named after it (one GET per kind), else, unless
+    `named_only`, those whose parentRef is it (one LIST per kind). A kind the cluster does not
+    serve (404) has none; with `forbidden_is_none` so has a kind we may not read (403)."""
+    def unknowable(exc: ClusterError) -> bool:
+        return " 404 " in f" {exc} " or (forbidden_is_none and "(403)" in str(exc))
+
+    named: list[dict[str, Any]] = []
     for kind in ROUTE_KINDS:
         try:
-            named = cluster.get_object(kube, kind, service_name(service))
+            found = cluster.get_object(kube, kind, service_name(service))
         except cluster.NotFound:
-            named = None
+            continue
         except ClusterError as exc:
-            if " 404 " in f" {exc} ":  # the cluster does not serve this kind (no CRD)
+            if unknowable(exc):
                 continue
             raise
-        if named is not None and _parented_by(named, service):
-            return [named]
+        if _parented_by(found, service):
+            named.append(found)
+    if named or named_only:
+        return named
+    listed: list[dict[str, Any]] = []
+    for kind in ROUTE_KINDS:
         try:
-            found += [r for r in cluster.list_objects(kube, kind) if _parented_by(r, service)]
+            listed += [r for r in cluster.list_objects(kube, kind) if _parented_by(r, service)]
         except ClusterError as exc:
-            if " 404 " not in f" {exc} ":
+            if not unknowable(exc):
                 raise
-    return found
+    return listed
 
 
-def routes_service(kube: cluster.Cluster, service: str) -> str:
-    """`HTTPRoute NS/NAME` when a Gateway API route has the Service as parent, else ""."""
-    found = _routes_by_name_or_parent(kube, service)
+def routes_service(kube: cluster.Cluster, service: str, *, beside_istio: bool = False) -> str:
+    """`HTTPRoute NS/NAME` when a Gateway API route has the Service as parent, else "".
+    `beside_istio`: a VirtualService routes it already; only the routes named after the
+    service are looked for, and Gateway API objects we may not read count as none (a Role
+    for the Istio router need not grant them)."""
+    found = _routes_by_name_or_parent(kube, service, named_only=beside_istio,
+                                      forbidden_is_none=beside_istio)
     return ", ".join(istio.object_ref(r) for r in found)
 
 

@@ -37,8 +37,9 @@ SERVICE_ACCOUNT_DIR_ENV = "CANARYKIT_SERVICE_ACCOUNT_DIR"
 
 def write_plan(folder: Path, state) -> Path:
     """A plan the cluster could run: no kubeconfig, relative reports."""
-    plan = {"service": state.service, "namespace": state.namespace, "router": "istio",
-            "kubeconfig": "",
+    # no `router:`: detected, with a Role for the Istio router only (Gateway API reads are
+    # forbidden, and count as no HTTPRoute beside the VirtualService)
+    plan = {"service": state.service, "namespace": state.namespace, "kubeconfig": "",
             "prometheus": {"url": state.prometheus_url}, "reports": "reports",
             "preflight": {"baseline_window": "10s"}, "inconclusive": {"hold_steps": 0},
             "steps": [{"weight": 50, "analysis": False}, {"promote": {}}]}

@@ -403,3 +403,7 @@ def test_the_internal_canary_step_adds_only_the_routes_it_names():
         "header": "x-team", "header_value": "qa", "cookie_name": ""}
     assert internal({"cookie_name": "beta"}) == {"cookie_name": "beta", "header": ""}
     assert internal({}) == {}
+    assert internal({"header_value": "qa"}) == {"header_value": "qa"}  # the default header
+    assert refused(with_changes(steps=[{"internal-canary": {"header": "x-team",
+                                                            "cookie_value": "yes"}}])).field \
+        == "steps[0].internal-canary.cookie_value"

@@ -270,3 +270,35 @@ def test_blue_green_switches_the_whole_rule_and_back(apiserver, kube, tmp_path):
     with pytest.raises(BadInput, match="to_subset"):
         phases.blue_green_switch(target, runbook.new_result("blue-green", {}),
                                  to_subset="reviews-v3")
+
+
+def test_a_grpc_route_is_routed_the_same_way(apiserver, tmp_path):
+    grpc = yaml.safe_load("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: ratings, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: ratings, port: 9090}]
+  rules:
+  - name: primary
+    matches: [{method: {service: ratings.v1.Ratings}}]
+    backendRefs:
+    - {name: ratings-v1, port: 9090, weight: 100}
+    - {name: ratings-v2, port: 9090, weight: 0}
+""")
+    seed(apiserver, grpc)
+    kube = cluster.connect(kubeconfig=str(apiserver.kubeconfig))
+    router = open_router(kube, "ratings", "ratings-v1", "ratings-v2")
+    assert router.name == GATEWAY_API
+    route = router.route()
+    assert router.kind == "GRPCRoute"
+    cluster.start_rollout(kube, route, router.snapshot(router.read()), stable="ratings-v1",
+                          canary="ratings-v2", audit_log=tmp_path / "audit.jsonl")
+    cluster.apply_change(kube, router.set_canary_weight(router.route(), 20, None),
+                         audit_log=tmp_path / "audit.jsonl")
+    moved = cluster.get_object(kube, "GRPCRoute", "ratings")
+    assert [(b["name"], b["weight"]) for b in moved["spec"]["rules"][0]["backendRefs"]] == [
+        ("ratings-v1", 80), ("ratings-v2", 20)]
+    assert moved["spec"]["rules"][0]["matches"] == route["spec"]["rules"][0]["matches"]
+    router.rollback(audit_log=tmp_path / "audit.jsonl")
+    assert cluster.get_object(kube, "GRPCRoute", "ratings")["spec"] == route["spec"]
