@@ -196,7 +196,7 @@ class GatewayRouter:
                  audit_log: Any = None) -> list[cluster.AppliedChange]:
         """The route's rules as they were before the rollout, and the rollout ended, in one
         write: a route is one object, so there is no half-way state to finish later."""
-        route = find_route(self.cluster, self.service)
+        route = self.route()
         state = read_state(route)
         if state is None:
             raise ClusterError(f"no rollout in progress on {istio.object_ref(route)}: nothing "
@@ -208,7 +208,7 @@ class GatewayRouter:
                                      audit_log=audit_log)]
 
     def status(self) -> cluster.ServiceStatus:
-        route = find_route(self.cluster, self.service)
+        route = self.route()
         routes = [
             cluster.RouteStatus(
                 index=index, name=rule.get("name", ""), match=rule.get("matches", []),
