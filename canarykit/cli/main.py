@@ -26,19 +26,21 @@ def _percent(text: str) -> int:
     return value
 
 
-def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_connection_arguments(parser: argparse.ArgumentParser,
+                              timeout_flag: str = "--timeout") -> None:
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument(
         "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)"
     )
     parser.add_argument(
-        "--timeout", metavar="SECONDS",
+        timeout_flag, dest="timeout", metavar="SECONDS",
         help="seconds each request to the API server may take (default: "
              "$CANARYKIT_KUBE_TIMEOUT, else 30)",
     )
 
 
-def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_cluster_arguments(parser: argparse.ArgumentParser,
+                           timeout_flag: str = "--timeout") -> None:
     parser.add_argument("service", metavar="SERVICE",
                         help="the service (VirtualService host): NAME, or its FQDN "
                              "NAME.NAMESPACE.svc.cluster.local")
@@ -47,7 +49,7 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace (default: the one the service's FQDN names, else the context's, "
              "else default)"
     )
-    _add_connection_arguments(parser)
+    _add_connection_arguments(parser, timeout_flag)
     parser.add_argument(
         "--audit-log",
         type=Path,
@@ -81,8 +83,11 @@ CLUSTER_COMMANDS: dict[str, str] = {
     "status": "show routes, weights, subsets and the rollout",
     "weight": "set the canary's share of traffic",
     "rollback": "restore the traffic as it was before the rollout",
+    "policy": "set or clear timeouts, retries, fault injection, session affinity, outlier "
+              "detection and connection pools",
 }
-ORDER = ("validate", "analyze", "replay", "status", "weight", "rollback", "audit", "rollout",
+ORDER = ("validate", "analyze", "replay", "status", "weight", "policy", "rollback", "audit",
+         "rollout",
          "runbook", "report", "notify", "deploy")
 ALL = "*"
 
@@ -110,8 +115,30 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and not argv[0].startswith("-") else None
 
 
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    from canarykit.mesh import policy
+
+    parser.add_argument("--route", help="VirtualService http route for timeout, retries and "
+                        "fault (default: the canary route)")
+    parser.add_argument("--subset", help="DestinationRule subset for affinity, outlier and "
+                        "pool (default: the top-level trafficPolicy)")
+    parser.add_argument("--stable-subset", default="v1",
+                        help="stable subset, when no rollout is in progress (default v1)")
+    parser.add_argument("--canary-subset", default="v2",
+                        help="canary subset, when no rollout is in progress (default v2)")
+    for group in policy.GROUPS:
+        section = parser.add_argument_group(group)
+        for setting in policy.SETTINGS:
+            if setting.group == group:
+                section.add_argument(setting.flag, dest=f"policy_{setting.name}",
+                                     metavar=setting.type.upper(), help=setting.help)
+    parser.add_argument("--clear", action="append", metavar="GROUP",
+                        help="remove a group: " + "|".join(policy.GROUPS) + " (repeat, or "
+                        "comma-separated)")
+
+
 def _add_cluster_command(name: str, parser: argparse.ArgumentParser) -> None:
-    _add_cluster_arguments(parser)
+    _add_cluster_arguments(parser, "--kube-timeout" if name == "policy" else "--timeout")
     parser.add_argument("--router", choices=("istio", "gateway-api"), default="",
                         help="what routes the service (default: detected)")
     if name == "weight":
@@ -121,12 +148,14 @@ def _add_cluster_command(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--stable-subset", default="v1", help="stable subset (default v1)")
         parser.add_argument("--canary-subset", default="v2", help="canary subset (default v2)")
         parser.add_argument("--route", help="name of the http route holding the split")
-    if name in ("weight", "rollback"):
+    if name == "policy":
+        _add_policy_arguments(parser)
+    if name in ("weight", "rollback", "policy"):
         parser.add_argument(
             "--dry-run", action="store_true", help="ask the server, change nothing"
         )
     parser.set_defaults(handler={"status": run_status, "weight": run_weight,
-                                 "rollback": run_rollback}[name])
+                                 "rollback": run_rollback, "policy": run_policy}[name])
 
 
 def _add_audit_command(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +257,11 @@ def run_status(args: argparse.Namespace) -> int:
             for d in route.destinations
         )
         match = " (match)" if route.match else ""
-        print(f"  http[{route.index}] {route.name or '(unnamed)'}{match}: {split}")
+        settings = "".join(f"  {key}={value}" for key, value in _flat(route.settings))
+        print(f"  http[{route.index}] {route.name or '(unnamed)'}{match}: {split}{settings}")
+    for subset, settings in report.policies().items():
+        print(f"traffic policy ({subset}):"
+              + "".join(f"  {key}={value}" for key, value in _flat(settings)))
     rollout = report.rollout
     if rollout:
         print(
@@ -237,6 +270,30 @@ def run_status(args: argparse.Namespace) -> int:
         )
     else:
         print("no rollout in progress")
+    return ExitCode.OK
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as dotted keys, e.g. retries.perTryTimeout=1s."""
+    if isinstance(value, dict) and (value or not prefix):
+        return [pair for key, item in value.items()
+                for pair in _flat(item, f"{prefix}.{key}" if prefix else str(key))]
+    return [(prefix, json.dumps(value) if isinstance(value, dict | list) else value)]
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    from canarykit.mesh import policy
+    from canarykit.routers import set_traffic_policy
+
+    values = {setting.name: policy.parse_text(setting.name, text, "cli")
+              for setting in policy.SETTINGS
+              if (text := getattr(args, f"policy_{setting.name}")) is not None}
+    clear = policy.check_clear(",".join(args.clear or []), "--clear")
+    policy.check_settings(values, clear, "cli")
+    router = _router(args, _connect(args), args.stable_subset, args.canary_subset)
+    applied = set_traffic_policy(router, values, clear, route=args.route, subset=args.subset,
+                                 dry_run=args.dry_run, audit_log=args.audit_log, naming="cli")
+    _print_changes(applied, args)
     return ExitCode.OK
 
 

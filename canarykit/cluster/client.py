@@ -121,6 +121,7 @@ class RouteStatus:
 class SubsetStatus:
     name: str | None
     labels: dict[str, str]
+    traffic_policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,9 @@ class ServiceStatus:
             "virtualService": self.virtual_service,
             "virtualServiceResourceVersion": self.virtual_service_resource_version,
             "destinationRule": self.destination_rule,
-            "subsets": [{"name": s.name, "labels": s.labels} for s in self.subsets],
+            "subsets": [{"name": s.name, "labels": s.labels,
+                         **({"trafficPolicy": s.traffic_policy} if s.traffic_policy else {})}
+                        for s in self.subsets],
             "trafficPolicy": self.traffic_policy,
             "routes": [
                 {
@@ -167,6 +170,13 @@ class ServiceStatus:
             if self.rollout is None
             else {k: v for k, v in self.rollout.to_dict().items() if k != "snapshot"},
         }
+
+    def policies(self) -> dict[str, dict[str, Any]]:
+        """The DestinationRule's traffic policy: `all subsets` (top level) and per subset."""
+        found = {"all subsets": self.traffic_policy} if self.traffic_policy else {}
+        found.update({f"subset {s.name}": s.traffic_policy for s in self.subsets
+                      if s.traffic_policy})
+        return found
 
 
 # --- connecting ---------------------------------------------------------------------------
@@ -944,7 +954,7 @@ def status(cluster: Cluster, service: str) -> ServiceStatus:
         virtual_service_resource_version=vs["metadata"].get("resourceVersion"),
         destination_rule=dr["metadata"]["name"],
         subsets=[
-            SubsetStatus(s.get("name"), s.get("labels", {}))
+            SubsetStatus(s.get("name"), s.get("labels", {}), s.get("trafficPolicy") or None)
             for s in dr.get("spec", {}).get("subsets") or []
         ],
         traffic_policy=dr.get("spec", {}).get("trafficPolicy"),

@@ -41,19 +41,36 @@ _OUTLIER_FIELDS = {
     "consecutive_gateway_errors": ("consecutiveGatewayErrors", _UINT32_MAX),
     "interval": ("interval", None),
     "base_ejection_time": ("baseEjectionTime", None),
+    "consecutive_local_origin_failures": ("consecutiveLocalOriginFailures", _UINT32_MAX),
+    "split_external_local_origin_errors": ("splitExternalLocalOriginErrors", bool),
     "max_ejection_percent": ("maxEjectionPercent", 100),
     "min_health_percent": ("minHealthPercent", 100),
 }
-# parameter -> (connectionPool section, CRD field)
+# parameter -> (connectionPool section, CRD field); limits are counts of at least 1, names
+# ending in _timeout/_duration/_time/_interval are durations
 _POOL_FIELDS = {
     "max_connections": ("tcp", "maxConnections"),
     "connect_timeout": ("tcp", "connectTimeout"),
+    "max_connection_duration": ("tcp", "maxConnectionDuration"),
+    "tcp_idle_timeout": ("tcp", "idleTimeout"),
+    "tcp_keepalive_probes": ("tcp.tcpKeepalive", "probes"),
+    "tcp_keepalive_time": ("tcp.tcpKeepalive", "time"),
+    "tcp_keepalive_interval": ("tcp.tcpKeepalive", "interval"),
     "http1_max_pending_requests": ("http", "http1MaxPendingRequests"),
     "http2_max_requests": ("http", "http2MaxRequests"),
     "max_requests_per_connection": ("http", "maxRequestsPerConnection"),
     "max_retries": ("http", "maxRetries"),
     "idle_timeout": ("http", "idleTimeout"),
+    "h2_upgrade_policy": ("http", "h2UpgradePolicy"),
+    "use_client_protocol": ("http", "useClientProtocol"),
+    "max_concurrent_streams": ("http", "maxConcurrentStreams"),
 }
+H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
+# gRPC status names Istio takes for fault.abort.grpcStatus
+GRPC_STATUSES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                 "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 
 
 @dataclass
@@ -152,6 +169,22 @@ def _http_status(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
         raise BadInput(field, value, "must be an HTTP status from 200 to 599")
     return value
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput(field, value, "must be true or false")
+    return value
+
+
+def _abort_status(field: str, value: Any) -> tuple[str, int | str]:
+    """An HTTP status (a number) or a gRPC status (a name such as UNAVAILABLE)."""
+    if isinstance(value, str) and value.upper() in GRPC_STATUSES:
+        return "grpcStatus", value.upper()
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise BadInput(field, value, "must be an HTTP status (a number from 200 to 599) or a gRPC "
+                       "status name such as UNAVAILABLE")
+    return "httpStatus", value
 
 
 def _header_name(field: str, value: Any) -> str:
@@ -464,12 +497,13 @@ def switch_all_traffic(vs: dict, subset: str, *, route: str | None = None, stabl
 
 
 def set_fault(vs: dict, *, route: str | None = None, delay: str | None = None,
-              delay_percent: float | None = None, abort_status: int | None = None,
+              delay_percent: float | None = None, abort_status: int | str | None = None,
               abort_percent: float | None = None, stable: str = "v1",
               canary: str = "v2") -> Change:
     """Inject a fixed delay and/or an HTTP abort on a route (the canary route by default).
 
-    The route's `fault` becomes exactly what is given; a percent left out means 100.
+    The route's `fault` becomes exactly what is given; a percent left out means 100. The
+    abort is an HTTP status (a number) or a gRPC status (a name such as UNAVAILABLE).
     """
     _at_least_one({"delay": delay, "abort_status": abort_status}, "(clear_fault removes faults)")
     fault: dict = {}
@@ -479,7 +513,8 @@ def set_fault(vs: dict, *, route: str | None = None, delay: str | None = None,
     elif delay_percent is not None:
         raise BadInput("delay_percent", delay_percent, "needs delay")
     if abort_status is not None:
-        fault["abort"] = {"httpStatus": _http_status("abort_status", abort_status), "percentage": {
+        key, status = _abort_status("abort_status", abort_status)
+        fault["abort"] = {key: status, "percentage": {
             "value": _percent("abort_percent", 100 if abort_percent is None else abort_percent)}}
     elif abort_percent is not None:
         raise BadInput("abort_percent", abort_percent, "needs abort_status")
@@ -519,11 +554,12 @@ def retry_conditions(value: str | list[str] | tuple[str, ...]) -> str:
 
 def set_timeout_and_retries(vs: dict, *, route: str | None = None, timeout: str | None = None,
                             attempts: int | None = None, per_try_timeout: str | None = None,
-                            retry_on: str | list[str] | None = None, stable: str = "v1",
+                            retry_on: str | list[str] | None = None,
+                            retry_remote_localities: bool | None = None, stable: str = "v1",
                             canary: str = "v2") -> Change:
     """Set a route's `timeout` and `retries`; fields not given keep their current values."""
     _at_least_one({"timeout": timeout, "attempts": attempts, "per_try_timeout": per_try_timeout,
-                   "retry_on": retry_on})
+                   "retry_on": retry_on, "retry_remote_localities": retry_remote_localities})
     retries: dict = {}
     if timeout is not None:
         _duration("timeout", timeout)
@@ -533,6 +569,9 @@ def set_timeout_and_retries(vs: dict, *, route: str | None = None, timeout: str 
         retries["perTryTimeout"] = _duration("per_try_timeout", per_try_timeout)
     if retry_on is not None:
         retries["retryOn"] = retry_conditions(retry_on)
+    if retry_remote_localities is not None:
+        retries["retryRemoteLocalities"] = _flag("retry_remote_localities",
+                                                 retry_remote_localities)
     after, target, _ = _locate(vs, stable, canary, route)
     if timeout is not None:
         target["timeout"] = timeout
@@ -542,8 +581,24 @@ def set_timeout_and_retries(vs: dict, *, route: str | None = None, timeout: str 
         target["retries"] = current
     params = {"route": route, "timeout": timeout, "attempts": attempts,
               "per_try_timeout": per_try_timeout,
-              "retry_on": retries.get("retryOn"), "stable": stable, "canary": canary}
+              "retry_on": retries.get("retryOn"),
+              "retry_remote_localities": retry_remote_localities, "stable": stable,
+              "canary": canary}
     return _change("set_timeout_and_retries", params, vs, after)
+
+
+def clear_timeout_and_retries(vs: dict, *, route: str | None = None, timeout: bool = True,
+                              retries: bool = True, stable: str = "v1",
+                              canary: str = "v2") -> Change:
+    """Remove a route's `timeout` and/or `retries` (back to Istio's defaults: no timeout, two
+    retries on connection failures)."""
+    after, target, _ = _locate(vs, stable, canary, route)
+    for key, wanted in (("timeout", timeout), ("retries", retries)):
+        if wanted:
+            target.pop(key, None)
+    params = {"route": route, "timeout": timeout, "retries": retries, "stable": stable,
+              "canary": canary}
+    return _change("clear_timeout_and_retries", params, vs, after)
 
 
 # --- DestinationRule operations ---------------------------------------------------------------
@@ -625,10 +680,15 @@ def set_outlier_detection(dr: dict, *, consecutive_5xx_errors: int | None = None
                           interval: str | None = None, base_ejection_time: str | None = None,
                           max_ejection_percent: int | None = None,
                           min_health_percent: int | None = None,
+                          consecutive_local_origin_failures: int | None = None,
+                          split_external_local_origin_errors: bool | None = None,
                           subset: str | None = None) -> Change:
     """Eject failing endpoints (`outlierDetection`); fields not given keep their values."""
     given = {"consecutive_5xx_errors": consecutive_5xx_errors,
-             "consecutive_gateway_errors": consecutive_gateway_errors, "interval": interval,
+             "consecutive_gateway_errors": consecutive_gateway_errors,
+             "consecutive_local_origin_failures": consecutive_local_origin_failures,
+             "split_external_local_origin_errors": split_external_local_origin_errors,
+             "interval": interval,
              "base_ejection_time": base_ejection_time,
              "max_ejection_percent": max_ejection_percent,
              "min_health_percent": min_health_percent}
@@ -637,8 +697,12 @@ def set_outlier_detection(dr: dict, *, consecutive_5xx_errors: int | None = None
     for name, value in given.items():
         if value is not None:
             field, maximum = _OUTLIER_FIELDS[name]
-            checked = _duration(name, value) if maximum is None else _count(name, value, 0, maximum)
-            settings[field] = checked
+            if maximum is None:
+                settings[field] = _duration(name, value)
+            elif maximum is bool:
+                settings[field] = _flag(name, value)
+            else:
+                settings[field] = _count(name, value, 0, maximum)
     after = _dr_copy(dr, subset)
     policy = _policy(_policy_holder(after, subset))
     _merge(policy, "outlierDetection", settings)
@@ -651,31 +715,78 @@ def set_connection_pool(dr: dict, *, max_connections: int | None = None,
                         http2_max_requests: int | None = None,
                         max_requests_per_connection: int | None = None,
                         max_retries: int | None = None, idle_timeout: str | None = None,
+                        max_connection_duration: str | None = None,
+                        tcp_idle_timeout: str | None = None,
+                        tcp_keepalive_probes: int | None = None,
+                        tcp_keepalive_time: str | None = None,
+                        tcp_keepalive_interval: str | None = None,
+                        h2_upgrade_policy: str | None = None,
+                        use_client_protocol: bool | None = None,
+                        max_concurrent_streams: int | None = None,
                         subset: str | None = None) -> Change:
     """Circuit-breaker limits (`connectionPool.tcp` / `.http`); fields not given keep their values.
 
     Limits must be at least 1: Istio reads 0 as "use the default", not "allow none".
+    `idle_timeout` is the HTTP one; `tcp_idle_timeout` the TCP one.
     """
     given = {"max_connections": max_connections, "connect_timeout": connect_timeout,
+             "max_connection_duration": max_connection_duration,
+             "tcp_idle_timeout": tcp_idle_timeout, "tcp_keepalive_probes": tcp_keepalive_probes,
+             "tcp_keepalive_time": tcp_keepalive_time,
+             "tcp_keepalive_interval": tcp_keepalive_interval,
              "http1_max_pending_requests": http1_max_pending_requests,
              "http2_max_requests": http2_max_requests,
              "max_requests_per_connection": max_requests_per_connection,
-             "max_retries": max_retries, "idle_timeout": idle_timeout}
+             "max_retries": max_retries, "idle_timeout": idle_timeout,
+             "h2_upgrade_policy": h2_upgrade_policy, "use_client_protocol": use_client_protocol,
+             "max_concurrent_streams": max_concurrent_streams}
     _at_least_one(given)
     settings: dict[str, dict] = {}
     for name, value in given.items():
         if value is not None:
             section, field = _POOL_FIELDS[name]
-            checked = _duration(name, value) if name.endswith("_timeout") else _count(
-                name, value, minimum=1)
-            settings.setdefault(section, {})[field] = checked
+            settings.setdefault(section, {})[field] = _pool_value(name, value)
     after = _dr_copy(dr, subset)
     policy = _policy(_policy_holder(after, subset))
     pool = policy.get("connectionPool") if isinstance(policy.get("connectionPool"), dict) else {}
     for section, values in settings.items():
-        _merge(pool, section, values)
+        *parents, key = section.split(".")  # tcp.tcpKeepalive: inside tcp
+        holder = pool
+        for part in parents:
+            if not isinstance(holder.get(part), dict):
+                holder[part] = {}
+            holder = holder[part]
+        _merge(holder, key, values)
     policy["connectionPool"] = pool
     return _change("set_connection_pool", {**given, "subset": subset}, dr, after)
+
+
+def _pool_value(name: str, value: Any) -> Any:
+    if name == "h2_upgrade_policy":
+        if value not in H2_UPGRADE_POLICIES:
+            raise BadInput(name, value, f"must be one of {', '.join(H2_UPGRADE_POLICIES)}")
+        return value
+    if name == "use_client_protocol":
+        return _flag(name, value)
+    if name.endswith(("_timeout", "_duration", "_time", "_interval")):
+        return _duration(name, value)
+    if name == "tcp_keepalive_probes":
+        return _count(name, value, 1, _UINT32_MAX)
+    return _count(name, value, minimum=1)
+
+
+def clear_traffic_policy(dr: dict, key: str, *, subset: str | None = None) -> Change:
+    """Remove one trafficPolicy setting (`outlierDetection`, `connectionPool`) at top level or
+    of one subset; a trafficPolicy left empty goes too."""
+    if key not in ("outlierDetection", "connectionPool"):
+        raise BadInput("key", key, "must be outlierDetection or connectionPool")
+    after = _dr_copy(dr, subset)
+    holder = _policy_holder(after, subset)
+    policy = holder.get("trafficPolicy")
+    if isinstance(policy, dict) and key in policy:
+        del policy[key]
+        _prune(holder, "trafficPolicy")
+    return _change(f"clear_{key}", {"subset": subset}, dr, after)
 
 
 def _merge(holder: dict, key: str, settings: dict) -> None:

@@ -39,7 +39,7 @@ NOTIFICATION_LOG = "notifications.jsonl"
 # waits for them (they are sent from a background thread while it runs).
 DELIVERY_WAIT_SECONDS = 20.0
 # Runbooks that move traffic: the pre-step webhooks are called before each of them.
-TRAFFIC_RUNBOOKS = ("internal-canary", "shift-traffic", "shadow", "blue-green")
+TRAFFIC_RUNBOOKS = ("internal-canary", "shift-traffic", "shadow", "blue-green", "traffic-policy")
 ONE_LINE = 300
 
 

@@ -82,6 +82,16 @@ def _analysis(repeat: bool) -> tuple[Parameter, ...]:
     return tuple(found)
 
 
+def _policy() -> tuple[Parameter, ...]:
+    """The traffic policy settings (`mesh.policy`) as runbook parameters: "" and -1 leave a
+    setting as it is."""
+    from canarykit.mesh import policy
+
+    kinds = {"count": ("int", -1), "percent": ("float", -1.0)}
+    return tuple(Parameter(s.name, *kinds.get(s.type, ("str", "")), s.help)
+                 for s in policy.SETTINGS)
+
+
 def _setting(name: str) -> Parameter:
     """One analysis setting as a runbook parameter, its default and help from the model."""
     value = getattr(AnalysisSettings(), name)
@@ -125,6 +135,17 @@ DECLARED: dict[str, tuple[Parameter, ...]] = {
                                     "why, for the record (e.g. the failed analysis)")),
     "blue-green": (*COMMON, Parameter("to_subset", "str", "v2",
                                       "the subset that gets all traffic")),
+    "traffic-policy": (
+        *COMMON,
+        Parameter("route", "str", "",
+                  "VirtualService http route for timeout, retries, fault; empty: the canary's"),
+        Parameter("subset", "str", "",
+                  "DestinationRule subset for affinity, outlier, pool; empty: top level"),
+        *_policy(),
+        Parameter("clear", "str", "",
+                  "groups removed first: timeout,retries,fault,affinity,outlier,pool"),
+        Parameter("dry_run", "bool", False, "ask the server, change nothing"),
+    ),
     "post-rollout-analysis": (
         Parameter("service", "str", "reviews", "the service whose newest release is loaded"),
         Parameter("reports", "str", "reports", "the report folder root"),
@@ -138,6 +159,13 @@ RUNBOOK_PARAMETERS: dict[str, tuple[str, ...]] = {
 # Variables the runbooks themselves define after their parameters (not parameters).
 _RUNBOOK_VARIABLES = {"result", "target", "decision", "frames", "figure", "parameters",
                       "_before_parameters"}  # what the runbooks bind themselves
+
+
+def own_values(runbook_name: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """The runbook's own parameters (not the COMMON connection ones) as the notebook holds
+    them, for a phase that takes many settings by name."""
+    common = {p.name for p in COMMON}
+    return {p.name: namespace[p.name] for p in DECLARED[runbook_name] if p.name not in common}
 
 
 def default(runbook_name: str, name: str) -> Any:

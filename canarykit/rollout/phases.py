@@ -425,6 +425,54 @@ def blue_green_switch(target: Target, result: runbook.RunbookResult, *, to_subse
     _set_weights(target, result)
 
 
+def policy_values(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The traffic-policy runbook's settings that were given: "" and -1 mean "leave as is";
+    flags and statuses given as text become their values."""
+    from canarykit.mesh import policy
+
+    found = {}
+    for name, value in given.items():
+        if name not in policy.BY_NAME or value in ("", -1) and not isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            value = policy.parse_text(name, value, "runbook")
+        found[name] = value
+    return found
+
+
+@_phase
+def traffic_policy(target: Target, result: runbook.RunbookResult, *, route: str = "",
+                   subset: str = "", clear: str = "", dry_run: bool = False,
+                   **settings: Any) -> None:
+    """Set or clear timeout, retries, fault, affinity, outlier detection and connection pool
+    (starting the rollout, so rollback restores them, unless dry_run)."""
+    from canarykit.mesh import policy
+    from canarykit.routers import set_traffic_policy
+
+    for name, value in (("route", route), ("subset", subset)):
+        text_parameter(name, value)
+    flag_parameter("dry_run", dry_run)
+    groups = policy.check_clear(text_parameter("clear", clear))
+    values = policy.check_settings(policy_values(settings), groups, "runbook")
+    router = router_of(target)
+    options = {"route": route or None, "subset": subset or None, "naming": "runbook"}
+    changes = router.policy_changes(router.read(), values, groups, **options)  # refused first
+    if not dry_run and any(change.changed for change in changes):
+        _ensure_rollout(target, result)
+    applied = set_traffic_policy(router, values, groups, dry_run=dry_run,
+                                 audit_log=target.audit_log, release=target.release, **options)
+    for item in applied:
+        if dry_run:
+            result.notes.append(f"dry run: {item.change.target} "
+                                + ("would change" if item.change.changed else "unchanged"))
+        else:
+            _record_change(result, item)
+    state = read_state(router.route())
+    if state is not None:
+        result.release = state.release
+    _set_weights(target, result)
+
+
 @_phase
 def promote(target: Target, result: runbook.RunbookResult) -> None:
     """All traffic to the canary, temporary routes gone, the rollout ended: one atomic write,

@@ -30,7 +30,9 @@ from canarykit.rollout.parameters import analysis_values, default
 from canarykit.routers import check_router
 from canarykit.storage import records
 
-STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "approve", "promote")
+STEP_KINDS = ("internal-canary", "shadow", "weight", "blue-green", "policy", "fault-rehearsal",
+              "approve", "promote")
+POLICY_KINDS = ("policy", "fault-rehearsal")  # settings of mesh.policy, checked there
 INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
 APPROVAL_TIMEOUT_ACTIONS = ("rollback", "hold")  # hold: keep waiting for a person
 # What each step kind may set (beside `analysis` and `pause`), with the type it must have.
@@ -43,7 +45,7 @@ STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "promote": {},
 }
 APPROVE_DEFAULTS = {"timeout": "24h", "on_timeout": "rollback", "check_every": "1m"}
-NO_ANALYSIS = ("approve", "promote")  # steps that move no traffic have nothing to judge
+NO_ANALYSIS = ("approve", "promote", "policy")  # steps that move no traffic: nothing to judge
 
 
 @dataclass
@@ -357,6 +359,13 @@ def _steps(raw: Any, plan: Plan) -> list[Step]:
         if steps and steps[-1].kind == "promote":
             raise BadInput(path, item, "comes after promote, which ends the rollout")
         steps.append(_step(path, item, plan))
+        if steps[-1].kind == "fault-rehearsal" and "route" not in steps[-1].settings:
+            plan.steps = steps
+            if not _rehearsal_route(plan, index):
+                raise BadInput(f"{path}.fault-rehearsal", item["fault-rehearsal"],
+                               "a fault rehearsal runs against the canary only: put an "
+                               "internal-canary step before it, or name a `route` that sends "
+                               "only to the canary")
     return steps
 
 
@@ -379,6 +388,8 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
     if kind == "weight":
         weight = _number(f"{path}.weight", item[kind], 0, 100, whole=True, open_low=True)
         step.settings = {"weight": int(weight)}
+    elif kind in POLICY_KINDS:
+        step.settings = _policy_settings(f"{path}.{kind}", kind, item[kind], plan)
     else:
         step.settings = _step_settings(f"{path}.{kind}", kind, item[kind], plan)
     if kind in NO_ANALYSIS:
@@ -387,8 +398,8 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
         return step
     raw_analysis = item.get("analysis", {})
     if raw_analysis is False:
-        if kind == "shadow":
-            raise BadInput(f"{path}.analysis", False, "a shadow step always judges the canary")
+        if kind in ("shadow", "fault-rehearsal"):
+            raise BadInput(f"{path}.analysis", False, f"a {kind} step always judges the canary")
         return step
     if isinstance(raw_analysis, dict) and raw_analysis.get(
             "version_label_key", plan.analysis.version_label_key) != \
@@ -400,6 +411,80 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
     if "window" in step.settings:  # the shadow step's own window, checked with its analysis
         parse_analysis(f"{path}.{kind}", {"window": step.settings["window"]}, step.analysis)
     return step
+
+
+def _policy_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]:
+    """A policy or fault-rehearsal step's settings, each value checked as the runbook will
+    (on a stand-in VirtualService and DestinationRule), so a bad one stops the plan at load."""
+    from canarykit.mesh import policy
+
+    if not isinstance(raw, dict):
+        raise BadInput(path, raw, "must be a mapping of traffic policy settings")
+    values = {k: v for k, v in raw.items() if k not in policy.PLACES}
+    for key in ("route", "subset"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+            raise BadInput(f"{path}.{key}", raw[key], "must be a non-empty name")
+    clear = policy.check_clear(raw.get("clear", []), f"{path}.clear")
+    if kind == "fault-rehearsal":
+        if clear:
+            raise BadInput(f"{path}.clear", raw["clear"], "a fault rehearsal clears its fault "
+                           "itself after the analysis")
+        for key in values:
+            if key not in policy.BY_NAME or policy.BY_NAME[key].group != "fault":
+                raise BadInput(f"{path}.{key}", values[key], "is not a fault setting (settings: "
+                               + ", ".join(s.name for s in policy.SETTINGS
+                                           if s.group == "fault") + ")")
+        if not values:
+            raise BadInput(path, raw, "give fault_delay and/or fault_abort")
+    policy.check_settings(values, clear, "plan", f"{path}.")
+    try:
+        values = {k: policy.parse_text(k, v, "plan") if isinstance(v, str) else v
+                  for k, v in values.items()}
+    except BadInput as err:
+        raise BadInput(f"{path}.{err.field}", err.value, err.problem) from None
+    stand_in = _stand_in(plan, raw.get("subset"), raw.get("route"))
+    if plan.router == "gateway-api":
+        from canarykit.routers.gateway_api import GatewayRouter
+
+        check = GatewayRouter(None, plan.service, plan.stable, plan.canary)  # type: ignore
+        check.policy_changes(stand_in, values, clear, naming="plan", prefix=f"{path}.",
+                             route=raw.get("route"), subset=raw.get("subset"))
+    else:
+        policy.istio_changes(stand_in.route, stand_in.extra, values, clear,
+                             route=raw.get("route"), subset=raw.get("subset"),
+                             stable=plan.stable, canary=plan.canary, prefix=f"{path}.")
+    settings = {**values, **{k: raw[k] for k in ("route", "subset") if k in raw}}
+    if clear:
+        settings["clear"] = ",".join(clear)
+    return settings
+
+
+def _stand_in(plan: Plan, subset: str | None, route: str | None) -> Any:
+    """The smallest objects a policy applies to: a canary route (named `route`) and the
+    plan's subsets (and `subset`)."""
+    from canarykit.routers import Objects
+
+    if plan.router == "gateway-api":
+        rule = {"backendRefs": [{"name": plan.stable, "port": 80, "weight": 100},
+                                {"name": plan.canary, "port": 80, "weight": 0}]}
+        if route:
+            rule["name"] = route
+        return Objects({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                        "metadata": {"name": "plan", "namespace": "plan"},
+                        "spec": {"rules": [rule]}})
+    split = {"route": [{"destination": {"host": "plan", "subset": plan.stable}, "weight": 100},
+                       {"destination": {"host": "plan", "subset": plan.canary}, "weight": 0}]}
+    if route:
+        split["name"] = route
+    subsets = list(dict.fromkeys([plan.stable, plan.canary, *([subset] if subset else [])]))
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "plan", "namespace": "plan"},
+          "spec": {"hosts": ["plan"], "http": [split]}}
+    dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+          "metadata": {"name": "plan", "namespace": "plan"},
+          "spec": {"host": "plan", "subsets": [{"name": n, "labels": {"version": n}}
+                                               for n in subsets]}}
+    return Objects(vs, dr)
 
 
 def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]:
@@ -466,6 +551,21 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
 # ---------------------------------------------------------------- phases
 
 
+def _rehearsal_route(plan: Plan, index: int) -> str:
+    """Where a fault rehearsal injects its faults: a route that sends only to the canary, the
+    first that an earlier internal-canary step adds (checked when the plan loads)."""
+    from canarykit.routers.istio import INTERNAL_ROUTES
+
+    for step in plan.steps[:index]:
+        if step.kind == "internal-canary":
+            header = step.settings.get("header", None)
+            cookie = step.settings.get("cookie_name", None)
+            if header is None and cookie is None or header:
+                return INTERNAL_ROUTES[0]
+            return INTERNAL_ROUTES[1]
+    return ""
+
+
 def _slug(number: float) -> str:
     return f"{number:g}".replace(".", "-")
 
@@ -517,6 +617,21 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
         subset = step.settings["to_subset"]
         found = [PhaseSpec(f"blue-green-{subset}", "blue-green", dict(step.settings), index)]
         label = subset
+    elif step.kind == "policy":
+        return [PhaseSpec(f"policy-{index + 1}", "traffic-policy", dict(step.settings), index,
+                          pause=_duration("pause", step.pause))]
+    elif step.kind == "fault-rehearsal":
+        settings = dict(step.settings)
+        settings.setdefault("route", _rehearsal_route(plan, index))
+        found = [PhaseSpec(f"fault-rehearsal-{index + 1}", "traffic-policy", settings, index)]
+        if step.analysis is not None:
+            parameters = {**analysis_values("analyze", step.analysis), "canary_weight": -1.0}
+            found.append(PhaseSpec(f"analyze-fault-rehearsal-{index + 1}", "analyze",
+                                   parameters, index, judged=True))
+        found.append(PhaseSpec(f"clear-fault-{index + 1}", "traffic-policy",
+                               {"route": settings["route"], "clear": "fault"}, index,
+                               pause=_duration("pause", step.pause)))
+        return found
     else:
         return [PhaseSpec("promote", "promote", {}, index, pause=_duration("pause", step.pause))]
     if step.analysis is not None and label:

@@ -75,6 +75,9 @@ class Router(Protocol):
     def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
                 release: str) -> Change: ...
     def left_on_stable(self, route: dict[str, Any]) -> list[str]: ...
+    def policy_changes(self, objects: Objects, values: dict[str, Any], clear: list[str], *,
+                       route: str | None = None, subset: str | None = None,
+                       naming: str = "plan", prefix: str = "") -> list[Change]: ...
     def rollback(self, *, dry_run: bool = False,
                  audit_log: Any = None) -> list[AppliedChange]: ...
     def status(self) -> ServiceStatus: ...
@@ -116,3 +119,29 @@ def open_router(cluster: Cluster, service: str, stable: str, canary: str,
     chosen = name or detect(cluster, service)
     implementation = istio.IstioRouter if chosen == ISTIO else gateway_api.GatewayRouter
     return implementation(cluster, service, stable, canary)
+
+
+def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str], *,
+                       route: str | None = None, subset: str | None = None,
+                       dry_run: bool = False, audit_log: Any = None, release: str = "",
+                       naming: str = "plan", prefix: str = "") -> list[AppliedChange]:
+    """Set and clear traffic policy (`mesh.policy`): every change refused before any write,
+    a rollout begun when none is (its snapshot is what `rollback` restores), then each object
+    changed through `cluster.apply_change` (validated, dry-run on the server, optimistic
+    concurrency, audited). During a rollout the policy follows its stable and canary."""
+    from canarykit.cluster import client as cluster
+    from canarykit.cluster.state import read_state
+
+    objects = router.read()
+    state = read_state(objects.route)
+    if state is not None:
+        router.stable, router.canary = state.stable, state.canary
+    options = {"route": route, "subset": subset, "naming": naming, "prefix": prefix}
+    changes = router.policy_changes(objects, values, clear, **options)
+    if not dry_run and state is None and any(c.changed for c in changes):
+        cluster.start_rollout(router.cluster, objects.route, router.snapshot(objects),
+                              stable=router.stable, canary=router.canary, release=release,
+                              audit_log=audit_log)
+        changes = router.policy_changes(router.read(), values, clear, **options)
+    return [cluster.apply_change(router.cluster, change, dry_run=dry_run, audit_log=audit_log)
+            for change in changes]

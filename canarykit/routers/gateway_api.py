@@ -15,7 +15,7 @@ from canarykit.cluster import client as cluster
 from canarykit.cluster.state import read_state, with_state
 from canarykit.core.errors import BadInput, ClusterError
 from canarykit.core.names import service_name
-from canarykit.mesh import gateway, istio, traffic, validate, versions
+from canarykit.mesh import gateway, istio, policy, traffic, validate, versions
 from canarykit.routers import GATEWAY_API, Objects
 from canarykit.routers.istio import service_selector
 
@@ -191,6 +191,46 @@ class GatewayRouter:
 
     def left_on_stable(self, route: dict[str, Any]) -> list[str]:
         return gateway.routes_to(route, self.stable)
+
+    def policy_changes(self, objects: Objects, values: dict[str, Any], clear: list[str], *,
+                       route: str | None = None, subset: str | None = None,
+                       naming: str = "plan", prefix: str = "") -> list[traffic.Change]:
+        """Only the canary rule's request timeout: the standard HTTPRoute has no retries,
+        fault injection, session affinity, outlier detection or connection pool."""
+        for name, value in [*values.items(), *(("clear", group) for group in clear)]:
+            group = value if name == "clear" else policy.BY_NAME[name].group
+            if group != "timeout":
+                raise BadInput(prefix + policy.label(name, naming), value,
+                               f"{group} is not available with the Gateway API router (the "
+                               "standard HTTPRoute has only timeouts); use the Istio router")
+        if subset:
+            raise BadInput(prefix + policy.label("subset", naming), subset,
+                           "names a DestinationRule subset; the Gateway API router has none")
+        after = istio.copy_object(objects.route)
+        try:
+            rule = gateway.rules(after)[gateway.find_canary_rule(after, self.stable, self.canary,
+                                                                 route or None)]
+        except BadInput as err:
+            raise BadInput(prefix + policy.label(err.field, naming), err.value,
+                           err.problem) from None
+        if "timeout" in clear:
+            rule.pop("timeouts", None)
+        if "timeout" in values:
+            request = values["timeout"]
+            seconds = gateway.duration_seconds(request)
+            backend = gateway.duration_seconds((rule.get("timeouts") or {}).get("backendRequest"))
+            if seconds is None or seconds < 0.001:
+                raise BadInput(prefix + policy.label("timeout", naming), request,
+                               "must be a Gateway API duration of at least 1ms, such as 3s, "
+                               "500ms or 1m30s")
+            if backend is not None and backend > seconds:
+                raise BadInput(prefix + policy.label("timeout", naming), request,
+                               f"must not be shorter than the rule's backendRequest timeout "
+                               f"({rule['timeouts']['backendRequest']})")
+            rule["timeouts"] = {**(rule.get("timeouts") or {}), "request": request}
+        params = {"settings": dict(values), "clear": list(clear), "route": route or None}
+        return [traffic.Change("set_traffic_policy", params, istio.copy_object(objects.route),
+                               after)]
 
     def rollback(self, *, dry_run: bool = False,
                  audit_log: Any = None) -> list[cluster.AppliedChange]:

@@ -7,7 +7,7 @@ from typing import Any
 from canarykit.cluster import client as cluster
 from canarykit.cluster.state import with_state
 from canarykit.core.errors import BadInput, ClusterError
-from canarykit.mesh import istio, traffic, validate, versions
+from canarykit.mesh import istio, policy, traffic, validate, versions
 from canarykit.routers import ISTIO, Objects
 
 # The match routes the internal-canary phase adds, by what they match; promote removes them.
@@ -158,6 +158,13 @@ class IstioRouter:
                 if any(s == self.stable and (d.get("weight") is None or d.get("weight", 0) > 0)
                        for s, d in zip(istio.route_subsets(rule), istio.route_destinations(rule),
                                        strict=False))]
+
+    def policy_changes(self, objects: Objects, values: dict[str, Any], clear: list[str], *,
+                       route: str | None = None, subset: str | None = None,
+                       naming: str = "plan", prefix: str = "") -> list[traffic.Change]:
+        return policy.istio_changes(objects.route, objects.extra, values, clear, route=route,
+                                    subset=subset, stable=self.stable, canary=self.canary,
+                                    naming=naming, prefix=prefix)
 
     def rollback(self, *, dry_run: bool = False,
                  audit_log: Any = None) -> list[cluster.AppliedChange]:

@@ -302,3 +302,28 @@ spec:
     assert moved["spec"]["rules"][0]["matches"] == route["spec"]["rules"][0]["matches"]
     router.rollback(audit_log=tmp_path / "audit.jsonl")
     assert cluster.get_object(kube, "GRPCRoute", "ratings")["spec"] == route["spec"]
+
+
+def test_policy_sets_the_canary_rules_request_timeout_and_refuses_what_httproute_lacks(
+        apiserver, kube, tmp_path, capsys):
+    from canarykit.cli.main import main
+
+    before = _stored(kube)
+    common = ["policy", "reviews", "--kubeconfig", str(apiserver.kubeconfig), "--audit-log",
+              str(tmp_path / "audit.jsonl"), "--stable-subset", "reviews-v1",
+              "--canary-subset", "reviews-v2"]
+    assert main([*common, "--retries", "3"]) == 2
+    assert capsys.readouterr().err.startswith("canarykit: error: --retries: retries is not "
+                                              "available with the Gateway API router")
+    assert main([*common, "--timeout", "90"]) == 2
+    assert "--timeout: must be a Gateway API duration" in capsys.readouterr().err
+    assert _stored(kube) == before
+    assert main([*common, "--timeout", "3s"]) == 0
+    after = _stored(kube)
+    assert _primary(after)["timeouts"] == {"request": "3s"}
+    assert _other_rules(after) == _other_rules(before)
+    assert main(["status", "reviews", "--kubeconfig", str(apiserver.kubeconfig)]) == 0
+    assert "timeouts.request=3s" in capsys.readouterr().out
+    assert main(["rollback", "reviews", "--kubeconfig", str(apiserver.kubeconfig),
+                 "--audit-log", str(tmp_path / "audit.jsonl")]) == 0
+    assert _stored(kube)["spec"] == before["spec"]
