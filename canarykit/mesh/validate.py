@@ -17,7 +17,7 @@ import gc
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,13 @@ from canarykit.core import yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, ExitCode, exit_code_for
 from canarykit.core.names import host_fqdn as _host_fqdn
-from canarykit.core.names import is_dns1123_label, is_dns1123_subdomain, is_header_name
+from canarykit.core.names import (
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_header_name,
+    is_label_key,
+    is_label_value,
+)
 from canarykit.mesh.gateway import (
     GATEWAY_GROUP,
     MATCH_TYPES,
@@ -52,6 +58,8 @@ HEADER_TOKEN = "CK0002"  # canarykit's own: a header name Envoy would refuse, Is
 MIXED_ROUTERS = "CK0003"  # canarykit's own: a workload routed by a VirtualService and an HTTPRoute
 NO_TRAFFIC = "CK0004"  # canarykit's own: a Gateway API rule whose backend weights are all 0
 UNREACHABLE_ROUTE_RULE = "CK0005"  # canarykit's own: a Gateway API rule repeating earlier matches
+CLAIM_ROUTE = "CK0006"  # canarykit's own: a JWT-claim match Istio accepts that cannot match
+EMPTY_SOURCE_LABEL = "CK0007"  # canarykit's own: a sourceLabels value left empty
 
 # Gateway API (v1.6.1 standard channel): the versions served per kind, and per filter type the
 # field that type needs (every other type's field must be absent).
@@ -85,6 +93,8 @@ PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":statu
 # Our own patterns use `re` (the re2 module's Python wrapper costs microseconds per call);
 # user regexes are checked with RE2, as Envoy compiles them.
 _JWT_CLAIM = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
+CLAIM_PREFIX = "@request.auth.claims"
+STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 SHOWN = 80  # characters of a value or a key a message may show
 _CANONICAL = json.JSONEncoder(sort_keys=True, default=str)  # one encoder, made once
@@ -229,7 +239,7 @@ def _check_duration(value: Any, path: str, out: list[_Finding], minimum: float =
     """A Go duration of at least `minimum` seconds, to millisecond precision (Istio's rule)."""
     if value is None:
         return
-    seconds = _duration_seconds(value)
+    seconds = _duration_seconds(value) if isinstance(value, str) else None  # cache keys hash
     if seconds is None:
         out.append(_bad(path, "must be a duration such as 100ms, 1.5s or 1h30m", value))
         return
@@ -295,6 +305,9 @@ def _check_header_name(name: Any, path: str, out: list[_Finding]) -> None:
     if not isinstance(name, str) or name == "":
         out.append(_bad(path, "header name cannot be empty" if name == "" else
                         "header name must be a string", name))
+    elif name.startswith(CLAIM_PREFIX) and not _JWT_CLAIM.fullmatch(name):
+        out.append(_bad(path, "JWT claim header must name a claim, no part empty: "
+                        "@request.auth.claims.NAME, .a.b or [a][b]", name))
     elif not (is_header_name(name) or name in PSEUDO_HEADERS or _JWT_CLAIM.fullmatch(name)):
         out.append(_bad(path, "is not a valid header name (letters, digits and "
                         "!#$%&'*+-.^_`|~ only)", name))
@@ -395,8 +408,10 @@ def _check_virtual_service(spec: dict, out: list[_Finding]) -> None:
             path = f"spec.{protocol}[{i}]"
             rule = _as_dict(rule, path, out)
             _check_route_destinations(rule.get("route"), f"{path}.route", out)
+    _check_claim_routes(http, gateways, out)
+    own_hosts = frozenset(host for host in hosts if isinstance(host, str))
     for rules in (http, tcp, tls):
-        out.extend(_unreachable_rules(rules))
+        out.extend(_unreachable_rules(rules, own_hosts))
 
 
 def _check_http_rule(rule: Any, path: str, out: list[_Finding]) -> None:
@@ -471,15 +486,45 @@ def _check_matches(matches: Any, path: str, out: list[_Finding]) -> None:
                 _check_string_match(string_match, where, out)
         if "port" in match:
             _check_int(match["port"], f"{match_path}.port", out, 1, 65535, limit=UINT32_MAX)
+        if "sourceLabels" in match:
+            _check_source_labels(match["sourceLabels"], f"{match_path}.sourceLabels", out)
+
+
+def _check_source_labels(value: Any, path: str, out: list[_Finding]) -> None:
+    """Matched against the client workload's labels: a key or value no Kubernetes label can
+    hold never matches (Istio's webhook refuses the same, save values over 63 characters)."""
+    for key, label in _as_dict(value, path, out).items():
+        where = f"{path}.{_key(key)}"
+        if not is_label_key(key):
+            out.append(_bad(where, "is not a Kubernetes label key (letters, digits, '-', '_' "
+                            "and '.', at most 63, optionally after a DNS prefix and '/')", key))
+        if label is None:
+            out.append(_bad(where, "label value must be a string", label))
+        text = _as_str(label, where, out)
+        if text == "":
+            out.append(_Finding(WARNING, EMPTY_SOURCE_LABEL, f"{where}: empty label value: the "
+                                f"rule applies only to clients whose label {_cut(str(key))} is "
+                                "set to the empty string; Istio accepts it, but it is usually a "
+                                "value left out"))
+        elif text is not None and not is_label_value(text):
+            out.append(_bad(where, "is not a Kubernetes label value (letters, digits, '-', '_' "
+                            "and '.', starting and ending with a letter or digit, at most 63)",
+                            text))
 
 
 def _check_string_match(value: Any, path: str, out: list[_Finding],
                         allow_empty_prefix: bool = False) -> None:
-    """An Istio StringMatch: at most one of exact, prefix or regex."""
+    """An Istio StringMatch: at most one of exact, prefix or regex, and nothing else (the API
+    server drops a misspelt key, leaving a match on mere presence)."""
     string_match = _as_dict(value, path, out)
-    kinds = [kind for kind in ("exact", "prefix", "regex") if kind in string_match]
+    kinds = [kind for kind in STRING_MATCH_KINDS if kind in string_match]
+    if len(string_match) > len(kinds):
+        for key in string_match:
+            if key not in STRING_MATCH_KINDS:
+                out.append(_bad(f"{path}.{_key(key)}", "is not a field of a string match "
+                                "(exact, prefix or regex)", key))
     if len(kinds) > 1:
-        out.append(_bad(path, "must set only one of exact, prefix or regex", sorted(string_match)))
+        out.append(_bad(path, "must set only one of exact, prefix or regex", sorted(kinds)))
     for kind in kinds:
         text = _as_str(string_match[kind], f"{path}.{kind}", out)
         if kind == "prefix" and text == "" and not allow_empty_prefix:
@@ -595,31 +640,71 @@ def _is_http_status(text: str) -> bool:
     return text.isdigit() and 100 <= int(text) <= 599
 
 
+# --- JWT-claim routing: only a gateway sees the claims ---------------------------------------
+
+
+def _check_claim_routes(http: list, gateways: list, out: list[_Finding]) -> None:
+    """Istio's webhook refuses `@request.auth.claims.*` matches on a VirtualService bound to the
+    mesh only: sidecars never see the claims. Bound to the mesh and a gateway it accepts them,
+    but they match at the gateway only."""
+    at_gateways = [gateway for gateway in gateways if gateway != "mesh"]
+    at_mesh = not gateways or "mesh" in gateways
+    for where, n, match, string_match in _claim_matches(http):
+        label = _rule_label(http, n)
+        if not at_gateways:
+            out.append(_bad(where, "JWT claim routing works only on a gateway: sidecars never "
+                            f"see the claims, so rule {label} never matches; bind the "
+                            "VirtualService to a gateway (spec.gateways)"))
+        elif at_mesh and not _gateway_only(match):
+            out.append(_Finding(WARNING, CLAIM_ROUTE, f"{where}: rule {label} matches a JWT "
+                                "claim, which works only at gateway "
+                                f"{_listed(at_gateways, _said)}: in the mesh sidecars never see "
+                                "the claims, so there the match never applies"))
+        if isinstance(string_match, dict) \
+                and not any(kind in string_match for kind in STRING_MATCH_KINDS):
+            out.append(_Finding(ERROR, CLAIM_ROUTE, f"{where}: JWT claim match must set exact, "
+                                "prefix or regex: Istio matches a claim by its value, never by "
+                                f"presence alone (got {_shown(string_match)})"))
+
+
+def _claim_matches(http: list) -> Iterator[tuple[str, int, dict, Any]]:
+    """(path, rule index, match, string match) of each well-formed claim header match."""
+    for n, rule in enumerate(http):
+        matches = rule.get("match") if isinstance(rule, dict) else None
+        for k, match in enumerate(matches if isinstance(matches, list) else []):
+            for field in ("headers", "withoutHeaders"):
+                headers = match.get(field) if isinstance(match, dict) else None
+                for name, string_match in (headers.items() if isinstance(headers, dict) else ()):
+                    if isinstance(name, str) and _JWT_CLAIM.fullmatch(name):
+                        yield f"spec.http[{n}].match[{k}].{field}.{_key(name)}", n, match, \
+                            string_match
+
+
+def _gateway_only(match: dict) -> bool:
+    """Whether a match names its own gateways, none of them the mesh."""
+    gateways = match.get("gateways")
+    return isinstance(gateways, list) and bool(gateways) and "mesh" not in gateways
+
+
 # --- IST0130 / IST0131: rules and matches that can never be used ---------------------------
 
 
-def _unreachable_rules(rules: list) -> list[_Finding]:
-    """Istio's check: rules after a catch-all, and matches repeating an earlier match."""
+def _unreachable_rules(rules: list, own_hosts: frozenset[str] = frozenset()) -> list[_Finding]:
+    """Istio's check: rules after a catch-all, and matches repeating an earlier match. A rule's
+    message says what it would have done, so the user sees what the rule order costs."""
     out: list[_Finding] = []
     seen: dict[str, int] = {}  # canonical match -> index of the first rule holding it
-    catch_all: tuple[int, bool] | None = None  # (index of the catch-all rule, by a match-all?)
+    # (index of the first catch-all rule, index of its match-all match or None for no match)
+    catch_all: tuple[int, int | None] | None = None
     for n, rule in enumerate(rules):
         if not isinstance(rule, dict) or not isinstance(rule.get("match") or [], list):
             continue
         matches = rule.get("match") or []
         if catch_all is not None:
-            label = _rule_label(rules, n)
-            if catch_all[1]:
-                reason = f"rule {_rule_label(rules, catch_all[0])} already matches every request"
-            elif matches:
-                reason = "route without matches defined before"
-            else:
-                reason = "only the last rule can have no matches"
-            out.append(_Finding(WARNING, UNREACHABLE_RULE,
-                                f"VirtualService rule {label} not used ({reason})."))
+            out.append(_shadowed(rules, n, catch_all, own_hosts))
             continue
         if not matches:
-            catch_all = (n, False)
+            catch_all = (n, None)
             continue
         duplicates = 0
         for k, match in enumerate(matches):
@@ -633,13 +718,215 @@ def _unreachable_rules(rules: list) -> list[_Finding]:
                                     f"{_rule_label(rules, seen[key])})."))
             else:
                 seen[key] = n
+        everything = next((k for k, match in enumerate(matches) if _matches_everything(match)),
+                          None)
         if duplicates == len(matches):
-            out.append(_Finding(WARNING, UNREACHABLE_RULE,
-                                f"VirtualService rule {_rule_label(rules, n)} not used "
-                                "(all matches used by prior rules)."))
-        elif any(_matches_everything(match) for match in matches):
-            catch_all = (n, True)
+            out.append(_unused(rule, _rule_label(rules, n), "each of its matches repeats a match "
+                               "of an earlier rule", "", own_hosts))
+        elif everything is not None:
+            catch_all = (n, everything)
     return out
+
+
+def _shadowed(rules: list, n: int, catch_all: tuple[int, int | None],
+              own_hosts: frozenset[str]) -> _Finding:
+    """IST0130 for a rule behind a catch-all: name the catch-all, and the fix."""
+    first, everything = catch_all
+    ref, first_label = _rule_ref(rules, first), _rule_label(rules, first)
+    if everything is None:
+        reason = f"rule {ref} before it has no match and takes every request"
+    else:
+        match_label = _match_label(rules[first]["match"][everything], everything)
+        reason = f"rule {ref} before it has match {match_label}, which takes every request"
+    if rules[n].get("match"):
+        advice = f"move {first_label} last"
+    elif everything is None:
+        advice = "only the last rule can have no matches"
+    else:
+        advice = "only the last rule can take every request"
+    return _unused(rules[n], _rule_label(rules, n), reason, advice, own_hosts)
+
+
+def _unused(rule: dict, label: str, reason: str, advice: str,
+            own_hosts: frozenset[str]) -> _Finding:
+    """IST0130 saying what the unused rule would have done: what the user loses."""
+    effects = _rule_effects(rule, own_hosts)
+    verb = "applies" if len(effects) == 1 else "apply"
+    lost = f"{_and_list(effects)} never {verb}" if effects else "it never applies"
+    tail = f"; {advice}." if advice else "."
+    return _Finding(WARNING, UNREACHABLE_RULE,
+                    f"VirtualService rule {label} not used: {reason}, so {lost}{tail}")
+
+
+def _rule_effects(rule: dict, own_hosts: frozenset[str]) -> list[str]:
+    """What a rule does, in words: its destinations, its action and each policy it sets."""
+    effects = []
+    if rule.get("route"):
+        effects.append(f"its route to {_destinations_text(rule['route'], own_hosts)}")
+    if "redirect" in rule:
+        effects.append(_redirect_text(rule["redirect"]))
+    if "directResponse" in rule:
+        effects.append("its direct response" + _field_text(rule["directResponse"], "status"))
+    if "delegate" in rule:
+        effects.append("its delegation to" + _field_text(rule["delegate"], "name"))
+    if "rewrite" in rule:
+        effects.append(_rewrite_text(rule["rewrite"]))
+    if "retries" in rule:
+        effects.append(_retries_text(rule["retries"]))
+    if "timeout" in rule:
+        effects.append(f"its timeout {_said(rule['timeout'])}")
+    if "fault" in rule:
+        effects.append(_fault_text(rule["fault"]))
+    if "mirror" in rule or "mirrors" in rule:
+        effects.append(_mirror_text(rule, own_hosts))
+    if "headers" in rule:
+        effects.append(_headers_text(rule["headers"]))
+    if "corsPolicy" in rule:
+        effects.append("its CORS policy")
+    return effects
+
+
+def _said(value: Any) -> str:
+    """A value as a message's words show it: a string as it is, anything else as Python
+    writes it; on one line, cut."""
+    return _cut(value if isinstance(value, str) else repr(value))
+
+
+def _field_text(value: Any, field: str) -> str:
+    """` VALUE` of one field of a mapping, '' when it is not there."""
+    return f" {_said(value[field])}" if isinstance(value, dict) and field in value else ""
+
+
+def _and_list(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`: a list as a sentence says it."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _listed(items: list, describe: Callable[[Any], str]) -> str:
+    """The first few items described, and how many more: a message stays short."""
+    shown = [describe(item) for item in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        shown.append(f"{len(items) - MAX_LISTED} more")
+    return _and_list(shown)
+
+
+def _destination_text(destination: Any, own_hosts: frozenset[str]) -> str:
+    """`subset v2` of the service the VirtualService routes; another host by its name."""
+    if not isinstance(destination, dict):
+        return _said(destination)
+    host, subset, port = destination.get("host"), destination.get("subset"), \
+        destination.get("port")
+    number = port.get("number") if isinstance(port, dict) else None
+    if subset is not None and number is None and isinstance(host, str) and host in own_hosts:
+        return f"subset {_said(subset)}"
+    text = _said(host) + (f":{_said(number)}" if number is not None else "")
+    return text + (f" subset {_said(subset)}" if subset is not None else "")
+
+
+def _destinations_text(routes: Any, own_hosts: frozenset[str]) -> str:
+    """Destinations with their weights when there are several."""
+    if not isinstance(routes, list):
+        return _said(routes)
+
+    def describe(route: Any) -> str:
+        if not isinstance(route, dict):
+            return _said(route)
+        text = _destination_text(route.get("destination"), own_hosts)
+        return text + (f" (weight {_said(route['weight'])})"
+                       if len(routes) > 1 and "weight" in route else "")
+
+    return _listed(routes, describe)
+
+
+def _share(percentage: Any) -> str:
+    """` for 10%` from an Istio Percent, '' when it gives none."""
+    value = percentage.get("value") if isinstance(percentage, dict) else None
+    return f" for {_said(value)}%" if value is not None else ""
+
+
+def _redirect_text(redirect: Any) -> str:
+    """`its redirect to new.example/v2 (301)`."""
+    if not isinstance(redirect, dict):
+        return "its redirect"
+    target = "".join(_said(redirect[key]) for key in ("authority", "uri") if key in redirect)
+    code = f" ({_said(redirect['redirectCode'])})" if "redirectCode" in redirect else ""
+    return f"its redirect to {target}{code}" if target else f"its redirect{code}"
+
+
+def _rewrite_text(rewrite: Any) -> str:
+    """`its rewrite (uri to /v2, authority to new.example)`."""
+    parts = [f"{key} to {_said(rewrite[key])}" for key in ("uri", "authority")
+             if isinstance(rewrite, dict) and key in rewrite]
+    if isinstance(rewrite, dict) and "uriRegexRewrite" in rewrite:
+        parts.append("uri by regex")
+    return f"its rewrite ({', '.join(parts)})" if parts else "its rewrite"
+
+
+def _retries_text(retries: Any) -> str:
+    """`its retries (3 x 1s on 5xx)`: attempts x per-try timeout on the retry conditions."""
+    if not isinstance(retries, dict):
+        return "its retries"
+    if not retries.get("attempts"):
+        return "its retries (none)"
+    text = _said(retries["attempts"])
+    if "perTryTimeout" in retries:
+        text += f" x {_said(retries['perTryTimeout'])}"
+    if "retryOn" in retries:
+        text += f" on {_said(retries['retryOn'])}"
+    return f"its retries ({text})"
+
+
+def _fault_text(fault: Any) -> str:
+    """`its fault injection (abort 503 for 10%, delay 5s)`."""
+    parts = []
+    abort = fault.get("abort") if isinstance(fault, dict) else None
+    delay = fault.get("delay") if isinstance(fault, dict) else None
+    if isinstance(abort, dict):
+        status = next((abort[kind] for kind in ("httpStatus", "grpcStatus", "http2Error")
+                       if kind in abort), None)
+        parts.append("abort" + (f" {_said(status)}" if status is not None else "")
+                     + _share(abort.get("percentage")))
+    if isinstance(delay, dict):
+        parts.append("delay" + _field_text(delay, "fixedDelay") + _share(delay.get("percentage")))
+    return f"its fault injection ({', '.join(parts)})" if parts else "its fault injection"
+
+
+def _mirror_text(rule: dict, own_hosts: frozenset[str]) -> str:
+    """`its mirror to subset v2 for 10%`, or its several mirrors."""
+    if "mirror" in rule:
+        share = _share(rule.get("mirrorPercentage"))
+        if not share and rule.get("mirrorPercent") is not None:
+            share = f" for {_said(rule['mirrorPercent'])}%"
+        return f"its mirror to {_destination_text(rule['mirror'], own_hosts)}{share}"
+    mirrors = rule["mirrors"]
+    if not isinstance(mirrors, list) or not mirrors:
+        return "its mirrors"
+
+    def describe(mirror: Any) -> str:
+        if not isinstance(mirror, dict):
+            return _said(mirror)
+        return _destination_text(mirror.get("destination"), own_hosts) \
+            + _share(mirror.get("percentage"))
+
+    return f"its mirrors to {_listed(mirrors, describe)}"
+
+
+def _headers_text(headers: Any) -> str:
+    """`its header changes (x-version and x-debug)`: the headers it sets, adds or removes."""
+    names: list = []
+    for side in ("request", "response"):
+        operations = headers.get(side) if isinstance(headers, dict) else None
+        for verb in ("set", "add", "remove"):
+            value = operations.get(verb) if isinstance(operations, dict) else None
+            if isinstance(value, (dict, list)):
+                names.extend(value)
+    return f"its header changes ({_listed(names, _said)})" if names else "its header changes"
+
+
+def _rule_ref(rules: list, n: int) -> str:
+    """A rule by its name and its place (`"default" (#0)`), or by its place alone."""
+    label = _rule_label(rules, n)
+    return label if label == f"#{n}" else f"{label} (#{n})"
 
 
 def _rule_label(rules: list, n: int) -> str:

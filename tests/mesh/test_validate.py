@@ -247,19 +247,25 @@ def test_rule_after_a_rule_without_match_is_unreachable():
     messages = validate_object(virtual_service([rule(), rule(match=[jason()])]))
     assert [(m.level, m.code, m.message) for m in messages] == [
         ("Warning", "IST0130",
-         "VirtualService rule #1 not used (route without matches defined before).")]
+         "VirtualService rule #1 not used: rule #0 before it has no match and takes every "
+         "request, so its route to subset v1 never applies; move #0 last.")]
 
 
 def test_second_rule_without_match_is_unreachable():
     assert texts(validate_object(virtual_service([rule(), rule()]))) == [
-        "VirtualService rule #1 not used (only the last rule can have no matches)."]
+        "VirtualService rule #1 not used: rule #0 before it has no match and takes every "
+        "request, so its route to subset v1 never applies; only the last rule can have no "
+        "matches."]
 
 
 def test_rule_after_a_match_all_rule_is_unreachable():
     vs = virtual_service([rule(match=[{"uri": {"prefix": "/"}}]), rule(match=[jason()]), rule()])
     assert texts(validate_object(vs), code="IST0130") == [
-        "VirtualService rule #1 not used (rule #0 already matches every request).",
-        "VirtualService rule #2 not used (rule #0 already matches every request)."]
+        "VirtualService rule #1 not used: rule #0 before it has match #0, which takes every "
+        "request, so its route to subset v1 never applies; move #0 last.",
+        "VirtualService rule #2 not used: rule #0 before it has match #0, which takes every "
+        "request, so its route to subset v1 never applies; only the last rule can take every "
+        "request."]
 
 
 def test_specific_rules_before_the_catch_all_are_reachable():
@@ -275,7 +281,8 @@ def test_repeated_match_is_ist0131_and_a_rule_of_only_repeats_is_ist0130():
         ("Info", "IST0131", 'VirtualService rule #1 match "again" is not used '
                             "(duplicate/overlapping match in rule #0)."),
         ("Warning", "IST0130",
-         "VirtualService rule #1 not used (all matches used by prior rules).")]
+         "VirtualService rule #1 not used: each of its matches repeats a match of an earlier "
+         "rule, so its route to subset v1 never applies.")]
     assert not has_errors(messages)
 
 
@@ -699,7 +706,9 @@ def test_a_header_name_istio_refuses_is_refused_on_one_line(name, shown, field):
     "x-canary", "X-Canary", ":authority", ":path", "@request.auth.claims.group",
     "@request.auth.claims[nested][key]", "x_under.score~ok"])
 def test_header_names_istio_accepts_are_accepted(name):
-    assert header_match_errors({name: {"exact": "v"}}) == []
+    gateway_bound = virtual_service([rule(match=[{"headers": {name: {"exact": "v"}}}])],
+                                    gateways=["istio-system/public"])
+    assert errors(gateway_bound) == []  # JWT claims route only at a gateway
 
 
 def test_query_parameter_names_are_not_header_names():
@@ -844,8 +853,10 @@ def test_run_text_output_and_exit_1_on_errors(tmp_path, capsys):
         "Warning [CK0001] (VirtualService default/reviews) spec.http[1].route: destination "
         "weights sum to 110, not 100; Istio >= 1.15 accepts this and splits in proportion, but "
         "it is usually a mistake\n"
-        "Warning [IST0130] (VirtualService default/reviews) VirtualService rule #1 not used "
-        "(only the last rule can have no matches).\n"
+        "Warning [IST0130] (VirtualService default/reviews) VirtualService rule #1 not used: "
+        "rule #0 before it has no match and takes every request, so its route to subset v1 "
+        "(weight 90) and subset v2 (weight 20) never applies; only the last rule can have no "
+        "matches.\n"
         "Error [IST0101] (VirtualService default/reviews) Referenced host+subset in "
         'destinationrule not found: "reviews+v3"\n')
 
@@ -1056,7 +1067,8 @@ def test_broken_example_shows_each_kind_of_mistake(capsys):
     assert any("not a valid RE2" in t for t in texts(messages, code="IST0106"))
     assert any("mirrorPercentage.value: must be between 0 and 100" in t for t in texts(messages))
     assert texts(messages, code="IST0130") == [
-        "VirtualService rule #2 not used (route without matches defined before)."]
+        "VirtualService rule #2 not used: rule #1 before it has no match and takes every "
+        "request, so its route to subset v2 never applies; move #1 last."]
     assert validate.run(parse(EXAMPLES / "broken.yaml")) == 1
 
 
