@@ -7,8 +7,10 @@ VirtualServices, DestinationRules, Deployments, Services and HTTPRoutes through 
 Envoy's files atomically (Envoy reloads them by itself). Subsets and Services select
 Deployments by their pod template labels, as they would select pods; the replicas' addresses
 come from the endpoints file the lab writes, so no pods are needed. HTTPRoutes bound to a
-Service (GAMMA) route that Service's host. What cannot be expressed goes to the log and to
-`problems.json`;
+Service (GAMMA) route that Service's host. Each client workload of the lab (the load generator,
+and any `--client`) gets an outbound listener of its own, translated for its labels as istiod
+translates each sidecar's routes (`sourceLabels`). What cannot be expressed goes to the log and
+to `problems.json`;
 `status.json` says which config version was written when, and up to which resourceVersion of
 each kind it is built from, so callers can wait for a change to reach Envoy.
 """
@@ -21,7 +23,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +34,9 @@ from kubernetes.client.exceptions import ApiException
 
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
-from canarykit.core.names import CLUSTER_SUFFIX, host_fqdn
+from canarykit.core.names import CLUSTER_SUFFIX, check_dns_label, host_fqdn
 from canarykit.lab import envoy_config, process_main
-from canarykit.lab.envoy_config import Endpoint, ServiceBackend, Translation
+from canarykit.lab.envoy_config import ClientWorkload, Endpoint, ServiceBackend, Translation
 from canarykit.mesh.istio import ISTIO_GROUP
 
 STATUS_FILE = "status.json"
@@ -177,12 +179,14 @@ def translate_objects(
     service_port: int = 9080,
     http_routes: list[dict] | None = None,
     services: list[dict] | None = None,
+    clients: Sequence[ClientWorkload] = (),
 ) -> Translation:
     """What the control plane writes for these objects (objects sorted by name first).
 
     Tests compute the expected version with it; the problems include the endpoint
     resolution's. Raises BadInput on objects the translator refuses. `services` matter only
-    as the parents and backends of `http_routes`.
+    as the parents and backends of `http_routes`; `clients` are the client workloads beside
+    the load generator (on `listener_port`), each on its own listener.
     """
     def by_name(objects: list[dict]) -> list[dict]:
         return sorted(objects, key=lambda o: o["metadata"]["name"])
@@ -194,7 +198,8 @@ def translate_objects(
     t = envoy_config.translate(by_name(virtual_services), by_name(destination_rules), endpoints,
                                listener_port=listener_port, namespace=namespace,
                                service_port=service_port,
-                               http_routes=by_name(http_routes or []), services=backends)
+                               http_routes=by_name(http_routes or []), services=backends,
+                               clients=clients)
     t.problems = problems + t.problems
     return t
 
@@ -234,7 +239,8 @@ class ControlPlane:
 
     def __init__(self, kubeconfig: str, namespace: str, config_dir: Path, listener_port: int,
                  endpoints_file: Path, *, service_port: int = 9080, validate: bool = False,
-                 history_dir: Path | None = None, watch_seconds: int = 60) -> None:
+                 history_dir: Path | None = None, watch_seconds: int = 60,
+                 clients: Sequence[ClientWorkload] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.config_dir = Path(config_dir)
@@ -244,6 +250,7 @@ class ControlPlane:
         self.validate = validate
         self.history_dir = history_dir
         self.watch_seconds = watch_seconds
+        self.clients = tuple(clients)
         self.inputs = Inputs()
         self.cond = threading.Condition()
         self.stopping = threading.Event()
@@ -351,7 +358,7 @@ class ControlPlane:
                 listener_port=self.listener_port, namespace=self.namespace,
                 service_port=self.service_port,
                 http_routes=list(objects["httproutes"].values()),
-                services=list(objects["services"].values()))
+                services=list(objects["services"].values()), clients=self.clients)
             if self.validate and t.version != self.written_version:
                 envoy_config.validate_with_envoy(t)
         except (CanaryKitError, OSError, ValueError) as err:
@@ -425,6 +432,29 @@ def read_status(config_dir: str | Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- CLI
 
 
+def parse_client(text: str) -> ClientWorkload:
+    """`NAME=PORT:KEY=VALUE,KEY=VALUE` (e.g. `reviews-tester=15002:app=reviews-tester`): a
+    client workload, the port of its listener, and its pod labels."""
+    head, _, label_text = text.partition(":")
+    name, _, port_text = head.partition("=")
+    check_dns_label("--client name", name)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise BadInput("--client port", port_text, f"must be 1..65535 (in {text!r})")
+    labels = {}
+    for item in filter(None, label_text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput("--client labels", item, f"must be KEY=VALUE (in {text!r})")
+        labels[key] = value
+    return ClientWorkload(name, labels, int(port_text))
+
+
+def client_argument(client: ClientWorkload) -> str:
+    """The `--client` value that `parse_client` reads back as `client`."""
+    labels = ",".join(f"{key}={value}" for key, value in client.labels.items())
+    return f"{client.name}={client.port}:{labels}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the API server")
     parser.add_argument("--namespace", default="default", help="namespace to watch")
@@ -442,6 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep every config written as VERSION.json in this directory")
     parser.add_argument("--watch-seconds", type=int, default=60,
                         help="length of one watch request before listing again (default 60)")
+    parser.add_argument("--client", action="append", default=[], metavar="NAME=PORT:LABELS",
+                        help="another client workload with its own listener, e.g. "
+                        "reviews-tester=15002:app=reviews-tester (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -450,11 +483,17 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"controlplane: --listener-port: must be 1..65535 "
                          f"(got {args.listener_port})\n")
         return 2
+    try:
+        clients = [parse_client(text) for text in args.client]
+        envoy_config.check_clients([envoy_config.default_client(args.listener_port), *clients])
+    except BadInput as err:
+        sys.stderr.write(f"controlplane: {err}\n")
+        return 2
     plane = ControlPlane(args.kubeconfig, args.namespace, Path(args.config_dir),
                          args.listener_port, Path(args.endpoints),
                          service_port=args.service_port, validate=args.validate,
                          history_dir=Path(args.history_dir) if args.history_dir else None,
-                         watch_seconds=args.watch_seconds)
+                         watch_seconds=args.watch_seconds, clients=clients)
     process_main.stop_on_signals(plane.stop)
     plane.log(f"watching namespace {args.namespace}; writing to {args.config_dir}")
     plane.run()

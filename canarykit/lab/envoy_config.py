@@ -7,6 +7,11 @@ istiod's own (pilot/pkg/networking/core) so that what the lab shows is what a me
 cluster names `outbound|PORT|SUBSET|HOST`, the same defaults (0s timeout, the default retry
 policy, LEAST_REQUEST), and per-subset traffic policies merged field by field.
 What the lab cannot express is listed in `Translation.problems`, never silently dropped.
+
+istiod builds each sidecar's routes for its own workload: a match's `sourceLabels` keep it only
+in the sidecars of the workloads they select. The lab's clients (`ClientWorkload`) each get an
+outbound listener of their own, translated for their labels, which also tells the destination
+who calls (the source header its Istio metrics take `source_workload` from).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.core.files import write_atomically
 from canarykit.core.names import CLUSTER_SUFFIX, host_fqdn
+from canarykit.lab.workload import SOURCE_HEADER
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -57,6 +63,8 @@ GRPC_STATUS = {
         "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
     )
 }
+DEFAULT_CLIENT = "loadgen"  # the load generator: the lab's client unless one is named
+DEFAULT_CLIENT_LABELS = {"app": DEFAULT_CLIENT}
 REDIRECT_CODES = {
     0: "MOVED_PERMANENTLY",
     301: "MOVED_PERMANENTLY",
@@ -73,6 +81,21 @@ class Endpoint:
 
     address: str
     port: int
+
+
+@dataclass(frozen=True)
+class ClientWorkload:
+    """A workload that calls the mesh in the lab, and the port of its sidecar's outbound
+    listener: requests sent there are routed as istiod routes that workload's requests."""
+
+    name: str
+    labels: Mapping[str, str]
+    port: int
+
+
+def default_client(port: int) -> ClientWorkload:
+    """The load generator's sidecar, on the lab's usual listener port."""
+    return ClientWorkload(DEFAULT_CLIENT, dict(DEFAULT_CLIENT_LABELS), port)
 
 
 @dataclass
@@ -96,6 +119,11 @@ class _Scope:
     rules: dict[str, dict]
     problems: list[str] = field(default_factory=list)
     wanted: list[tuple[int, str, str, str]] = field(default_factory=list)
+    # The sidecar being translated, and every client of the lab (sourceLabels select among them).
+    client: ClientWorkload | None = None
+    clients: tuple[ClientWorkload, ...] = ()
+    # VirtualService -> the clients none of its routes apply to (reported once, for all).
+    routeless: dict[str, list[str]] = field(default_factory=dict)
 
     def report(self, where: str, text: str) -> None:
         message = f"{where}: {text}"
@@ -286,13 +314,48 @@ def _match_applies(match: dict | None, where: str, scope: _Scope) -> bool:
             scope.report(where, "match only for gateways (not mesh) is not used by the lab")
             return False
         return True
-    if match.get("sourceLabels"):
-        scope.report(where, "match on sourceLabels is not supported by the lab")
+    if not _source_applies(match.get("sourceLabels"), f"{where}.sourceLabels", scope):
         return False
     if match.get("sourceNamespace") not in (None, "", scope.namespace):
         scope.report(where, "match on another sourceNamespace never applies to the lab")
         return False
     return True
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label selection: every label of the selector, with its value."""
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    return "{" + ", ".join(f"{key}: {value}" for key, value in labels.items()) + "}"
+
+
+def _source_applies(source_labels: Any, where: str, scope: _Scope) -> bool:
+    """istiod's sourceMatchHTTP: the match is kept in this sidecar only if its sourceLabels are
+    a subset of the workload's labels. Labels that select no client of the lab are reported:
+    the match can then never apply."""
+    if not source_labels:
+        return True
+    if not isinstance(source_labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in source_labels.items()
+    ):
+        raise BadInput(where, source_labels, "must map label names to string values")
+    if scope.client is not None and _selects(source_labels, scope.client.labels):
+        return True
+    if not any(_selects(source_labels, client.labels) for client in scope.clients):
+        known = ", ".join(f"{c.name} {_labels_text(c.labels)}" for c in scope.clients)
+        scope.report(where, f"{_labels_text(source_labels)} select no client workload of the "
+                     f"lab ({known}); the match never applies")
+    return False
+
+
+def _for_every_client(match: dict | None, scope: _Scope) -> bool:
+    """Whether a match applies to every client of the lab, not to some only (sourceLabels)."""
+    if (match or {}).get("gateways"):  # istiod ignores sourceLabels beside gateways
+        return True
+    labels = (match or {}).get("sourceLabels") or {}
+    return all(_selects(labels, client.labels) for client in scope.clients)
 
 
 def _is_catch_all(match: dict) -> bool:
@@ -769,7 +832,8 @@ def _routes_for_virtual_service(vs: dict, where: str, scope: _Scope) -> list[dic
                 catch_all = True
                 break
         if catch_all:
-            if index + 1 < len(http_routes):
+            # A catch-all for some clients only (sourceLabels) leaves the rest to the others.
+            if index + 1 < len(http_routes) and _for_every_client(match, scope):
                 scope.report(route_where, "routes after this catch-all route are never reached")
             break
     return routes
@@ -1351,7 +1415,8 @@ def _virtual_hosts(
                 scope.report(where, f"{section} routes are not supported by the lab")
         routes = _routes_for_virtual_service(vs, where, scope)
         if not routes:  # istiod then gives the hosts their default routes
-            scope.report(where, "no route applies to the lab")
+            scope.routeless.setdefault(where, []).append(scope.client.name if scope.client
+                                                         else DEFAULT_CLIENT)
             continue
         full_hosts = [host_fqdn(h, scope.namespace) for h in hosts]
         domains = [d for h in full_hosts for d in _domains(h, scope.namespace, scope.service_port)]
@@ -1367,7 +1432,8 @@ def _virtual_hosts(
                              "(delete one of them)")
             continue
         domains = _domains(host, scope.namespace, scope.service_port)
-        add(f"{host}:{scope.service_port}", domains, mesh.routes(scope), owners)
+        # A copy per client listener: no route dict is shared between two listeners.
+        add(f"{host}:{scope.service_port}", domains, copy.deepcopy(mesh.routes(scope)), owners)
         covered[host] = owners
     for host in service_hosts:
         if host not in covered:
@@ -1376,8 +1442,13 @@ def _virtual_hosts(
     return hosts_out
 
 
-def _listener(virtual_hosts: list[dict], listener_port: int) -> dict:
-    """One HTTP listener on 127.0.0.1 whose filter chain is fault filter, then router."""
+def _listener(virtual_hosts: list[dict], client: ClientWorkload) -> dict:
+    """A client's outbound listener on 127.0.0.1 whose filter chain is fault filter, then router.
+
+    It names its workload to the destination in the source header (overwriting what the client
+    says), as Istio's metadata exchange does, for the replicas' `source_workload` label.
+    """
+    listener_port = client.port
     manager = {
         "@type": HCM_TYPE,
         "stat_prefix": f"outbound_{listener_port}",
@@ -1389,6 +1460,12 @@ def _listener(virtual_hosts: list[dict], listener_port: int) -> dict:
             # the whole listener.
             "validate_clusters": False,
             "max_direct_response_body_size_bytes": 1024 * 1024,
+            "request_headers_to_add": [
+                {
+                    "header": {"key": SOURCE_HEADER, "value": client.name},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
         },
         "http_filters": [
             {"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}},
@@ -1704,9 +1781,11 @@ def translate(
     service_port: int = 9080,
     http_routes: list[dict] | None = None,
     services: Mapping[str, ServiceBackend] | None = None,
+    clients: Sequence[ClientWorkload] = (),
 ) -> Translation:
     """Translate the Istio objects, and the mesh-bound (GAMMA) HTTPRoutes, as istiod would for
-    one sidecar in `namespace`.
+    the sidecars of the lab's client workloads in `namespace`: the load generator's, listening
+    on `listener_port`, then one listener for each of `clients`.
 
     `endpoints` maps (service short name, subset name) to that subset's replicas; the lab
     resolves subset labels against its Deployments. `services` maps Service names to their
@@ -1714,7 +1793,8 @@ def translate(
     the translation is the Istio one alone. Raises BadInput on malformed Istio objects; an
     HTTPRoute rule that cannot be translated is reported and left out.
     """
-    scope = _Scope(namespace=namespace, service_port=service_port, rules={})
+    everyone = check_clients([default_client(listener_port), *clients])
+    scope = _Scope(namespace=namespace, service_port=service_port, rules={}, clients=everyone)
     scope.rules = _rules_by_host(destination_rules, scope)
     mesh_hosts: dict[str, _MeshHost] = {}
     if http_routes:
@@ -1726,18 +1806,49 @@ def translate(
     service_hosts = list(
         dict.fromkeys([host_fqdn(short, namespace) for short, _ in endpoints] + list(scope.rules))
     )
-    virtual_hosts = _virtual_hosts(virtual_services, service_hosts, scope, mesh_hosts)
+    listeners = []
+    for client in everyone:  # each sidecar its own routes, as istiod pushes them per proxy
+        scope.client = client
+        virtual_hosts = _virtual_hosts(virtual_services, service_hosts, scope, mesh_hosts)
+        if virtual_hosts:
+            listeners.append(_listener(virtual_hosts, client))
+    _report_routeless(scope)
     for _port, _subset, host, where in scope.wanted:
         if host not in service_hosts and "*" not in host:
             scope.report(where, f"{host} has no replicas in the lab (503)")
             service_hosts.append(host)
     clusters = [c for host in service_hosts for c in _clusters_for_host(host, endpoints, scope)]
     _report_missing_clusters({c["name"] for c in clusters}, scope)
-    listeners = [_listener(virtual_hosts, listener_port)] if virtual_hosts else []
     version = _digest([listeners, clusters])
     for listener in listeners:
         listener["metadata"] = {"filter_metadata": {"canarykit": {"version": version}}}
     return Translation(listeners, clusters, scope.problems, version)
+
+
+def check_clients(clients: list[ClientWorkload]) -> tuple[ClientWorkload, ...]:
+    """Each client needs a name and a listener port of its own."""
+    names: set[str] = set()
+    ports: set[int] = set()
+    for client in clients:
+        if not client.name or client.name in names:
+            raise BadInput("clients", client.name, "client workload names must be unique")
+        if client.port in ports:
+            raise BadInput(f"clients.{client.name}.port", client.port,
+                           "is already the listener of another client workload")
+        names.add(client.name)
+        ports.add(client.port)
+    return tuple(clients)
+
+
+def _report_routeless(scope: _Scope) -> None:
+    """A VirtualService none of whose routes applies to a client leaves that client's requests
+    to the hosts' default routes (every replica), as istiod does."""
+    for where, names in scope.routeless.items():
+        if len(names) == len(scope.clients):
+            scope.report(where, "no route applies to the lab")
+        else:
+            scope.report(where, f"no route applies to requests from {', '.join(names)}; they "
+                         "get the hosts' default routes (every replica)")
 
 
 def _digest(value: Any) -> str:

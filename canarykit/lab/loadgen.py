@@ -8,6 +8,11 @@ response header; "none" when absent, e.g. an Envoy fault abort or a connection e
 status ("error" when no HTTP response came back) and by session. Connections are HTTP/1.1
 keep-alive (`http.client`), re-opened after an error, so a target that resets connections or
 answers errors never stops the load.
+
+Every request names its client workload (`source`, default `loadgen`) in the source header,
+which the replicas' Istio metrics report as `source_workload`. To be routed as that workload,
+send to its Envoy listener (`processes.client_url`): the lab's Envoy has one per client
+workload, each with the routes istiod would give that workload's sidecar (`sourceLabels`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from canarykit.core.errors import BadInput
 from canarykit.core.files import write_atomically
+from canarykit.core.names import check_dns_label
 from canarykit.lab import process_main
 from canarykit.lab.workload import SESSION_HEADER, SOURCE_HEADER, VERSION_HEADER
 
@@ -40,7 +46,7 @@ KIND_HEADERS = {
     "cookie": {"Cookie": "beta=true; other=x"},
     "session": {},
 }
-SOURCE = "loadgen"
+SOURCE = "loadgen"  # the default client workload, envoy_config.DEFAULT_CLIENT
 NO_VERSION = "none"
 ERROR_STATUS = "error"
 MAX_LAG_SECONDS = 1.0  # a paced generator that falls further behind skips ahead, no burst
@@ -196,9 +202,10 @@ def _check_seconds(field_name: str, value: Any) -> float:
 
 
 def request_headers(host: str, kind: str, session: str | None,
-                    extra: Mapping[str, str] | None = None) -> dict[str, str]:
+                    extra: Mapping[str, str] | None = None,
+                    source: str = SOURCE) -> dict[str, str]:
     """The headers of one request of `kind` (Host, source, the kind's own, then `extra`)."""
-    headers = {"Host": host, SOURCE_HEADER: SOURCE, **KIND_HEADERS[kind]}
+    headers = {"Host": host, SOURCE_HEADER: source, **KIND_HEADERS[kind]}
     if session is not None:
         headers[SESSION_HEADER] = session
     headers.update(extra or {})
@@ -255,13 +262,16 @@ def send_requests(
     mix: Mapping[str, float] | str | None = None,
     sessions: int = 50,
     seed: int | None = None,
+    source: str = SOURCE,
 ) -> LoadStats:
     """Send exactly n requests as fast as `concurrency` connections allow; return the counts.
 
     kind "session" without `session` cycles through s-0 .. s-<sessions-1>; `mix` (weights per
-    kind) replaces `kind` with a random kind per request.
+    kind) replaces `kind` with a random kind per request. `source` is the client workload the
+    requests come from (`target` should be its listener).
     """
     address = check_target(target)
+    check_dns_label("source", source)
     _check_count("n", n, 0)
     _check_count("concurrency", concurrency, 1)
     _check_count("sessions", sessions, 1)
@@ -295,7 +305,7 @@ def send_requests(
                 chosen, session_id = planned
                 started = time.perf_counter()
                 status, version = connection.get(
-                    path, request_headers(host, chosen, session_id, headers))
+                    path, request_headers(host, chosen, session_id, headers, source))
                 latency_ms = (time.perf_counter() - started) * 1e3
                 with lock:
                     stats.record(chosen, version, status, latency_ms, session_id)
@@ -325,9 +335,11 @@ class LoadGenerator:
     def __init__(self, target: str, host: str, *, rate: float = 50.0,
                  mix: Mapping[str, float] | str | None = None, sessions: int = 50,
                  concurrency: int = 16, timeout: float = 5.0, path: str = "/",
-                 headers: Mapping[str, str] | None = None, seed: int | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, seed: int | None = None,
+                 source: str = SOURCE) -> None:
         self.target = target
         self.address = check_target(target)
+        self.source = check_dns_label("source", source)
         self.host = host
         self.mix = parse_mix(mix if mix is not None else DEFAULT_MIX)
         self.sessions = _check_count("sessions", sessions, 1)
@@ -429,7 +441,8 @@ class LoadGenerator:
                     kind, session = self._plan()
                     started = time.perf_counter()
                     status, version = connection.get(
-                        self.path, request_headers(self.host, kind, session, self.headers))
+                        self.path,
+                        request_headers(self.host, kind, session, self.headers, self.source))
                     latency_ms = (time.perf_counter() - started) * 1e3
                     with self._stats_lock:
                         self._stats.record(kind, version, status, latency_ms, session)
@@ -525,7 +538,8 @@ class StatsServer(ThreadingHTTPServer):
     def describe(self, stats: LoadStats, latencies: bool) -> dict[str, Any]:
         """The counts (with the latency list only when asked) and the generator's settings."""
         generator = self.generator
-        return {"target": generator.target, "host": generator.host, "rate": generator.rate,
+        return {"target": generator.target, "host": generator.host,
+                "source": generator.source, "rate": generator.rate,
                 "mix": generator.mix, "in_flight": generator.in_flight,
                 **stats.to_dict(latencies=latencies)}
 
@@ -580,6 +594,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for a response (default 5)")
     parser.add_argument("--path", default="/", help="request path (default /)")
+    parser.add_argument("--source", default=SOURCE,
+                        help="the client workload the requests come from (default %(default)s); "
+                        "--target should be its Envoy listener")
     parser.add_argument("--seed", type=int, default=None, help="random seed for kinds/sessions")
     parser.add_argument("--stats-port", type=int, default=None,
                         help="serve /stats, /-/reset and /-/rate on this port (0: a free one)")
@@ -598,7 +615,8 @@ def run(args: argparse.Namespace) -> int:
             raise BadInput("stats-port", args.stats_port, "must be from 0 to 65535")
         generator = LoadGenerator(args.target, args.host, rate=args.rate, mix=args.mix,
                                   sessions=args.sessions, concurrency=args.concurrency,
-                                  timeout=args.timeout, path=args.path, seed=args.seed)
+                                  timeout=args.timeout, path=args.path, seed=args.seed,
+                                  source=args.source)
     except BadInput as err:
         sys.stderr.write(f"loadgen: {err}\n")
         return 2

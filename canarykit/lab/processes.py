@@ -5,7 +5,9 @@ with its own log file in the data dir: the local Kubernetes API server (seeded w
 service `reviews`, routed by Istio or, with `--router gateway-api`, by a Gateway API
 HTTPRoute over one Service per version), one HTTP process per replica of each version, the
 control plane, a real Envoy, a real Prometheus scraping every replica and Envoy every second,
-and the load generator. It returns once every part is healthy; a part that fails is named with
+and the load generator. Envoy has one outbound listener per client workload: the load
+generator's (`envoy_url`) and a tester's (`reviews-tester`, for routes that `sourceLabels` give
+one client). It returns once every part is healthy; a part that fails is named with
 its log, and what was started is stopped. The state file (`lab.json`) lists every PID, so
 `down` stops them by PID from any shell, and a second `up` on a running lab is refused.
 """
@@ -110,6 +112,7 @@ class LabConfig:
     apiserver_port: int = 0
     envoy_port: int = 0
     envoy_admin_port: int = 0
+    tester_port: int = 0  # the Envoy listener of the tester client workload
     prometheus_port: int = 0
     loadgen_port: int = 0
     rate: float = 50.0
@@ -141,11 +144,13 @@ class LabConfig:
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise BadInput("data_dir", self.data_dir, "must be a directory path")
         for name in ("service_port", "apiserver_port", "envoy_port", "envoy_admin_port",
-                     "prometheus_port", "loadgen_port"):
+                     "tester_port", "prometheus_port", "loadgen_port"):
             value = getattr(self, name)
             low = 1 if name == "service_port" else 0
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
                 raise BadInput(name, value, f"must be a port number from {low} to 65535")
+        if self.tester_port and self.tester_port == self.envoy_port:
+            raise BadInput("tester_port", self.tester_port, "must differ from envoy_port")
         rate = self.rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) \
                 or not math.isfinite(rate) or rate < 0:
@@ -253,6 +258,8 @@ class LabState:
     ca_file: str = ""
     envoy_url: str = ""
     envoy_admin_url: str = ""
+    # Client workload -> its Envoy listener (the load generator's is envoy_url).
+    client_urls: dict[str, str] = field(default_factory=dict)
     prometheus_url: str = ""
     loadgen_url: str = ""
     config_dir: str = ""
@@ -416,6 +423,14 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _free_port_but(taken: int) -> int:
+    """A free port other than `taken` (a port chosen for another listener, not bound yet)."""
+    port = _free_port()
+    while port == taken:
+        port = _free_port()
+    return port
 
 
 def _read_port(path: Path) -> int | None:
@@ -694,13 +709,34 @@ def _start_workloads(state: LabState, cfg: LabConfig) -> None:
     state.save()
 
 
+def tester_client(cfg: LabConfig, port: int) -> envoy_config.ClientWorkload:
+    """A second client of the demo service (`reviews-tester`, labelled app=reviews-tester), so
+    that routes for one client workload (`sourceLabels`) can be rehearsed."""
+    name = f"{cfg.service[:56].rstrip('-')}-tester"
+    return envoy_config.ClientWorkload(name, {"app": name}, port)
+
+
+def client_url(state: LabState, source: str) -> str:
+    """Where the requests of client workload `source` enter the mesh: its sidecar's listener."""
+    urls = state.client_urls or {envoy_config.DEFAULT_CLIENT: state.envoy_url}
+    if source not in urls:
+        raise BadInput("source", source, f"is not a client workload of the lab (known: "
+                       f"{', '.join(urls)})")
+    return urls[source]
+
+
 def _start_controlplane(state: LabState, cfg: LabConfig) -> None:
     data = Path(state.data_dir)
     state.config_dir = str(data / "xds")
-    state.envoy_url = f"http://127.0.0.1:{cfg.envoy_port or _free_port()}"
+    envoy_port = cfg.envoy_port or _free_port_but(cfg.tester_port)
+    tester = tester_client(cfg, cfg.tester_port or _free_port_but(envoy_port))
+    state.envoy_url = f"http://127.0.0.1:{envoy_port}"
+    state.client_urls = {envoy_config.DEFAULT_CLIENT: state.envoy_url,
+                         tester.name: f"http://127.0.0.1:{tester.port}"}
     argv = _python("controlplane", "--kubeconfig", state.kubeconfig, "--namespace",
                    cfg.namespace, "--config-dir", state.config_dir, "--listener-port",
-                   state.envoy_url.rsplit(":", 1)[1], "--service-port", str(cfg.service_port),
+                   str(envoy_port), "--client", controlplane.client_argument(tester),
+                   "--service-port", str(cfg.service_port),
                    "--endpoints", str(data / "endpoints.json"))
     if cfg.keep_config_history:
         state.history_dir = str(data / "history")
@@ -857,6 +893,7 @@ def status(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, Any]:
         "prometheus_url": state.prometheus_url,
         "envoy_url": state.envoy_url,
         "envoy_admin_url": state.envoy_admin_url,
+        "client_urls": state.client_urls,
         "loadgen_url": state.loadgen_url,
         "apiserver_url": state.apiserver_url,
         "router": state.config.get("router", ISTIO_ROUTER),
@@ -869,17 +906,21 @@ def status(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, Any]:
 
 
 def envoy_version(state: LabState) -> str | None:
-    """The config version (set by the control plane) of Envoy's active listener."""
+    """The config version (set by the control plane) that all of Envoy's listeners serve; None
+    while one is still warming or they differ (each client workload has its own listener)."""
     status, body = _http_get(f"{state.envoy_admin_url}/config_dump?resource=dynamic_listeners")
     if status != 200:
         return None
+    versions = set()
     for item in json.loads(body).get("configs", []):
+        if item.get("warming_state"):
+            return None
         listener = (item.get("active_state") or {}).get("listener") or {}
         version = (((listener.get("metadata") or {}).get("filter_metadata") or {})
                    .get("canarykit") or {}).get("version")
         if version:
-            return version
-    return None
+            versions.add(version)
+    return versions.pop() if len(versions) == 1 else None
 
 
 def current_resource_versions(state: LabState) -> dict[str, int]:
@@ -1025,7 +1066,9 @@ def _add_where(parser: argparse.ArgumentParser) -> None:
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     _add_where(parser)
     for flag, what in (("--apiserver-port", "API server"), ("--envoy-port", "Envoy listener"),
-                       ("--envoy-admin-port", "Envoy admin"), ("--prometheus-port", "Prometheus"),
+                       ("--envoy-admin-port", "Envoy admin"),
+                       ("--tester-port", "Envoy listener of the tester client"),
+                       ("--prometheus-port", "Prometheus"),
                        ("--loadgen-port", "load generator stats")):
         parser.add_argument(flag, type=int, default=None, help=f"{what} port (0: a free one)")
     parser.add_argument("--rate", type=float, default=None,
@@ -1077,8 +1120,8 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
     cfg = load_config(args.config) if getattr(args, "config", None) else LabConfig()
     if getattr(args, "data_dir", None):
         cfg.data_dir = args.data_dir
-    for flag in ("apiserver_port", "envoy_port", "envoy_admin_port", "prometheus_port",
-                 "loadgen_port", "rate", "mix", "sessions", "router"):
+    for flag in ("apiserver_port", "envoy_port", "envoy_admin_port", "tester_port",
+                 "prometheus_port", "loadgen_port", "rate", "mix", "sessions", "router"):
         value = getattr(args, flag, None)
         if value is not None:
             setattr(cfg, flag, value)
@@ -1103,6 +1146,9 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"kubeconfig:  {state.kubeconfig}")
     print(f"prometheus:  {state.prometheus_url}")
     print(f"envoy:       {state.envoy_url}  (admin {state.envoy_admin_url})")
+    for name, url in state.client_urls.items():
+        if url != state.envoy_url:
+            print(f"envoy:       {url}  (as client workload {name})")
     print(f"loadgen:     {state.loadgen_url}/stats")
     print("to use it (nothing finds the lab by itself):")
     for line in use_lines(state):

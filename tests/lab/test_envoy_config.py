@@ -26,8 +26,10 @@ import yaml
 from canarykit.core.errors import BadInput, CanaryKitError
 from canarykit.lab.envoy_config import (
     CLUSTER_TYPE,
+    DEFAULT_CLIENT,
     FAULT_FILTER,
     LISTENER_TYPE,
+    ClientWorkload,
     Endpoint,
     Translation,
     bootstrap,
@@ -729,7 +731,8 @@ def test_unsupported_features_are_reported_not_silently_dropped():
     dr = destination_rule({"tls": {"mode": "ISTIO_MUTUAL"}})
     t = run([vs], [dr])
     expected = [
-        "VirtualService default/reviews http[0].match[0]: match on sourceLabels is not supported",
+        "VirtualService default/reviews http[0].match[0].sourceLabels: {app: productpage} "
+        "select no client workload of the lab (loadgen {app: loadgen})",
         "VirtualService default/reviews http[1]: corsPolicy is not supported",
         "VirtualService default/reviews http[2]: delegate is not supported",
         "VirtualService default/reviews http[3]: fault.abort with http2Error is not supported",
@@ -757,6 +760,145 @@ def test_virtual_service_without_hosts_is_refused_naming_the_field():
     with pytest.raises(BadInput) as err:
         run([vs])
     assert err.value.field == "VirtualService default/reviews spec.hosts"
+
+
+# ---------------------------------------------------------------- client workloads (sourceLabels)
+
+TESTER = ClientWorkload("reviews-tester", {"app": "reviews-tester", "version": "v1"}, 15002)
+PRODUCTPAGE = ClientWorkload("productpage", {"app": "productpage", "version": "v1"}, 15003)
+FROM_TESTER = {"sourceLabels": {"app": "reviews-tester"}}
+
+
+def run_for_clients(vs: list[dict], *clients: ClientWorkload) -> Translation:
+    """Translate for the load generator (port 15001) and `clients`; the real Envoy validates
+    the listeners of all of them together."""
+    t = translate(vs, [destination_rule()], ENDPOINTS, listener_port=15001, clients=clients)
+    validate_with_envoy(t)
+    return t
+
+
+def listener_of(t: Translation, port: int) -> dict:
+    return next(
+        item for item in t.listeners if item["address"]["socket_address"]["port_value"] == port
+    )
+
+
+def client_routes(t: Translation, port: int) -> list[dict]:
+    """The routes for reviews in the listener of the client workload on `port`."""
+    manager = listener_of(t, port)["filter_chains"][0]["filters"][0]["typed_config"]
+    host = next(vh for vh in manager["route_config"]["virtual_hosts"]
+                if vh["name"] == f"{REVIEWS}:9080")
+    return host["routes"]
+
+
+def clusters_routed(t: Translation, port: int) -> list[str]:
+    return [r["route"]["cluster"] for r in client_routes(t, port)]
+
+
+def test_each_client_workload_gets_its_own_listener_naming_it_as_the_source():
+    t = run_for_clients([virtual_service({"route": [to("v1")]})], TESTER, PRODUCTPAGE)
+    ports = [item["address"]["socket_address"]["port_value"] for item in t.listeners]
+    assert ports == [15001, TESTER.port, PRODUCTPAGE.port]
+    for port, name in ((15001, DEFAULT_CLIENT), (TESTER.port, TESTER.name),
+                       (PRODUCTPAGE.port, PRODUCTPAGE.name)):
+        manager = listener_of(t, port)["filter_chains"][0]["filters"][0]["typed_config"]
+        assert manager["route_config"]["request_headers_to_add"] == [{
+            "header": {"key": "x-canarykit-source", "value": name},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    versions = {item["metadata"]["filter_metadata"]["canarykit"]["version"]
+                for item in t.listeners}
+    assert versions == {t.version}
+    # Without a sourceLabels match every client is routed alike.
+    assert {tuple(clusters_routed(t, port)) for port in ports} == {(V1,)}
+
+
+def test_a_source_labels_match_is_kept_only_for_the_workloads_it_selects():
+    vs = virtual_service({"name": "tester", "match": [FROM_TESTER], "route": [to("v2")]},
+                         {"name": "primary", "route": [to("v1")]})
+    t = run_for_clients([vs], TESTER, PRODUCTPAGE)
+    # For the tester the match is a catch-all (no uri, no headers): istiod stops there.
+    assert clusters_routed(t, TESTER.port) == [V2]
+    assert client_routes(t, TESTER.port)[0]["match"] == {"prefix": "/", "case_sensitive": True}
+    assert clusters_routed(t, 15001) == [V1]
+    assert clusters_routed(t, PRODUCTPAGE.port) == [V1]
+    assert t.problems == [], "a catch-all for one client does not hide the others' routes"
+
+
+def test_source_labels_must_all_be_among_the_workloads_labels():
+    vs = virtual_service(
+        {"match": [{"sourceLabels": {"app": "reviews-tester", "version": "v1"}}],
+         "route": [to("v2")]},
+        {"match": [{"sourceLabels": {"app": "reviews-tester", "version": "v2"}}],
+         "route": [to("v3")]},
+        {"route": [to("v1")]})
+    t = run_for_clients([vs], TESTER)
+    assert clusters_routed(t, TESTER.port) == [V2]
+    assert clusters_routed(t, 15001) == [V1]
+    assert any("http[1].match[0].sourceLabels: {app: reviews-tester, version: v2} select no "
+               "client workload" in p for p in t.problems), t.problems
+
+
+def test_a_match_with_source_labels_and_headers_needs_both_while_others_apply_to_all():
+    vs = virtual_service(
+        {"match": [{**FROM_TESTER, "headers": {"end-user": {"exact": "jason"}}},
+                   {"uri": {"prefix": "/beta"}}],
+         "route": [to("v2")]},
+        {"route": [to("v1")]})
+    t = run_for_clients([vs], TESTER)
+    tester = client_routes(t, TESTER.port)
+    assert [r["route"]["cluster"] for r in tester] == [V2, V2, V1]
+    assert tester[0]["match"] == {
+        "prefix": "/", "case_sensitive": True,
+        "headers": [{"name": "end-user", "string_match": {"exact": "jason"}}]}
+    assert tester[1]["match"] == {"prefix": "/beta", "case_sensitive": True}
+    default = client_routes(t, 15001)
+    assert [(r["match"].get("prefix"), r["route"]["cluster"]) for r in default] == [
+        ("/beta", V2), ("/", V1)]
+    assert all("headers" not in r["match"] for r in default)
+    assert t.problems == []
+
+
+def test_a_rule_whose_only_match_selects_another_client_disappears_for_this_one():
+    vs = virtual_service(
+        {"match": [{**FROM_TESTER, "uri": {"prefix": "/new"}}], "route": [to("v2")]},
+        {"match": [{"uri": {"prefix": "/old"}}], "route": [to("v1")]})
+    t = run_for_clients([vs], TESTER)
+    assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in client_routes(t, TESTER.port)
+            ] == [("/new", V2), ("/old", V1)]
+    assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in client_routes(t, 15001)
+            ] == [("/old", V1)]
+
+
+def test_a_virtual_service_only_for_another_client_leaves_this_one_the_default_route():
+    vs = virtual_service({"match": [FROM_TESTER], "route": [to("v2")]})
+    t = run_for_clients([vs], TESTER)
+    assert clusters_routed(t, TESTER.port) == [V2]
+    default = client_routes(t, 15001)
+    assert [(r["name"], r["route"]["cluster"]) for r in default] == [("default", ALL)]
+    assert any(p.startswith("VirtualService default/reviews: no route applies to requests from "
+                            f"{DEFAULT_CLIENT};") for p in t.problems), t.problems
+
+
+def test_source_labels_beside_mesh_gateways_are_ignored_as_istiod_ignores_them():
+    vs = virtual_service({"match": [{**FROM_TESTER, "gateways": ["mesh"]}], "route": [to("v2")]})
+    t = run_for_clients([vs], TESTER)
+    assert clusters_routed(t, TESTER.port) == clusters_routed(t, 15001) == [V2]
+
+
+def test_client_workloads_need_their_own_names_and_ports_and_labels_must_be_strings():
+    vs = [virtual_service({"route": [to("v1")]})]
+    with pytest.raises(BadInput) as same_port:
+        translate(vs, [], ENDPOINTS, listener_port=15001,
+                  clients=[ClientWorkload("other", {}, 15001)])
+    assert same_port.value.field == "clients.other.port"
+    with pytest.raises(BadInput, match="unique"):
+        translate(vs, [], ENDPOINTS, listener_port=15001,
+                  clients=[ClientWorkload(DEFAULT_CLIENT, {}, 15009)])
+    numeric = [virtual_service({"match": [{"sourceLabels": {"version": 1}}],
+                                "route": [to("v2")]})]
+    with pytest.raises(BadInput) as bad_labels:
+        translate(numeric, [], ENDPOINTS, listener_port=15001)
+    assert bad_labels.value.field == "VirtualService default/reviews http[0].match[0].sourceLabels"
 
 
 # ---------------------------------------------------------------- documents and files

@@ -152,6 +152,37 @@ def test_each_kind_sends_its_own_headers(recorder):
     assert all(h["session-id"] == "s-9" and h["x-extra"] == "1" for h in session)
 
 
+def test_requests_name_the_client_workload_they_are_sent_as(recorder, workload):
+    server = recorder()
+    send_requests(server.url, "reviews", 3, concurrency=1, source="reviews-tester")
+    send_requests(server.url, "reviews", 2, concurrency=1)
+    assert [h["x-canarykit-source"] for h in server.seen] == ["reviews-tester"] * 3 + [
+        "loadgen"] * 2
+    # The replicas' Istio metrics report it as source_workload, request by request.
+    replica = workload("v1")
+    send_requests(replica.url, "reviews", 4, concurrency=2, source="reviews-tester")
+    send_requests(replica.url, "reviews", 1, concurrency=1)
+    (family,) = [f for f in text_string_to_metric_families(replica.metrics.exposition())
+                 if f.name == "istio_requests"]
+    by_source = {s.labels["source_workload"]: s.value for s in family.samples}
+    assert by_source == {"reviews-tester": 4, "loadgen": 1}
+
+
+def test_paced_load_names_its_client_workload_too(recorder):
+    server = recorder()
+    generator = LoadGenerator(server.url, "reviews", rate=50, concurrency=1, seed=1,
+                              source="reviews-tester")
+    generator.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(server.seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        generator.stop()
+    assert len(server.seen) >= 3
+    assert {h["x-canarykit-source"] for h in server.seen} == {"reviews-tester"}
+
+
 def test_a_mix_sends_each_kind_and_counts_it_as_sent(recorder):
     server = recorder()
     stats = send_requests(server.url, "reviews", 400, mix="plain=2,header=1,cookie=1",
@@ -207,6 +238,8 @@ def test_a_target_that_refuses_connections_gives_errors_not_exceptions():
     (lambda url: send_requests(url, "reviews", 1, mix="plain=x"), "mix.plain"),
     (lambda url: send_requests(url, "reviews", 1, mix="vip=1"), "mix.vip"),
     (lambda url: send_requests(url, "reviews", 1, mix="plain=0"), "mix"),
+    (lambda url: send_requests(url, "reviews", 1, source="Not A Workload"), "source"),
+    (lambda url: LoadGenerator(url, "reviews", source=""), "source"),
     (lambda url: LoadGenerator(url, "reviews", rate=-1), "rate"),
     (lambda url: LoadGenerator(url, "reviews", rate=math.inf), "rate"),
 ])
