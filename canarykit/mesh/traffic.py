@@ -23,6 +23,7 @@ from canarykit.core.names import (
     is_cookie_name,
     is_dns1123_label,
     is_header_name,
+    is_label_key,
     is_label_value,
     is_query_parameter_name,
     is_route_name,
@@ -30,6 +31,8 @@ from canarykit.core.names import (
 from canarykit.mesh import istio
 
 HEADER_MATCH_KINDS = ("exact", "prefix", "regex")
+# A JWT claim as a header match (Istio; only at a gateway): @request.auth.claims.NAME
+CLAIM_HEADER = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
 _MIRROR_KEYS = ("mirror", "mirrorPercentage", "mirrorPercent", "mirror_percent")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _COOKIE_PATH = re.compile(r"/[^;\s\x00-\x1f]*")
@@ -191,6 +194,17 @@ def _header_name(field: str, value: Any) -> str:
     if not is_header_name(value) or value != value.lower():
         raise BadInput(field, value, "must be a lowercase HTTP header name such as x-canary")
     return value
+
+
+def _labels(field: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not value:
+        raise BadInput(field, value, "must be labels such as {app: reviews-tester}")
+    for key, label in value.items():
+        if not is_label_key(key):
+            raise BadInput(field, key, "is not a Kubernetes label key")
+        if not isinstance(label, str) or not label or not is_label_value(label):
+            raise BadInput(field, label, f"is not a Kubernetes label value (label {key})")
+    return dict(value)
 
 
 def _subset_name(field: str, value: Any) -> str:
@@ -372,37 +386,53 @@ def cookie_regex(name: str, value: str | None = None) -> str:
 
 def add_match_route(vs: dict, *, name: str, canary: str = "v2", header: str | None = None,
                     match: str = "exact", value: str | None = None,
-                    cookie_regex: str | None = None, stable: str = "v1",
+                    cookie_regex: str | None = None, query_parameter: str | None = None,
+                    source_labels: dict[str, str] | None = None, stable: str = "v1",
                     route: str | None = None, dr: dict | None = None) -> Change:
-    """Send requests with a header (or a cookie) to the canary, ahead of the percentage split.
+    """Send matching requests to the canary, ahead of the percentage split.
 
-    Composite routing: internal users first, then a share of everyone. The route is placed
-    just in front of the canary split route; re-adding the same `name` replaces it in place.
-    `cookie_regex` is the pattern for the whole `cookie` header (see `cookie_regex()`).
+    Composite routing: internal users first, then a share of everyone. Exactly one condition:
+    a header (`match` exact, prefix or regex against `value`; a JWT claim
+    `@request.auth.claims.NAME` works only on a gateway-bound VirtualService), a cookie
+    (`cookie_regex`, the pattern for the whole `cookie` header, see `cookie_regex()`), a query
+    parameter (`match` exact or regex) or the calling workload's `source_labels`. The route is
+    placed just in front of the canary split route; re-adding the same `name` replaces it.
     """
     _route_name("name", name)
     _subset_name("canary", canary)
     _subset_name("stable", stable)
-    if (header is None) == (cookie_regex is None):
-        raise BadInput("header", header, "give exactly one of header (with value) or cookie_regex")
-    if header is not None:
-        _header_name("header", header)
-        if match not in HEADER_MATCH_KINDS:
-            raise BadInput("match", match, f"must be one of {', '.join(HEADER_MATCH_KINDS)}")
+    given = {"header": header, "cookie_regex": cookie_regex,
+             "query_parameter": query_parameter, "source_labels": source_labels}
+    if sum(v is not None for v in given.values()) != 1:
+        raise BadInput("header", header, "give exactly one of header (with value), "
+                       "cookie_regex, query_parameter (with value) or source_labels")
+    if header is not None or query_parameter is not None:
+        kinds = HEADER_MATCH_KINDS if header is not None else ("exact", "regex")
+        if match not in kinds:
+            raise BadInput("match", match, f"must be one of {', '.join(kinds)}")
         if match == "regex":
             _regex("value", value)
         else:
             _text("value", value)
-        condition = {header: {match: value}}
+    elif value is not None:
+        raise BadInput("value", value, "goes with a header or a query parameter")
+    if header is not None:
+        if not CLAIM_HEADER.fullmatch(header):
+            _header_name("header", header)
+        condition: dict = {"headers": {header: {match: value}}}
+    elif query_parameter is not None:
+        if not is_query_parameter_name(query_parameter):
+            raise BadInput("query_parameter", query_parameter, "must be a query parameter name")
+        condition = {"queryParams": {query_parameter: {match: value}}}
+    elif source_labels is not None:
+        condition = {"sourceLabels": _labels("source_labels", source_labels)}
     else:
-        if value is not None:
-            raise BadInput("value", value, "goes with header; cookie_regex is the whole pattern")
-        condition = {"cookie": {"regex": _regex("cookie_regex", cookie_regex)}}
+        condition = {"headers": {"cookie": {"regex": _regex("cookie_regex", cookie_regex)}}}
     _require_known("canary", canary, vs, dr)
     after, split, label = _locate(vs, stable, canary, route)
     template = _template(split, label, stable)
     _check_dr_host(dr, vs, template.get("host") or "", label)
-    new_route = {"name": name, "match": [{"headers": condition}],
+    new_route = {"name": name, "match": [condition],
                  "route": [{"destination": _destination(template, canary)}]}
     http = after["spec"]["http"]
     split_index = next(i for i, r in enumerate(http) if r is split)
@@ -414,8 +444,9 @@ def add_match_route(vs: dict, *, name: str, canary: str = "v2", header: str | No
     else:
         http[existing] = new_route
     params = {"name": name, "canary": canary, "header": header,
-              "match": match if header is not None else None, "value": value,
-              "cookie_regex": cookie_regex, "stable": stable, "route": route}
+              "match": match if value is not None else None, "value": value,
+              "cookie_regex": cookie_regex, "query_parameter": query_parameter,
+              "source_labels": source_labels, "stable": stable, "route": route}
     return _change("add_match_route", _with_dr(params, dr), vs, after)
 
 

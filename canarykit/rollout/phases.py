@@ -356,28 +356,74 @@ def _percentage(field: str, value: Any) -> float:
 # ---------------------------------------------------------------- changing traffic
 
 
-@_phase
-def internal_canary(target: Target, result: runbook.RunbookResult, *,
-                    header: str = default("internal-canary", "header"),
-                    header_value: str = default("internal-canary", "header_value"),
-                    cookie_name: str = default("internal-canary", "cookie_name"),
-                    cookie_value: str = default("internal-canary", "cookie_value")) -> None:
-    """Route internal users (a header, a cookie) to the canary only, ahead of the split."""
-    for name, value in (("header", header), ("header_value", header_value),
-                        ("cookie_name", cookie_name), ("cookie_value", cookie_value)):
-        text_parameter(name, value)
-    if not header and not cookie_name:
-        raise BadInput("header", header, "give a header or a cookie_name (or both)")
-    router = router_of(target)
-    operations = []  # each with the names its refusals get as this runbook's parameters
+def parse_labels(field: str, text: str) -> dict[str, str] | None:
+    """`app=reviews-tester,version=v1` as labels (None for "")."""
+    text_parameter(field, text)
+    if not text:
+        return None
+    labels = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise BadInput(field, text, "must be labels as KEY=VALUE, comma-separated, e.g. "
+                           "app=reviews-tester")
+        labels[key] = value
+    return labels
+
+
+def internal_routes(router: Router, *, header: str = "", header_value: str = "",
+                    header_match: str = "exact", cookie_name: str = "", cookie_value: str = "",
+                    query_parameter: str = "", query_value: str = "", source_labels: str = ""
+                    ) -> list[tuple[Callable[..., traffic.Change], dict[str, str]]]:
+    """The match routes internal_canary adds (each with the names its refusals get as the
+    runbook's parameters), in INTERNAL_ROUTES order."""
+    labels = parse_labels("source_labels", source_labels)
+    if not (header or cookie_name or query_parameter or labels):
+        raise BadInput("header", header, "give a header, a cookie_name, a query_parameter or "
+                       "source_labels")
+    operations = []
     if header:
         operations.append((functools.partial(
-            router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value),
-            {"value": "header_value"}))
+            router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value,
+            match=header_match), {"value": "header_value", "match": "header_match"}))
     if cookie_name:
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[1], cookie=(cookie_name, cookie_value)),
             {"value": "cookie_value", "cookie": "cookie_name"}))
+    if query_parameter:
+        match = "exact" if header_match == "prefix" else header_match
+        operations.append((functools.partial(
+            router.add_match_route, name=INTERNAL_ROUTES[2], query=query_parameter,
+            value=query_value, match=match),
+            {"value": "query_value", "match": "header_match"}))
+    if labels:
+        operations.append((functools.partial(
+            router.add_match_route, name=INTERNAL_ROUTES[3], source_labels=labels), {}))
+    return operations
+
+
+@_phase
+def internal_canary(target: Target, result: runbook.RunbookResult, *,
+                    header: str = default("internal-canary", "header"),
+                    header_value: str = default("internal-canary", "header_value"),
+                    header_match: str = default("internal-canary", "header_match"),
+                    cookie_name: str = default("internal-canary", "cookie_name"),
+                    cookie_value: str = default("internal-canary", "cookie_value"),
+                    query_parameter: str = default("internal-canary", "query_parameter"),
+                    query_value: str = default("internal-canary", "query_value"),
+                    source_labels: str = default("internal-canary", "source_labels")) -> None:
+    """Route internal users (a header, a cookie, a query parameter, calls from one workload)
+    to the canary only, ahead of the split: one route each for what is given."""
+    for name, value in (("header", header), ("header_value", header_value),
+                        ("header_match", header_match), ("cookie_name", cookie_name),
+                        ("cookie_value", cookie_value), ("query_parameter", query_parameter),
+                        ("query_value", query_value)):
+        text_parameter(name, value)
+    router = router_of(target)
+    operations = internal_routes(router, header=header, header_value=header_value,
+                                 header_match=header_match, cookie_name=cookie_name,
+                                 cookie_value=cookie_value, query_parameter=query_parameter,
+                                 query_value=query_value, source_labels=source_labels)
     objects = router.read()
     trial = objects.route
     for operation, names in operations:  # every route is checked before anything is written

@@ -23,6 +23,7 @@ from canarykit.analysis.settings import MAX_DURATION_SECONDS, PLAN, AnalysisSett
 from canarykit.core import names, yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
+from canarykit.mesh.traffic import CLAIM_HEADER
 from canarykit.notify.channels import Channel, parse_channels
 from canarykit.notify.hooks import Hook, parse_hooks
 from canarykit.rollout import runbook
@@ -37,13 +38,16 @@ INCONCLUSIVE_ACTIONS = ("rollback",)  # never promote on missing data
 APPROVAL_TIMEOUT_ACTIONS = ("rollback", "hold")  # hold: keep waiting for a person
 # What each step kind may set (beside `analysis` and `pause`), with the type it must have.
 STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "internal-canary": {"header": str, "header_value": str, "cookie_name": str,
-                        "cookie_value": str},
+    "internal-canary": {"header": str, "header_value": str, "header_match": str,
+                        "cookie_name": str, "cookie_value": str, "query_parameter": str,
+                        "query_value": str, "source_labels": dict},
     "shadow": {"percentage": (int, float), "window": str, "keep_mirror": bool},
     "blue-green": {"to_subset": str},
     "approve": {"timeout": str, "on_timeout": str, "check_every": str},
     "promote": {},
 }
+# What an internal-canary step matches on, each its own route (routers.istio.INTERNAL_ROUTES)
+INTERNAL_MATCHES = ("header", "cookie_name", "query_parameter", "source_labels")
 APPROVE_DEFAULTS = {"timeout": "24h", "on_timeout": "rollback", "check_every": "1m"}
 NO_ANALYSIS = ("approve", "promote", "policy")  # steps that move no traffic: nothing to judge
 
@@ -527,25 +531,75 @@ def _step_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, Any]
         for key, value in settings.items():
             if not value:
                 raise BadInput(f"{path}.{key}", value, "must not be empty")
-        for key, needs in (("header_value", "header"), ("cookie_value", "cookie_name")):
-            if key in settings and needs not in settings and {"header", "cookie_name"} & set(
+        for key, needs in (("header_value", "header"), ("cookie_value", "cookie_name"),
+                           ("query_value", "query_parameter")):
+            if key in settings and needs not in settings and set(INTERNAL_MATCHES) & set(
                     settings):
                 raise BadInput(f"{path}.{key}", settings[key], f"needs {needs} beside it: the "
                                f"step adds only the routes it names")
         # The route's match needs what Istio accepts: checked now, not when the step runs.
-        if "header" in settings and (not names.is_header_name(settings["header"])
-                                     or settings["header"] != settings["header"].lower()):
+        if "header" in settings and not CLAIM_HEADER.fullmatch(settings["header"]) and (
+                not names.is_header_name(settings["header"])
+                or settings["header"] != settings["header"].lower()):
             raise BadInput(f"{path}.header", settings["header"],
                            "must be a lowercase HTTP header name such as x-canary")
-        if "cookie_name" in settings and not names.is_cookie_name(settings["cookie_name"]):
-            raise BadInput(f"{path}.cookie_name", settings["cookie_name"],
-                           "must be a cookie name (letters, digits, - _ . etc.)")
-        for key in ("header_value", "cookie_value"):
+        for key in ("header_value", "cookie_value", "query_value"):
             if key in settings and any(ord(c) < 0x20 or ord(c) == 0x7F
                                        for c in settings[key]):
                 raise BadInput(f"{path}.{key}", settings[key],
                                "must not hold control characters or line breaks")
+        _check_match_routes(path, settings, plan)
+        if "cookie_name" in settings and not names.is_cookie_name(settings["cookie_name"]):
+            raise BadInput(f"{path}.cookie_name", settings["cookie_name"],
+                           "must be a cookie name (letters, digits, - _ . etc.)")
     return settings
+
+
+def _check_match_routes(path: str, settings: dict[str, Any], plan: Plan) -> None:
+    """Each route the step will add, made on stand-in objects by the plan's router."""
+    from canarykit.rollout.phases import internal_routes
+    from canarykit.routers.gateway_api import GatewayRouter
+    from canarykit.routers.istio import IstioRouter
+
+    implementation = GatewayRouter if plan.router == "gateway-api" else IstioRouter
+    router = implementation(None, plan.service, plan.stable, plan.canary)  # type: ignore
+    stand_in = _stand_in(plan, None, None)
+    given = {name: default("internal-canary", name)
+             for name in ("header", "header_value", "header_match", "cookie_name",
+                          "cookie_value", "query_parameter", "query_value", "source_labels")}
+    given.update(internal_defaults(settings))
+    if isinstance(given.get("source_labels"), dict):
+        given["source_labels"] = _labels_text(f"{path}.source_labels", given["source_labels"])
+    try:
+        for operation, renames in internal_routes(router, **given):
+            try:
+                operation(stand_in.route, extra=stand_in.extra)
+            except BadInput as err:
+                raise BadInput(f"{path}.{renames.get(err.field, err.field)}", err.value,
+                               err.problem) from None
+    except BadInput as err:
+        if err.field.startswith(path):
+            raise
+        raise BadInput(f"{path}.{err.field}", err.value, err.problem) from None
+
+
+def _labels_text(field: str, labels: dict[str, Any]) -> str:
+    """A plan's `source_labels` mapping as the runbook's `KEY=VALUE,...` text."""
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "," in key + value \
+                or "=" in key:
+            raise BadInput(field, labels, "must map label keys to label values (strings)")
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def internal_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """An internal-canary step's settings as the runbook's parameters: naming any match adds
+    only the routes it names; naming none adds the runbook's default header and cookie."""
+    found = dict(settings)
+    if set(INTERNAL_MATCHES) & set(found):
+        found.setdefault("header", "")
+        found.setdefault("cookie_name", "")
+    return found
 
 
 # ---------------------------------------------------------------- phases
@@ -558,11 +612,10 @@ def _rehearsal_route(plan: Plan, index: int) -> str:
 
     for step in plan.steps[:index]:
         if step.kind == "internal-canary":
-            header = step.settings.get("header", None)
-            cookie = step.settings.get("cookie_name", None)
-            if header is None and cookie is None or header:
-                return INTERNAL_ROUTES[0]
-            return INTERNAL_ROUTES[1]
+            settings = internal_defaults(step.settings)
+            for key, route in zip(INTERNAL_MATCHES, INTERNAL_ROUTES, strict=True):
+                if settings.get(key, True):
+                    return route
     return ""
 
 
@@ -592,10 +645,9 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
     found: list[PhaseSpec]
     weight: float = -1  # -1: the analyze runbook reads the configured weight
     if step.kind == "internal-canary":
-        settings = dict(step.settings)
-        if "header" in settings or "cookie_name" in settings:  # only the routes asked for
-            settings.setdefault("header", "")
-            settings.setdefault("cookie_name", "")
+        settings = internal_defaults(step.settings)
+        if isinstance(settings.get("source_labels"), dict):
+            settings["source_labels"] = _labels_text("source_labels", settings["source_labels"])
         found = [PhaseSpec("internal-canary", "internal-canary", settings, index)]
         label = "internal"
     elif step.kind == "shadow":

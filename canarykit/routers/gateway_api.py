@@ -9,6 +9,7 @@ rollback snapshot is the route's rules as they were.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from canarykit.cluster import client as cluster
@@ -161,14 +162,22 @@ class GatewayRouter:
         return gateway.set_canary_weight(route, weight, stable=self.stable, canary=self.canary)
 
     def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
-                        *, header: str = "", value: str = "",
-                        cookie: tuple[str, str] | None = None) -> traffic.Change:
-        headers = None
-        if header:
-            headers = [{"type": "Exact" if value else "RegularExpression", "name": header,
-                        "value": value or ".*"}]
+                        *, header: str = "", value: str = "", match: str = "exact",
+                        cookie: tuple[str, str] | None = None, query: str = "",
+                        source_labels: dict[str, str] | None = None) -> traffic.Change:
+        if source_labels is not None:
+            raise BadInput("source_labels", source_labels, "Gateway API routes cannot match "
+                           "the calling workload; use the Istio router (sourceLabels)")
+        if match == "prefix":  # Gateway API has Exact and RegularExpression only
+            match, value = "regex", re.escape(value) + ".*"
+        kind = {"exact": "Exact", "regex": "RegularExpression"}.get(match)
+        if kind is None:
+            raise BadInput("match", match, "must be exact, prefix or regex")
+        condition = [{"type": kind if value else "RegularExpression", "name": header or query,
+                      "value": value or ".*"}]
         return gateway.add_match_rule(route, name, canary=self.canary, stable=self.stable,
-                                      headers=headers,
+                                      headers=condition if header else None,
+                                      query_params=condition if query else None,
                                       cookie=(cookie[0], cookie[1] or None) if cookie else None)
 
     def switch_all_traffic(self, route: dict[str, Any], to: str,

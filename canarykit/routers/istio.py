@@ -11,7 +11,8 @@ from canarykit.mesh import istio, policy, traffic, validate, versions
 from canarykit.routers import ISTIO, Objects
 
 # The match routes the internal-canary phase adds, by what they match; promote removes them.
-INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie")
+INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie", "canary-internal-query",
+                   "canary-internal-source")
 
 
 def routes_service(kube: cluster.Cluster, service: str) -> str:
@@ -108,14 +109,19 @@ class IstioRouter:
                                          dr=extra)
 
     def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
-                        *, header: str = "", value: str = "",
-                        cookie: tuple[str, str] | None = None) -> traffic.Change:
+                        *, header: str = "", value: str = "", match: str = "exact",
+                        cookie: tuple[str, str] | None = None, query: str = "",
+                        source_labels: dict[str, str] | None = None) -> traffic.Change:
+        where = {"name": name, "canary": self.canary, "stable": self.stable, "dr": extra}
         if cookie is not None:
             pattern = traffic.cookie_regex(cookie[0], cookie[1] or None)
-            return traffic.add_match_route(route, name=name, canary=self.canary,
-                                           cookie_regex=pattern, stable=self.stable, dr=extra)
-        return traffic.add_match_route(route, name=name, canary=self.canary, header=header,
-                                       value=value, stable=self.stable, dr=extra)
+            return traffic.add_match_route(route, cookie_regex=pattern, **where)
+        if source_labels is not None:
+            return traffic.add_match_route(route, source_labels=source_labels, **where)
+        if query:
+            return traffic.add_match_route(route, query_parameter=query, match=match,
+                                           value=value, **where)
+        return traffic.add_match_route(route, header=header, match=match, value=value, **where)
 
     def switch_all_traffic(self, route: dict[str, Any], to: str,
                            extra: dict[str, Any] | None) -> traffic.Change:

@@ -119,3 +119,36 @@ def test_a_client_workload_goes_to_the_control_plane_and_back_unchanged():
     for bad in ("reviews-tester", "reviews-tester=0:app=x", "Tester=15002", "t=15002:app"):
         with pytest.raises(BadInput):
             parse_client(bad)
+
+
+def test_the_internal_canary_step_by_source_labels_sends_only_the_testers_calls_to_v2(
+        small_lab, tmp_path):
+    """The plan's step `internal-canary: {source_labels: {app: TESTER}}`, run as the driver
+    runs it, adds only the sourceLabels route; promote-free rollback puts the seed back."""
+    from canarykit.rollout import phases, runbook
+    from canarykit.rollout.plan import expand, parse_plan
+
+    lab.reset(small_lab)  # the seed: no route of an earlier test
+    tester = the_tester(small_lab)
+    assert send_as(small_lab, tester, N).by_version == {"v1": N}
+    plan = parse_plan({"service": small_lab.service, "steps": [
+        {"internal-canary": {"source_labels": {"app": tester}}, "analysis": False}]})
+    (spec,) = [s for s in expand(plan) if s.runbook == "internal-canary"]
+    assert spec.parameters == {"source_labels": f"app={tester}", "header": "",
+                               "cookie_name": ""}
+    target = phases.connect_target(service=small_lab.service, stable="v1", canary="v2",
+                                   kubeconfig=small_lab.kubeconfig,
+                                   audit_log=str(tmp_path / "audit.jsonl"))
+    phases.internal_canary(target, runbook.new_result("internal-canary", spec.parameters),
+                           **spec.parameters)
+    vs = cluster.find_virtual_service(kube(small_lab), small_lab.service)
+    added = [r for r in vs["spec"]["http"] if r.get("name", "").startswith("canary-internal")]
+    assert [(r["name"], r["match"]) for r in added] == [
+        ("canary-internal-source", [{"sourceLabels": {"app": tester}}])]
+    lab.wait_for_routing(small_lab)
+    try:
+        assert send_as(small_lab, tester, N).by_version == {"v2": N}
+        assert send_as(small_lab, DEFAULT_CLIENT, N).by_version == {"v1": N}
+    finally:
+        cluster.rollback(kube(small_lab), small_lab.service,
+                         audit_log=tmp_path / "audit.jsonl")
