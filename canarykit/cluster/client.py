@@ -825,10 +825,12 @@ def start_rollout(
     canary: str,
     release: str = "",
     audit_log: Path | str | None = None,
+    routes: tuple[str, ...] = (),
 ) -> RolloutState:
     """Record `snapshot` (what rollback restores) as the rollout state of the object that
     routes the service (a VirtualService or an HTTPRoute); the rollout in progress when
-    there is one of the same versions."""
+    there is one of the same versions. `routes` (those moving together) go in the record,
+    so the report reads the weights where the rollout set them."""
     state = read_state(route)
     if state is not None:
         if (state.stable, state.canary) != (stable, canary):
@@ -842,7 +844,8 @@ def start_rollout(
     state = new_state(stable, canary, snapshot, release)
     change = Change(
         "begin_rollout",
-        {"stable": stable, "canary": canary, "release": state.release},
+        {"stable": stable, "canary": canary, "release": state.release,
+         **({"routes": list(routes)} if routes else {})},
         route,
         with_state(route, state),
     )

@@ -429,6 +429,7 @@ def common_parameters(driver: Driver, release: str, folder: Path) -> dict[str, A
         "router": plan.router,
         "reporter": plan.metrics.reporter,
         "version_label": plan.metrics.version_label,
+        "routes": ",".join(plan.routes),
         "kubeconfig": driver.kubeconfig,
         "context": plan.context,
         "prometheus_url": driver.prometheus_url,

@@ -54,6 +54,8 @@ COMMON = (
               "Istio reporter of the series read: destination, source or waypoint"),
     Parameter("version_label", "str", "",
               "metrics label telling versions apart; empty: the router's"),
+    Parameter("routes", "str", "",
+              "routes that move together, comma-separated; empty: the canary route"),
     Parameter("kubeconfig", "str", "",
               "empty: $KUBECONFIG, ~/.kube/config or the in-cluster config (as kubectl)"),
     Parameter("context", "str", "", "kubeconfig context; empty: its current context"),

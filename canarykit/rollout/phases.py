@@ -115,7 +115,8 @@ def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
     running = read_state(vs)
     state = cluster.start_rollout(target.cluster, vs, {} if running else router.snapshot(objects),
                                   stable=target.stable, canary=target.canary,
-                                  release=target.release, audit_log=target.audit_log)
+                                  release=target.release, audit_log=target.audit_log,
+                                  routes=router.routes)
     result.release = state.release
     if running is not None:
         if target.release and target.release != state.release:
@@ -124,7 +125,9 @@ def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
         return
     after = router.route()
     change = traffic.Change("begin_rollout", {"stable": target.stable, "canary": target.canary,
-                                              "release": state.release},
+                                              "release": state.release,
+                                              **({"routes": list(router.routes)}
+                                                 if router.routes else {})},
                             istio.copy_object(vs), with_state(vs, state))
     head = (after["metadata"].get("annotations") or {}).get(AUDIT_HEAD_ANNOTATION)
     result.changes.append(
@@ -616,17 +619,18 @@ def weight_periods(records: list[dict[str, Any]], *, virtual_service: str, names
     share then differs from its weight). `router` reads the weights (default: Istio's).
     """
     kind = virtual_service.split(" ")[0]
-    if router is None:  # read the records as the router of that kind would
-        from canarykit.routers.gateway_api import ROUTE_KINDS, GatewayRouter
-        from canarykit.routers.istio import IstioRouter
-
-        implementation = GatewayRouter if kind in ROUTE_KINDS else IstioRouter
-        router = implementation(None, "", stable, canary)  # type: ignore[arg-type]
     mine = [r for r in records if r.get("target") == virtual_service]
     begins = [i for i, r in enumerate(mine) if r.get("operation") == "begin_rollout"
               and (r.get("params") or {}).get("release") == release]
     if not begins:
         return []
+    if router is None:  # read the records as the router of that kind would
+        from canarykit.routers.gateway_api import ROUTE_KINDS, GatewayRouter
+        from canarykit.routers.istio import IstioRouter
+
+        implementation = GatewayRouter if kind in ROUTE_KINDS else IstioRouter
+        routes = tuple((mine[begins[-1]].get("params") or {}).get("routes") or ())
+        router = implementation(None, "", stable, canary, routes)  # type: ignore[arg-type]
     periods: list[WeightPeriod] = []
     for record in mine[begins[-1]:]:
         if record is not mine[begins[-1]] and record.get("operation") == "begin_rollout":

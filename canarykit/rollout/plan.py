@@ -107,6 +107,7 @@ class Plan:
     stable: str = "v1"
     canary: str = "v2"
     router: str = ""  # istio, gateway-api; "" = detected from what routes the service
+    routes: list[str] = field(default_factory=list)  # moving together; [] = the canary route
     kubeconfig: str = ""  # a path; "" = as kubectl: $KUBECONFIG, ~/.kube/config, in-cluster
     context: str = ""
     release: str = ""  # "" = CANARY-TIMESTAMP, chosen when the release starts
@@ -127,6 +128,8 @@ class Plan:
             del out["router"]  # so a plan written before routers existed keeps its digest
         if self.metrics == MetricsSource():
             del out["metrics"]  # likewise
+        if not self.routes:
+            del out["routes"]  # likewise
         out["analysis"] = self.analysis.to_dict(PLAN)
         out["steps"] = [step.to_dict() for step in self.steps]
         out["notifications"] = [channel.to_dict() for channel in self.notifications]
@@ -232,6 +235,14 @@ def _parse_plan(data: Any) -> Plan:
     if plan.stable == plan.canary:
         raise BadInput("canary", plan.canary, "must differ from the stable subset")
     check_router("router", plan.router)
+    if "routes" in values:
+        raw = values["routes"]
+        if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+            raise BadInput("routes", raw, "must be a list of route names, e.g. [api, "
+                           "api-internal]")
+        from canarykit.rollout.target import route_names
+
+        plan.routes = list(route_names("routes", ",".join(raw)))
     if plan.release and not names.is_dns1123_label(plan.release.lower()):
         raise BadInput("release", plan.release, "must be a folder name of letters, digits and "
                        "'-' (a DNS-1123 label, upper case allowed)")
@@ -450,12 +461,14 @@ def _policy_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, An
     if plan.router == "gateway-api":
         from canarykit.routers.gateway_api import GatewayRouter
 
-        check = GatewayRouter(None, plan.service, plan.stable, plan.canary)  # type: ignore
+        check = GatewayRouter(None, plan.service, plan.stable, plan.canary,  # type: ignore
+                              tuple(plan.routes))
         check.policy_changes(stand_in, values, clear, naming="plan", prefix=f"{path}.",
                              route=raw.get("route"), subset=raw.get("subset"))
     else:
         policy.istio_changes(stand_in.route, stand_in.extra, values, clear,
-                             route=raw.get("route"), subset=raw.get("subset"),
+                             route=raw.get("route") or (plan.routes or [None])[0],
+                             subset=raw.get("subset"),
                              stable=plan.stable, canary=plan.canary, prefix=f"{path}.")
     settings = {**values, **{k: raw[k] for k in ("route", "subset") if k in raw}}
     if clear:
@@ -468,22 +481,22 @@ def _stand_in(plan: Plan, subset: str | None, route: str | None) -> Any:
     plan's subsets (and `subset`)."""
     from canarykit.routers import Objects
 
+    named = list(dict.fromkeys([*([route] if route else []), *plan.routes])) or [None]
     if plan.router == "gateway-api":
-        rule = {"backendRefs": [{"name": plan.stable, "port": 80, "weight": 100},
-                                {"name": plan.canary, "port": 80, "weight": 0}]}
-        if route:
-            rule["name"] = route
+        backends = [{"name": plan.stable, "port": 80, "weight": 100},
+                    {"name": plan.canary, "port": 80, "weight": 0}]
+        rules = [{"backendRefs": backends, **({"name": name} if name else {})}
+                 for name in named]
         return Objects({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                         "metadata": {"name": "plan", "namespace": "plan"},
-                        "spec": {"rules": [rule]}})
-    split = {"route": [{"destination": {"host": "plan", "subset": plan.stable}, "weight": 100},
-                       {"destination": {"host": "plan", "subset": plan.canary}, "weight": 0}]}
-    if route:
-        split["name"] = route
+                        "spec": {"rules": rules}})
+    split = [{"route": [{"destination": {"host": "plan", "subset": plan.stable}, "weight": 100},
+                        {"destination": {"host": "plan", "subset": plan.canary}, "weight": 0}],
+              **({"name": name} if name else {})} for name in named]
     subsets = list(dict.fromkeys([plan.stable, plan.canary, *([subset] if subset else [])]))
     vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
           "metadata": {"name": "plan", "namespace": "plan"},
-          "spec": {"hosts": ["plan"], "http": [split]}}
+          "spec": {"hosts": ["plan"], "http": split}}
     dr = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
           "metadata": {"name": "plan", "namespace": "plan"},
           "spec": {"host": "plan", "subsets": [{"name": n, "labels": {"version": n}}
@@ -562,7 +575,8 @@ def _check_match_routes(path: str, settings: dict[str, Any], plan: Plan) -> None
     from canarykit.routers.istio import IstioRouter
 
     implementation = GatewayRouter if plan.router == "gateway-api" else IstioRouter
-    router = implementation(None, plan.service, plan.stable, plan.canary)  # type: ignore
+    router = implementation(None, plan.service, plan.stable, plan.canary,  # type: ignore
+                            tuple(plan.routes))
     stand_in = _stand_in(plan, None, None)
     given = {name: default("internal-canary", name)
              for name in ("header", "header_value", "header_match", "cookie_name",

@@ -40,6 +40,7 @@ class Target:
     router: str = ""  # istio, gateway-api, or "" (detected on first use)
     reporter: str = "destination"
     version_label: str = ""  # "" = the router's
+    routes: tuple[str, ...] = ()  # routes moving together; () = the canary route
     opened: Router | None = field(default=None, repr=False, compare=False)
 
 
@@ -47,8 +48,21 @@ def router_of(target: Target) -> Router:
     """The target's router, opened (and detected, when not named) once per runbook."""
     if target.opened is None:
         target.opened = open_router(target.cluster, target.service, target.stable,
-                                    target.canary, target.router)
+                                    target.canary, target.router, target.routes)
     return target.opened
+
+
+def route_names(field: str, value: Any) -> tuple[str, ...]:
+    """`api,api-internal`: the routes that move together ("" = the canary route)."""
+    text_parameter(field, value)
+    found = tuple(name.strip() for name in value.split(",") if name.strip())
+    for name in found:
+        if not names.is_route_name(name):
+            raise BadInput(field, name, "must be a route name of letters, digits, '-', '_' "
+                           "or '.'")
+    if len(set(found)) != len(found):
+        raise BadInput(field, value, "names a route twice")
+    return found
 
 
 def text_parameter(field: str, value: Any) -> str:
@@ -83,6 +97,7 @@ def connect_target(
     router: str = "",
     reporter: str = "destination",
     version_label: str = "",
+    routes: str = "",
 ) -> Target:
     """Check the common parameters and connect. `service` is a short name or an FQDN
     (`reviews.prod.svc.cluster.local`, whose namespace an empty `namespace` takes); an empty
@@ -97,6 +112,7 @@ def connect_target(
     names.check_dns_label("stable", stable)
     names.check_dns_label("canary", canary)
     check_router("router", router)
+    moving = route_names("routes", routes)
     m.check_metrics_source(reporter, version_label)
     if stable == canary:
         raise BadInput("canary", canary, f"must differ from the stable subset {stable!r}")
@@ -129,7 +145,7 @@ def connect_target(
                              "--namespace": "namespace"}) from None
     return Target(service, connected.namespace, stable, canary, connected, prometheus,
                   Path(audit_log) if audit_log else audit.default_audit_log(), release, router,
-                  reporter=reporter, version_label=version_label)
+                  reporter=reporter, version_label=version_label, routes=moving)
 
 
 def subset_versions(target: Target, version_label_key: str = ""

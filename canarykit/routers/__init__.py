@@ -49,6 +49,7 @@ class Router(Protocol):
     service: str
     stable: str
     canary: str
+    routes: tuple[str, ...]
 
     def read(self) -> Objects: ...
     def route(self) -> dict[str, Any]: ...
@@ -112,14 +113,15 @@ def detect(cluster: Cluster, service: str) -> str:
 
 
 def open_router(cluster: Cluster, service: str, stable: str, canary: str,
-                name: str = "") -> Router:
-    """The service's router: `name` (istio, gateway-api), or detected."""
+                name: str = "", routes: tuple[str, ...] = ()) -> Router:
+    """The service's router: `name` (istio, gateway-api), or detected. `routes` name the
+    routes (Istio http routes, Gateway API rules) that move together; () = the canary one."""
     from canarykit.routers import gateway_api, istio
 
     check_router("router", name)
     chosen = name or detect(cluster, service)
     implementation = istio.IstioRouter if chosen == ISTIO else gateway_api.GatewayRouter
-    return implementation(cluster, service, stable, canary)
+    return implementation(cluster, service, stable, canary, routes)
 
 
 def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str], *,
@@ -142,7 +144,7 @@ def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str],
     if not dry_run and state is None and any(c.changed for c in changes):
         cluster.start_rollout(router.cluster, objects.route, router.snapshot(objects),
                               stable=router.stable, canary=router.canary, release=release,
-                              audit_log=audit_log)
+                              audit_log=audit_log, routes=router.routes)
         changes = router.policy_changes(router.read(), values, clear, **options)
     return [cluster.apply_change(router.cluster, change, dry_run=dry_run, audit_log=audit_log)
             for change in changes]

@@ -89,8 +89,22 @@ class GatewayRouter:
     name = GATEWAY_API
     kind = "HTTPRoute"
 
-    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str) -> None:
+    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str,
+                 routes: tuple[str, ...] = ()) -> None:
         self.cluster, self.service, self.stable, self.canary = kube, service, stable, canary
+        self.routes = tuple(routes)  # rule names that move together; () = the canary rule
+
+    def _first(self) -> str | None:
+        return self.routes[0] if self.routes else None
+
+    def _each(self, route: dict[str, Any], operation: Any) -> traffic.Change:
+        """`operation(route, rule_name)` on each of the rules, as one change of the object."""
+        after, change = route, None
+        for name in self.routes or (None,):
+            change = operation(after, name)
+            after = change.after
+        params = {**change.params, "routes": list(self.routes)} if self.routes else change.params
+        return traffic.Change(change.operation, params, istio.copy_object(route), after)
 
     def read(self) -> Objects:
         return Objects(self.route())
@@ -115,7 +129,7 @@ class GatewayRouter:
 
     def weights(self, route: dict[str, Any]) -> dict[str, int] | None:
         try:
-            return gateway.weights_percent(route, self.stable, self.canary)
+            return gateway.weights_percent(route, self.stable, self.canary, self._first())
         except BadInput:
             return None
 
@@ -159,7 +173,8 @@ class GatewayRouter:
 
     def set_canary_weight(self, route: dict[str, Any], weight: int,
                           extra: dict[str, Any] | None) -> traffic.Change:
-        return gateway.set_canary_weight(route, weight, stable=self.stable, canary=self.canary)
+        return self._each(route, lambda obj, rule: gateway.set_canary_weight(
+            obj, weight, stable=self.stable, canary=self.canary, rule=rule))
 
     def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
                         *, header: str = "", value: str = "", match: str = "exact",
@@ -178,23 +193,27 @@ class GatewayRouter:
         return gateway.add_match_rule(route, name, canary=self.canary, stable=self.stable,
                                       headers=condition if header else None,
                                       query_params=condition if query else None,
-                                      cookie=(cookie[0], cookie[1] or None) if cookie else None)
+                                      cookie=(cookie[0], cookie[1] or None) if cookie else None,
+                                      rule=self._first())
 
     def switch_all_traffic(self, route: dict[str, Any], to: str,
                            extra: dict[str, Any] | None) -> traffic.Change:
-        return gateway.switch_all_traffic(route, to, stable=self.stable, canary=self.canary)
+        return self._each(route, lambda obj, rule: gateway.switch_all_traffic(
+            obj, to, stable=self.stable, canary=self.canary, rule=rule))
 
     def set_mirror(self, route: dict[str, Any], percent: float,
                    extra: dict[str, Any] | None) -> traffic.Change:
-        return gateway.set_mirror(route, canary=self.canary, stable=self.stable, percent=percent)
+        return self._each(route, lambda obj, rule: gateway.set_mirror(
+            obj, canary=self.canary, stable=self.stable, percent=percent, rule=rule))
 
     def clear_mirror(self, route: dict[str, Any]) -> traffic.Change:
-        return gateway.clear_mirror(route, canary=self.canary, stable=self.stable)
+        return self._each(route, lambda obj, rule: gateway.clear_mirror(
+            obj, canary=self.canary, stable=self.stable, rule=rule))
 
     def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
                 release: str) -> traffic.Change:
-        change = gateway.promote_change(route, stable=self.stable, canary=self.canary,
-                                        release=release)
+        change = self._each(route, lambda obj, rule: gateway.promote_change(
+            obj, stable=self.stable, canary=self.canary, release=release, rule=rule))
         return traffic.Change("promote", change.params, change.before,
                               with_state(change.after, None))
 
@@ -218,7 +237,7 @@ class GatewayRouter:
         after = istio.copy_object(objects.route)
         try:
             rule = gateway.rules(after)[gateway.find_canary_rule(after, self.stable, self.canary,
-                                                                 route or None)]
+                                                                 route or self._first())]
         except BadInput as err:
             raise BadInput(prefix + policy.label(err.field, naming), err.value,
                            err.problem) from None

@@ -31,8 +31,23 @@ class IstioRouter:
     name = ISTIO
     kind = "VirtualService"
 
-    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str) -> None:
+    def __init__(self, kube: cluster.Cluster, service: str, stable: str, canary: str,
+                 routes: tuple[str, ...] = ()) -> None:
         self.cluster, self.service, self.stable, self.canary = kube, service, stable, canary
+        self.routes = tuple(routes)  # the http routes that move together; () = the canary one
+
+    def _first(self) -> str | None:
+        return self.routes[0] if self.routes else None
+
+    def _each(self, route: dict[str, Any],
+              operation: Any) -> traffic.Change:
+        """`operation(vs, route_name)` on each of the routes, as one change of the object."""
+        after, change = route, None
+        for name in self.routes or (None,):
+            change = operation(after, name)
+            after = change.after
+        params = {**change.params, "routes": list(self.routes)} if self.routes else change.params
+        return traffic.Change(change.operation, params, istio.copy_object(route), after)
 
     def read(self) -> Objects:
         return Objects(cluster.find_virtual_service(self.cluster, self.service),
@@ -58,7 +73,7 @@ class IstioRouter:
 
     def weights(self, route: dict[str, Any]) -> dict[str, int] | None:
         try:
-            index = istio.find_canary_route(route, self.stable, self.canary)
+            index = istio.find_canary_route(route, self.stable, self.canary, self._first())
         except BadInput:
             return None
         found = istio.subset_weights(istio.http_routes(route)[index])
@@ -105,14 +120,15 @@ class IstioRouter:
 
     def set_canary_weight(self, route: dict[str, Any], weight: int,
                           extra: dict[str, Any] | None) -> traffic.Change:
-        return traffic.set_canary_weight(route, weight, stable=self.stable, canary=self.canary,
-                                         dr=extra)
+        return self._each(route, lambda vs, name: traffic.set_canary_weight(
+            vs, weight, stable=self.stable, canary=self.canary, route=name, dr=extra))
 
     def add_match_route(self, route: dict[str, Any], name: str, extra: dict[str, Any] | None,
                         *, header: str = "", value: str = "", match: str = "exact",
                         cookie: tuple[str, str] | None = None, query: str = "",
                         source_labels: dict[str, str] | None = None) -> traffic.Change:
-        where = {"name": name, "canary": self.canary, "stable": self.stable, "dr": extra}
+        where = {"name": name, "canary": self.canary, "stable": self.stable, "dr": extra,
+                 "route": self._first()}
         if cookie is not None:
             pattern = traffic.cookie_regex(cookie[0], cookie[1] or None)
             return traffic.add_match_route(route, cookie_regex=pattern, **where)
@@ -129,16 +145,17 @@ class IstioRouter:
         if to not in known:
             raise BadInput("to_subset", to, f"is not a subset of {istio.object_ref(extra or {})} "
                            f"(subsets: {', '.join(map(str, known))})")
-        return traffic.switch_all_traffic(route, to, stable=self.stable, canary=self.canary,
-                                          dr=extra)
+        return self._each(route, lambda vs, name: traffic.switch_all_traffic(
+            vs, to, stable=self.stable, canary=self.canary, route=name, dr=extra))
 
     def set_mirror(self, route: dict[str, Any], percent: float,
                    extra: dict[str, Any] | None) -> traffic.Change:
-        return traffic.set_mirror(route, subset=self.canary, percentage=percent,
-                                  stable=self.stable, dr=extra)
+        return self._each(route, lambda vs, name: traffic.set_mirror(
+            vs, subset=self.canary, percentage=percent, stable=self.stable, route=name, dr=extra))
 
     def clear_mirror(self, route: dict[str, Any]) -> traffic.Change:
-        return traffic.clear_mirror(route, stable=self.stable, canary=self.canary)
+        return self._each(route, lambda vs, name: traffic.clear_mirror(
+            vs, stable=self.stable, canary=self.canary, route=name))
 
     def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
                 release: str) -> traffic.Change:
@@ -151,11 +168,12 @@ class IstioRouter:
                 removed.append(name)
             after = change.after
         after = self.clear_mirror(after).after
-        after = traffic.clear_fault(after, stable=self.stable, canary=self.canary).after
-        after = traffic.switch_all_traffic(after, self.canary, stable=self.stable,
-                                           canary=self.canary, dr=extra).after
+        after = self._each(after, lambda vs, name: traffic.clear_fault(
+            vs, stable=self.stable, canary=self.canary, route=name)).after
+        after = self.switch_all_traffic(after, self.canary, extra).after
         params = {"stable": self.stable, "canary": self.canary, "release": release,
-                  "removed_routes": removed}
+                  "removed_routes": removed, **({"routes": list(self.routes)} if self.routes
+                                                else {})}
         return traffic.Change("promote", params, istio.copy_object(route), with_state(after, None))
 
     def left_on_stable(self, route: dict[str, Any]) -> list[str]:
@@ -168,7 +186,8 @@ class IstioRouter:
     def policy_changes(self, objects: Objects, values: dict[str, Any], clear: list[str], *,
                        route: str | None = None, subset: str | None = None,
                        naming: str = "plan", prefix: str = "") -> list[traffic.Change]:
-        return policy.istio_changes(objects.route, objects.extra, values, clear, route=route,
+        return policy.istio_changes(objects.route, objects.extra, values, clear,
+                                    route=route or self._first(),
                                     subset=subset, stable=self.stable, canary=self.canary,
                                     naming=naming, prefix=prefix)
 
