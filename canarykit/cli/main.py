@@ -270,6 +270,14 @@ def run_status(args: argparse.Namespace) -> int:
         )
     else:
         print("no rollout in progress")
+    promotion = report.promotion
+    if promotion:
+        still = promotion["stillOnOld"]
+        print(f"last promotion: release {promotion['release']} made {promotion['to']} stable "
+              f"over {promotion['from']}; " + (
+                  f"still sending to {promotion['from']}: {', '.join(still)} (move them before "
+                  f"scaling {promotion['from']} down)" if still else
+                  f"no route sends to {promotion['from']}"))
     return ExitCode.OK
 
 

@@ -139,6 +139,7 @@ class ServiceStatus:
     routes: list[RouteStatus]
     rollout: RolloutState | None
     router: str = "istio"  # gateway-api: `virtual_service` is the route, e.g. HTTPRoute NS/NAME
+    promotion: dict[str, Any] | None = None  # the last promotion and what is still on the old
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON `canarykit status --output json` prints (the rollout without its snapshot)."""
@@ -169,6 +170,7 @@ class ServiceStatus:
             "rollout": None
             if self.rollout is None
             else {k: v for k, v in self.rollout.to_dict().items() if k != "snapshot"},
+            "lastPromotion": self.promotion,
         }
 
     def policies(self) -> dict[str, dict[str, Any]]:

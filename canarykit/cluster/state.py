@@ -16,7 +16,10 @@ from canarykit.core.errors import BadInput
 
 ROLLOUT_ANNOTATION = "canarykit.io/rollout"
 AUDIT_HEAD_ANNOTATION = "canarykit.io/audit-head"
-CANARYKIT_ANNOTATIONS = (ROLLOUT_ANNOTATION, AUDIT_HEAD_ANNOTATION)
+# The last promotion (release, old and new version), so `status` can list routes still on the
+# old version after the rollout state is gone.
+PROMOTED_ANNOTATION = "canarykit.io/promoted"
+CANARYKIT_ANNOTATIONS = (ROLLOUT_ANNOTATION, AUDIT_HEAD_ANNOTATION, PROMOTED_ANNOTATION)
 
 
 @dataclass
@@ -124,6 +127,25 @@ def with_state(vs: dict[str, Any], state: RolloutState | None) -> dict[str, Any]
     """A copy of the VirtualService carrying `state` (or none, when the rollout is over)."""
     value = None if state is None else json.dumps(state.to_dict())
     return with_annotation(vs, ROLLOUT_ANNOTATION, value)
+
+
+def with_promotion(obj: dict[str, Any], release: str, old: str, new: str) -> dict[str, Any]:
+    """A copy of the routing object recording that `release` made `new` the stable version."""
+    value = json.dumps({"release": release, "from": old, "to": new}, sort_keys=True)
+    return with_annotation(obj, PROMOTED_ANNOTATION, value)
+
+
+def read_promotion(obj: dict[str, Any]) -> dict[str, str] | None:
+    """The last promotion recorded on the object ({release, from, to}), or None."""
+    text = (obj.get("metadata", {}).get("annotations") or {}).get(PROMOTED_ANNOTATION)
+    try:
+        found = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or not all(
+            isinstance(found.get(k), str) for k in ("release", "from", "to")):
+        return None
+    return {k: found[k] for k in ("release", "from", "to")}
 
 
 def canarykit_annotations(obj: dict[str, Any]) -> dict[str, str]:

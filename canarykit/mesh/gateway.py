@@ -612,6 +612,31 @@ def promote_change(route: dict, *, stable: str, canary: str, release: str,
     return _change("promote", params, route, after)
 
 
+def move_rules(route: dict, *, stable: str, canary: str) -> Change:
+    """Every rule canarykit did not add that still sends to `stable` sends that share to
+    `canary` instead (backends merged, weights added)."""
+    after = istio.copy_object(route)
+    moved = []
+    for index, rule in enumerate(rules(after)):
+        refs = rule.get("backendRefs") if isinstance(rule.get("backendRefs"), list) else []
+        if _is_managed(rule) or not any(_service_name(ref) == stable and _weight_of(ref) > 0
+                                        for ref in refs):
+            continue
+        merged: list[dict] = []
+        for ref in refs:
+            if _service_name(ref) == stable:
+                ref = {**ref, "name": canary}
+            same = next((m for m in merged if {**m, "weight": 0} == {**ref, "weight": 0}), None)
+            if same is None:
+                merged.append(dict(ref))
+            else:
+                same["weight"] = _weight_of(same) + _weight_of(ref)
+        rule["backendRefs"] = merged
+        moved.append(rule_label(after, index))
+    return _change("move_rules", {"stable": stable, "canary": canary, "moved": moved}, route,
+                   after)
+
+
 def _mirror_settings(filters: Any) -> list[dict]:
     items = filters if isinstance(filters, list) else []
     return [item["requestMirror"] for item in items

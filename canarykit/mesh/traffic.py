@@ -450,6 +450,34 @@ def add_match_route(vs: dict, *, name: str, canary: str = "v2", header: str | No
     return _change("add_match_route", _with_dr(params, dr), vs, after)
 
 
+def move_routes(vs: dict, *, stable: str, canary: str) -> Change:
+    """Every route still sending to `stable` sends that share to `canary` instead (a
+    destination of both becomes one, weights added), so no route is left on the old version."""
+    after = istio.copy_object(vs)
+    moved = []
+    for index, rule in enumerate(istio.http_routes(after)):
+        entries = istio.route_destinations(rule)
+        if not any((e.get("destination") or {}).get("subset") == stable for e in entries):
+            continue
+        merged: list[dict] = []
+        for entry in entries:
+            destination = entry.get("destination") or {}
+            if destination.get("subset") == stable:
+                entry = {**entry, "destination": {**destination, "subset": canary}}
+            same = next((m for m in merged if m.get("destination") == entry.get("destination")),
+                        None)
+            if same is None:
+                merged.append(entry)
+            elif "weight" in same or "weight" in entry:
+                same["weight"] = same.get("weight", 0) + entry.get("weight", 0)
+        if len(merged) == 1:
+            merged[0].pop("weight", None)
+        rule["route"] = merged
+        moved.append(istio.route_label(after, index))
+    return _change("move_routes", {"stable": stable, "canary": canary, "moved": moved}, vs,
+                   after)
+
+
 def remove_match_route(vs: dict, name: str) -> Change:
     """Remove the match route `name` (no change when there is none).
 

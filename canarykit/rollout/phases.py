@@ -523,10 +523,13 @@ def traffic_policy(target: Target, result: runbook.RunbookResult, *, route: str 
 
 
 @_phase
-def promote(target: Target, result: runbook.RunbookResult) -> None:
+def promote(target: Target, result: runbook.RunbookResult, *,
+            move_routes: bool = default("promote", "move_routes")) -> None:
     """All traffic to the canary, temporary routes gone, the rollout ended: one atomic write,
     so a promote that dies half-way never leaves a half-promoted route. Routes the rollout
-    did not manage that still send traffic to the old version are listed (not moved)."""
+    did not manage that still send traffic to the old version are listed (in the notes and
+    `evidence.left_on_stable`), or with `move_routes` moved to the canary in the same write."""
+    flag_parameter("move_routes", move_routes)
     router = router_of(target)
     objects = router.read()
     state = read_state(objects.route)
@@ -538,11 +541,16 @@ def promote(target: Target, result: runbook.RunbookResult) -> None:
         result.notes.append("no rollout in progress; switching all traffic to "
                                f"{target.canary} anyway")
     applied = _apply(target, result,
-                     lambda route: router.promote(route, objects.extra, release))
+                     lambda route: router.promote(route, objects.extra, release,
+                                                  move=move_routes))
     result.release = release
     _set_weights(target, result)
     result.notes.append(f"{target.canary} is now the stable version of {target.service}")
     left = router.left_on_stable(applied.result)
+    moved = applied.change.params.get("moved_routes") or []
+    result.evidence = {"left_on_stable": left, "moved_routes": moved}
+    if moved:
+        result.notes.append(f"moved to {target.canary} as well: {', '.join(moved)}")
     if left:
         result.notes.append(f"still sending traffic to {target.stable}, not managed by the "
                             f"rollout: {', '.join(left)}; move them before scaling "

@@ -44,7 +44,7 @@ STEP_SETTINGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "shadow": {"percentage": (int, float), "window": str, "keep_mirror": bool},
     "blue-green": {"to_subset": str},
     "approve": {"timeout": str, "on_timeout": str, "check_every": str},
-    "promote": {},
+    "promote": {"move_routes": bool},
 }
 # What an internal-canary step matches on, each its own route (routers.istio.INTERNAL_ROUTES)
 INTERNAL_MATCHES = ("header", "cookie_name", "query_parameter", "source_labels")
@@ -699,7 +699,8 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
                                pause=_duration("pause", step.pause)))
         return found
     else:
-        return [PhaseSpec("promote", "promote", {}, index, pause=_duration("pause", step.pause))]
+        return [PhaseSpec("promote", "promote", dict(step.settings), index,
+                          pause=_duration("pause", step.pause))]
     if step.analysis is not None and label:
         parameters = {**analysis_values("analyze", step.analysis),
                       "canary_weight": float(weight)}

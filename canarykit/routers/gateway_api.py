@@ -13,12 +13,12 @@ import re
 from typing import Any
 
 from canarykit.cluster import client as cluster
-from canarykit.cluster.state import read_state, with_state
+from canarykit.cluster.state import read_state, with_promotion, with_state
 from canarykit.core.errors import BadInput, ClusterError
 from canarykit.core.names import service_name
 from canarykit.mesh import gateway, istio, policy, traffic, validate, versions
 from canarykit.routers import GATEWAY_API, Objects
-from canarykit.routers.istio import service_selector
+from canarykit.routers.istio import promotion_status, service_selector
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 
@@ -211,11 +211,16 @@ class GatewayRouter:
             obj, canary=self.canary, stable=self.stable, rule=rule))
 
     def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
-                release: str) -> traffic.Change:
+                release: str, move: bool = False) -> traffic.Change:
         change = self._each(route, lambda obj, rule: gateway.promote_change(
             obj, stable=self.stable, canary=self.canary, release=release, rule=rule))
-        return traffic.Change("promote", change.params, change.before,
-                              with_state(change.after, None))
+        after, moved = change.after, []
+        if move:
+            moving = gateway.move_rules(after, stable=self.stable, canary=self.canary)
+            after, moved = moving.after, moving.params["moved"]
+        ended = with_promotion(with_state(after, None), release, self.stable, self.canary)
+        return traffic.Change("promote", {**change.params, "moved_routes": moved},
+                              change.before, ended)
 
     def left_on_stable(self, route: dict[str, Any]) -> list[str]:
         return gateway.routes_to(route, self.stable)
@@ -289,4 +294,5 @@ class GatewayRouter:
             virtual_service=istio.object_ref(route),
             virtual_service_resource_version=route["metadata"].get("resourceVersion"),
             destination_rule="", subsets=[], traffic_policy=None, routes=routes,
-            rollout=read_state(route), router=GATEWAY_API)
+            rollout=read_state(route), router=GATEWAY_API,
+            promotion=promotion_status(route, GatewayRouter))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from canarykit.cluster import client as cluster
-from canarykit.cluster.state import with_state
+from canarykit.cluster.state import read_promotion, with_promotion, with_state
 from canarykit.core.errors import BadInput, ClusterError
 from canarykit.mesh import istio, policy, traffic, validate, versions
 from canarykit.routers import ISTIO, Objects
@@ -158,9 +159,9 @@ class IstioRouter:
             vs, stable=self.stable, canary=self.canary, route=name))
 
     def promote(self, route: dict[str, Any], extra: dict[str, Any] | None,
-                release: str) -> traffic.Change:
-        """Internal routes gone, mirror and fault cleared, all to the canary, the rollout
-        ended: one write."""
+                release: str, move: bool = False) -> traffic.Change:
+        """Internal routes gone, mirror and fault cleared, all to the canary (with `move`,
+        every other route still on the stable subset too), the rollout ended: one write."""
         after, removed = route, []
         for name in INTERNAL_ROUTES:
             change = traffic.remove_match_route(after, name)
@@ -171,10 +172,15 @@ class IstioRouter:
         after = self._each(after, lambda vs, name: traffic.clear_fault(
             vs, stable=self.stable, canary=self.canary, route=name)).after
         after = self.switch_all_traffic(after, self.canary, extra).after
+        moved = []
+        if move:
+            change = traffic.move_routes(after, stable=self.stable, canary=self.canary)
+            after, moved = change.after, change.params["moved"]
         params = {"stable": self.stable, "canary": self.canary, "release": release,
-                  "removed_routes": removed, **({"routes": list(self.routes)} if self.routes
-                                                else {})}
-        return traffic.Change("promote", params, istio.copy_object(route), with_state(after, None))
+                  "removed_routes": removed, "moved_routes": moved,
+                  **({"routes": list(self.routes)} if self.routes else {})}
+        ended = with_promotion(with_state(after, None), release, self.stable, self.canary)
+        return traffic.Change("promote", params, istio.copy_object(route), ended)
 
     def left_on_stable(self, route: dict[str, Any]) -> list[str]:
         return [istio.route_label(route, index)
@@ -197,7 +203,18 @@ class IstioRouter:
                                 audit_log=audit_log)
 
     def status(self) -> cluster.ServiceStatus:
-        return cluster.status(self.cluster, self.service)
+        found = cluster.status(self.cluster, self.service)
+        return replace(found, promotion=promotion_status(self.route(), IstioRouter))
+
+
+def promotion_status(route: dict[str, Any], implementation: Any) -> dict[str, Any] | None:
+    """The last promotion on the routing object and the routes still sending to the old
+    version (to move before it is scaled down)."""
+    found = read_promotion(route)
+    if found is None:
+        return None
+    old = implementation(None, "", found["from"], found["to"])
+    return {**found, "stillOnOld": old.left_on_stable(route)}
 
 
 def service_selector(kube: cluster.Cluster, service: str) -> dict[str, str]:

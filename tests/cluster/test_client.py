@@ -331,6 +331,7 @@ def test_status_as_json_has_the_keys_and_values_scripts_read(lab):
              "destinations": [{"subset": "v1", "weight": 95}, {"subset": "v2", "weight": 5}]},
         ],
         "rollout": rollout,
+        "lastPromotion": None,
     }
     assert list(report.to_dict()["rollout"]) == ["stable", "canary", "release", "started_at",
                                                  "step", "phase", "history"]

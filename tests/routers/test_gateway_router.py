@@ -327,3 +327,18 @@ def test_policy_sets_the_canary_rules_request_timeout_and_refuses_what_httproute
     assert main(["rollback", "reviews", "--kubeconfig", str(apiserver.kubeconfig),
                  "--audit-log", str(tmp_path / "audit.jsonl")]) == 0
     assert _stored(kube)["spec"] == before["spec"]
+
+
+def test_promote_with_move_sends_the_foreign_rules_to_the_canary_keeping_their_filters(
+        router, kube, tmp_path):
+    route = router.route()
+    change = router.promote(route, None, "r-1", move=True)
+    admin = next(r for r in change.after["spec"]["rules"] if r.get("name") == "admin")
+    assert [(ref["name"], ref["port"]) for ref in admin["backendRefs"]] == [("reviews-v2", 9080)]
+    assert admin["filters"] == next(r for r in ROUTE["spec"]["rules"]
+                                    if r["name"] == "admin")["filters"]
+    assert change.params["moved_routes"] == ["rule 'admin' (#0)"]
+    cluster.apply_change(kube, change, audit_log=tmp_path / "audit.jsonl")
+    status = router.status().to_dict()["lastPromotion"]
+    assert status == {"release": "r-1", "from": "reviews-v1", "to": "reviews-v2",
+                      "stillOnOld": []}
