@@ -85,9 +85,14 @@ CLUSTER_COMMANDS: dict[str, str] = {
     "rollback": "restore the traffic as it was before the rollout",
     "policy": "set or clear timeouts, retries, fault injection, session affinity, outlier "
               "detection and connection pools",
+    "route": "send internal users (a header, a cookie, a query parameter, one client "
+             "workload) to the canary, ahead of the split",
+    "mirror": "mirror (shadow) a share of the traffic to the canary, or stop",
+    "switch": "blue-green: send all of the traffic to one version",
 }
-ORDER = ("validate", "analyze", "replay", "status", "weight", "policy", "rollback", "audit",
-         "rollout",
+TRAFFIC_COMMANDS = ("route", "mirror", "switch")  # one router operation each, like weight
+ORDER = ("validate", "analyze", "replay", "status", "weight", "route", "mirror", "switch",
+         "policy", "rollback", "audit", "rollout",
          "runbook", "report", "notify", "deploy")
 ALL = "*"
 
@@ -150,12 +155,45 @@ def _add_cluster_command(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--route", help="name of the http route holding the split")
     if name == "policy":
         _add_policy_arguments(parser)
-    if name in ("weight", "rollback", "policy"):
+    if name in TRAFFIC_COMMANDS:
+        _add_traffic_arguments(name, parser)
+    if name in ("weight", "rollback", "policy", *TRAFFIC_COMMANDS):
         parser.add_argument(
             "--dry-run", action="store_true", help="ask the server, change nothing"
         )
     parser.set_defaults(handler={"status": run_status, "weight": run_weight,
-                                 "rollback": run_rollback, "policy": run_policy}[name])
+                                 "rollback": run_rollback, "policy": run_policy,
+                                 **dict.fromkeys(TRAFFIC_COMMANDS, run_traffic)}[name])
+
+
+def _add_traffic_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stable-subset", default="v1",
+                        help="stable version, when no rollout is in progress (default v1)")
+    parser.add_argument("--canary-subset", default="v2",
+                        help="canary version, when no rollout is in progress (default v2)")
+    parser.add_argument("--routes", default="", metavar="NAME[,NAME]",
+                        help="routes that move together (default: the canary route)")
+    if name == "route":
+        parser.add_argument("--header", metavar="NAME=VALUE",
+                            help="requests with this header (a JWT claim at a gateway: "
+                                 "@request.auth.claims.NAME=VALUE)")
+        parser.add_argument("--header-match", default="exact",
+                            choices=("exact", "prefix", "regex"),
+                            help="how the header (or query) value matches (default exact)")
+        parser.add_argument("--cookie", metavar="NAME[=VALUE]",
+                            help="requests with this cookie (any value when none is given)")
+        parser.add_argument("--query", metavar="NAME=VALUE",
+                            help="requests with this query parameter")
+        parser.add_argument("--source-labels", default="", metavar="KEY=VALUE[,KEY=VALUE]",
+                            help="calls from the client workload with these labels")
+    elif name == "mirror":
+        chosen = parser.add_mutually_exclusive_group(required=True)
+        chosen.add_argument("--percent", type=float, metavar="P",
+                            help="share of the requests mirrored to the canary, 0..100")
+        chosen.add_argument("--off", action="store_true", help="stop mirroring")
+    else:
+        parser.add_argument("--to", required=True, metavar="VERSION",
+                            help="the version (subset or backend) that gets all traffic")
 
 
 def _add_audit_command(parser: argparse.ArgumentParser) -> None:
@@ -301,6 +339,103 @@ def run_policy(args: argparse.Namespace) -> int:
     router = _router(args, _connect(args), args.stable_subset, args.canary_subset)
     applied = set_traffic_policy(router, values, clear, route=args.route, subset=args.subset,
                                  dry_run=args.dry_run, audit_log=args.audit_log, naming="cli")
+    _print_changes(applied, args)
+    return ExitCode.OK
+
+
+def _pair(text: str | None, flag: str, value_needed: bool = True) -> tuple[str, str] | None:
+    from canarykit.core.errors import BadInput
+
+    if text is None:
+        return None
+    name, sep, value = text.partition("=")
+    if not name or (value_needed and not sep):
+        raise BadInput(flag, text, "must be NAME=VALUE" if value_needed else "must be "
+                       "NAME[=VALUE]")
+    return name, value
+
+
+def _traffic_operations(args: argparse.Namespace, router: Any) -> list[Any]:
+    """The router operations the command asks for, each taking (route, extra)."""
+    from canarykit.core.errors import BadInput
+    from canarykit.rollout.target import renamed
+
+    flags = {"percentage": "--percent", "percent": "--percent", "to_subset": "--to",
+             "subset": "--to", "route": "--routes", "rule": "--routes"}
+    if args.command == "mirror":
+        if args.off:
+            return [_renaming(lambda route, extra: router.clear_mirror(route), flags)]
+        return [_renaming(lambda route, extra: router.set_mirror(route, args.percent, extra),
+                          flags)]
+    if args.command == "switch":
+        return [_renaming(lambda route, extra: router.switch_all_traffic(route, args.to, extra),
+                          flags)]
+    from canarykit.rollout.phases import internal_routes
+
+    header = _pair(args.header, "--header") or ("", "")
+    cookie = _pair(args.cookie, "--cookie", value_needed=False) or ("", "")
+    query = _pair(args.query, "--query") or ("", "")
+    flags.update({"header": "--header", "header_value": "--header", "value": "--header",
+                  "header_match": "--header-match", "match": "--header-match",
+                  "cookie_name": "--cookie", "cookie_value": "--cookie", "cookie": "--cookie",
+                  "query_parameter": "--query", "query_value": "--query",
+                  "source_labels": "--source-labels"})
+    try:
+        found = internal_routes(router, header=header[0], header_value=header[1],
+                                header_match=args.header_match, cookie_name=cookie[0],
+                                cookie_value=cookie[1], query_parameter=query[0],
+                                query_value=query[1], source_labels=args.source_labels)
+    except BadInput as err:
+        raise renamed(err, flags) from None
+    return [_renaming(operation, {**flags, **{k: flags.get(v, v) for k, v in names.items()}})
+            for operation, names in found]
+
+
+def _renaming(operation: Any, flags: dict[str, str]) -> Any:
+    from canarykit.core.errors import BadInput
+    from canarykit.rollout.target import renamed
+
+    def run(route: Any, extra: Any) -> Any:
+        try:
+            return operation(route, extra=extra)
+        except BadInput as err:
+            raise renamed(err, flags) from None
+    return run
+
+
+def run_traffic(args: argparse.Namespace) -> int:
+    """`route`, `mirror`, `switch`: each operation checked before anything is written, the
+    rollout begun (its snapshot is what rollback restores), then one write per operation."""
+    from canarykit.cluster import client as cluster
+    from canarykit.cluster.state import read_state
+    from canarykit.mesh import validate
+    from canarykit.rollout.target import route_names
+    from canarykit.routers import open_router
+
+    kube = _connect(args)
+    routes = route_names("--routes", args.routes)
+    router = open_router(kube, args.service, args.stable_subset, args.canary_subset,
+                         args.router, routes)
+    objects = router.read()
+    state = read_state(objects.route)
+    if state is not None:
+        router.stable, router.canary = state.stable, state.canary
+    operations = _traffic_operations(args, router)
+    trial = objects.route
+    for operation in operations:
+        trial = operation(trial, objects.extra).after
+    errors = [m for m in validate.validate_object(trial) if m.level == "Error"]
+    if errors:
+        raise cluster.InvalidChange(errors)
+    if not args.dry_run and state is None and trial != objects.route:
+        cluster.start_rollout(kube, objects.route, router.snapshot(objects),
+                              stable=router.stable, canary=router.canary,
+                              audit_log=args.audit_log, routes=routes)
+    applied = []
+    for operation in operations:
+        fresh = router.read()
+        applied.append(cluster.apply_change(kube, operation(fresh.route, fresh.extra),
+                                            dry_run=args.dry_run, audit_log=args.audit_log))
     _print_changes(applied, args)
     return ExitCode.OK
 
