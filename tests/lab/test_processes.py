@@ -104,18 +104,27 @@ def test_mirror_at_50_percent_gives_v2_half_of_v1s_requests_while_clients_see_on
     assert within(by_version[("v2",)], n, 0.5), by_version
 
 
-def test_fault_delay_and_abort_percentages_show_in_client_latency_and_status_codes(
-        fresh_lab, tmp_path):
-    change_vs(fresh_lab, lambda vs: traffic.set_fault(
-        vs, delay="200ms", delay_percent=50, abort_status=503, abort_percent=20), tmp_path)
-    lab.wait_for_routing(fresh_lab)
-    n = 400
-    stats = burst(fresh_lab, n, concurrency=16)
-    aborted = stats.by_version_status.get("none", {}).get("503", 0)
-    assert within(aborted, n, 0.2), stats.by_version_status
+def policy_cli(state, tmp_path, *args: str) -> None:
+    """`canarykit policy` on the lab's service, as a user would type it."""
+    done = run_cli("canarykit", "policy", state.service, "--kubeconfig", state.kubeconfig,
+                   "--audit-log", str(tmp_path / "audit.jsonl"), *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lab.wait_for_routing(state)
+
+
+def test_the_seeds_fault_injection_shows_in_client_latency_and_status_codes(fresh_lab,
+                                                                             tmp_path):
+    """500 ms on 10 % and HTTP 500 on 5 %, set by `canarykit policy`: the shares the clients
+    see are within 4 binomial sigmas."""
+    policy_cli(fresh_lab, tmp_path, "--fault-delay", "500ms", "--fault-delay-percent", "10",
+               "--fault-abort", "500", "--fault-abort-percent", "5")
+    n = 600
+    stats = burst(fresh_lab, n, concurrency=32)
+    aborted = stats.by_version_status.get("none", {}).get("500", 0)
+    assert within(aborted, n, 0.05), stats.by_version_status
     assert stats.by_status.get("200", 0) + aborted == n
-    delayed = sum(1 for ms in stats.latencies_ms if ms >= 200)
-    assert within(delayed, n, 0.5), sorted(stats.latencies_ms)[::40]
+    delayed = sum(1 for ms in stats.latencies_ms if ms >= 500)
+    assert within(delayed, n, 0.10), sorted(stats.latencies_ms)[::60]
 
 
 def test_timeout_cuts_slow_canary_responses_and_lets_fast_ones_through(fresh_lab, tmp_path):
@@ -134,22 +143,28 @@ def test_timeout_cuts_slow_canary_responses_and_lets_fast_ones_through(fresh_lab
     assert slow.by_status == {"200": 16} and slow.by_version == {"v2": 16}
 
 
-def test_retries_turn_a_flaky_canarys_503s_into_successes(fresh_lab, tmp_path):
+def test_retries_turn_a_flaky_canarys_503s_into_successes_and_each_retry_is_a_request(
+        fresh_lab, tmp_path):
     lab.set_behaviour(fresh_lab, "v2", error_rate=0.5, error_status=503)
     set_weight(fresh_lab, 100, tmp_path)
-    change_vs(fresh_lab, lambda vs: traffic.set_timeout_and_retries(vs, attempts=0), tmp_path)
-    lab.wait_for_routing(fresh_lab)
+    policy_cli(fresh_lab, tmp_path, "--retries", "0")
     n = 300
     without = burst(fresh_lab, n)
     assert within(without.by_status.get("503", 0), n, 0.5), without.by_status
 
-    change_vs(fresh_lab, lambda vs: traffic.set_timeout_and_retries(
-        vs, attempts=5, retry_on="5xx"), tmp_path)
-    lab.wait_for_routing(fresh_lab)
-    retried = burst(fresh_lab, n)
+    policy_cli(fresh_lab, tmp_path, "--timeout", "3s", "--retries", "5", "--per-try-timeout",
+               "1s", "--retry-on", "5xx,reset,connect-failure,retriable-4xx")
+    retries = f"cluster.{V1_CLUSTER.replace('|v1|', '|v2|')}.upstream_rq_retry"
+    before = envoy_stats(fresh_lab, "upstream_rq_retry").get(retries, 0)
+    retried, by_version, _ = counted(fresh_lab, lambda: burst(fresh_lab, n))
     # Six tries of a coin: 1.6% still fail; 4 sigma above that is under 5%.
     assert retried.by_status.get("200", 0) >= 0.95 * n, retried.by_status
     assert set(retried.by_version) <= {"v2", "none"}
+    counted_retries = envoy_stats(fresh_lab, "upstream_rq_retry").get(retries, 0) - before
+    # Each request tries until an answer is not a 503, at most six times: 0.97 retries each.
+    assert 0.6 * n < counted_retries < 1.4 * n, counted_retries
+    # ...and every retry reached the canary as a request of its own.
+    assert by_version[("v2",)] == n + counted_retries, (by_version, counted_retries)
 
 
 def route_whole_service(state, tmp_path):
