@@ -47,13 +47,6 @@ def change_vs(state, operation, tmp_path):
                                           audit_log=tmp_path / "audit.jsonl")
 
 
-def change_dr(state, operation, tmp_path):
-    connected = kube(state)
-    return cluster.apply_change(connected,
-                                operation(cluster.find_destination_rule(connected, state.service)),
-                                audit_log=tmp_path / "audit.jsonl")
-
-
 def set_weight(state, canary: int, tmp_path):
     return cluster.set_weight(kube(state), state.service, canary,
                               audit_log=tmp_path / "audit.jsonl")
@@ -184,9 +177,7 @@ def test_consistent_hash_on_session_id_keeps_each_session_on_one_version(fresh_l
     spread = burst(fresh_lab, sessions * per_session, kind="session", sessions=sessions)
     assert any(len(seen) > 1 for seen in spread.sessions.values()), spread.sessions
 
-    change_dr(fresh_lab, lambda dr: traffic.set_session_affinity(dr, header="session-id"),
-              tmp_path)
-    lab.wait_for_routing(fresh_lab)
+    policy_cli(fresh_lab, tmp_path, "--affinity", "header:session-id")
     sticky = burst(fresh_lab, sessions * per_session, kind="session", sessions=sessions)
     assert len(sticky.sessions) == sessions
     assert all(len(seen) == 1 for seen in sticky.sessions.values()), sticky.sessions
@@ -195,15 +186,13 @@ def test_consistent_hash_on_session_id_keeps_each_session_on_one_version(fresh_l
 
 def test_outlier_detection_ejects_the_failing_replica(fresh_lab, tmp_path):
     lab.set_behaviour(fresh_lab, "v1", replica=1, error_rate=1.0)
-    change_vs(fresh_lab, lambda vs: traffic.set_timeout_and_retries(vs, attempts=0), tmp_path)
-    lab.wait_for_routing(fresh_lab)
+    policy_cli(fresh_lab, tmp_path, "--retries", "0", "--stable-subset", "v1",
+               "--canary-subset", "v2")
     failing = burst(fresh_lab, 100, concurrency=1)
     assert within(failing.by_status.get("503", 0), 100, 0.5), failing.by_status
 
-    change_dr(fresh_lab, lambda dr: traffic.set_outlier_detection(
-        dr, consecutive_5xx_errors=3, interval="1s", base_ejection_time="60s",
-        max_ejection_percent=50), tmp_path)
-    lab.wait_for_routing(fresh_lab)
+    policy_cli(fresh_lab, tmp_path, "--outlier-consecutive-5xx", "3", "--outlier-interval",
+               "1s", "--outlier-base-ejection", "60s", "--outlier-max-ejection-percent", "50")
     burst(fresh_lab, 30, concurrency=1)
     gauge = f"cluster.{V1_CLUSTER}.outlier_detection.ejections_active"
     wait_until(lambda: envoy_stats(fresh_lab, "ejections_active").get(gauge) == 1,
