@@ -106,3 +106,24 @@ def test_gateway_api_plans_refuse_source_labels_and_turn_a_prefix_into_a_regex()
     plan = parse_plan({**common, "steps": [{"internal-canary": {
         "header": "x-team", "header_match": "prefix", "header_value": "qa."}}]})
     assert expand(plan)[1].parameters["header_match"] == "prefix"
+
+
+def test_the_runbook_adds_a_query_route_and_a_source_route_and_nothing_else(prod, tmp_path):
+    import subprocess
+    import sys
+
+    parameters = {"service": FQDN, "stable": "stable", "canary": "canary",
+                  "kubeconfig": str(prod.kubeconfig), "audit_log": str(tmp_path / "a.jsonl"),
+                  "header": "", "cookie_name": "", "query_parameter": "canary",
+                  "query_value": "1", "source_labels": "app=reviews-tester"}
+    args = [part for name, value in parameters.items() for part in ("-p", name, value)]
+    done = subprocess.run([sys.executable, "-m", "canarykit", "runbook", "run",
+                           "internal-canary", str(tmp_path / "out.ipynb"), *args],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kube = cluster.connect(kubeconfig=str(prod.kubeconfig), namespace="prod")
+    vs = cluster.get_object(kube, "VirtualService", "reviews")
+    assert [(r["name"], r["match"]) for r in vs["spec"]["http"]
+            if r["name"].startswith("canary-internal")] == [
+        ("canary-internal-query", [{"queryParams": {"canary": {"exact": "1"}}}]),
+        ("canary-internal-source", [{"sourceLabels": {"app": "reviews-tester"}}])]

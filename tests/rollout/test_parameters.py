@@ -99,3 +99,25 @@ def test_an_underscore_in_front_does_not_hide_a_credential_or_an_unknown_paramet
     assert unknown.value.field == "_colour" and len(str(unknown.value)) < 600
     assert parameters.given_parameters("analyze", {"_": 1, "__": 2, "_i12": "", "_12": 3,
                                                     "__annotations__": {}}, set()) == {}
+
+
+@pytest.mark.parametrize("name", sorted(parameters.DECLARED))
+def test_every_parameter_reaches_the_cells_after_the_parameters_cell(name):
+    """A parameter the notebook never passes on would be accepted and silently ignored."""
+    notebook = json.loads((parameters.packaged_runbooks() / f"{name}.ipynb").read_text())
+    cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"
+             and "parameters" not in cell.get("metadata", {}).get("tags", [])]
+    code = "\n".join("".join(cell["source"]) for cell in cells)
+    passed_whole = f'own_values("{name}", globals())' in code or "result.parameters" in code
+    for parameter in parameters.DECLARED[name]:
+        common = parameter in parameters.COMMON
+        if name == "post-rollout-analysis" or passed_whole and not common:
+            continue
+        assert f"{parameter.name}={parameter.name}" in code or (
+            common and name == "post-rollout-analysis"), f"{name}: {parameter.name}"
+
+
+def test_no_parameter_help_has_an_equals_sign_papermill_cannot_parse():
+    for declared in parameters.DECLARED.values():
+        for parameter in declared:
+            assert "=" not in parameter.help, parameter
