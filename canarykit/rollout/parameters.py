@@ -121,7 +121,7 @@ DECLARED: dict[str, tuple[Parameter, ...]] = {
                   "query parameter of internal users; empty: no query route"),
         Parameter("query_value", "str", "", "its value"),
         Parameter("source_labels", "str", "",
-                  "calls from the workload with these labels, e.g. app=tester; empty: none"),
+                  "labels of the calling workload: KEY, equals sign, VALUE; comma-separated"),
     ),
     "shadow": (
         *COMMON,
