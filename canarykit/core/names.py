@@ -68,14 +68,18 @@ def host_fqdn(host: str, namespace: str) -> str:
     """The fully qualified name Istio resolves `host` to from `namespace`.
 
     `reviews`, `reviews.default` and `reviews.default.svc` all mean
-    `reviews.default.svc.cluster.local` when written in namespace `default`.
+    `reviews.default.svc.cluster.local` when written in namespace `default`. A cluster with
+    another DNS domain (`reviews.default.svc.corp.example`) names the same service: its FQDN
+    is given here with `cluster.local`, so hosts compare equal whichever domain is written.
     """
     name = host.strip().lower().rstrip(".")
     if name.startswith("*") or name.endswith(CLUSTER_SUFFIX):
         return name
+    parts = name.split(".")
+    if len(parts) >= 4 and parts[2] == "svc":
+        return ".".join(parts[:2]) + CLUSTER_SUFFIX
     if name.endswith(".svc"):
         return name + ".cluster.local"
-    parts = name.split(".")
     if len(parts) == 1:
         return f"{name}.{namespace}{CLUSTER_SUFFIX}"
     if len(parts) == 2:

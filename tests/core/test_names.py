@@ -97,9 +97,10 @@ def test_a_name_that_is_not_a_dns_label_is_refused_naming_field_and_value(name):
 
 @pytest.mark.parametrize("host", [
     "reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local",
-    "Reviews.Default.svc.cluster.local.",
+    "Reviews.Default.svc.cluster.local.", "reviews.default.svc.corp.example",
 ])
 def test_every_form_of_a_service_host_has_the_same_fqdn(host):
+    """A cluster whose DNS domain is not cluster.local names the same service."""
     assert names.host_fqdn(host, "default") == "reviews.default.svc.cluster.local"
     assert names.service_name(names.host_fqdn(host, "default")) == "reviews"
 

@@ -130,3 +130,17 @@ def test_the_metrics_source_of_a_target_reaches_its_queries(kubeconfig):
     with pytest.raises(BadInput, match="reporter"):
         rollout_target.connect_target(service=FQDN, stable="stable", canary="canary",
                                       kubeconfig=kubeconfig, reporter="sidecar")
+
+
+def test_a_cluster_with_its_own_dns_domain_is_found_and_changed(apiserver, tmp_path):
+    """hosts written with a custom cluster domain (`svc.corp.example`) are the service."""
+    vs, dr = copy.deepcopy(VS), copy.deepcopy(DR)
+    vs["spec"]["hosts"] = ["reviews.prod.svc.corp.example"]
+    dr["spec"]["host"] = "reviews.prod.svc.corp.example"
+    seed(apiserver, vs, dr)
+    common = ["--kubeconfig", str(apiserver.kubeconfig), "--audit-log",
+              str(tmp_path / "audit.jsonl")]
+    assert main(["weight", "reviews.prod.svc.corp.example", *common, "--canary", "20",
+                 "--stable-subset", "stable", "--canary-subset", "canary"]) == ExitCode.OK
+    assert main(["status", "reviews", "-n", "prod", *common[:2]]) == ExitCode.OK
+    assert main(["rollback", "reviews", "-n", "prod", *common]) == ExitCode.OK
