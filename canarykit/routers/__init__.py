@@ -15,6 +15,7 @@ routed by both is refused (Istio does not support mixing them on one workload).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,6 +84,21 @@ class Router(Protocol):
     def rollback(self, *, dry_run: bool = False,
                  audit_log: Any = None) -> list[AppliedChange]: ...
     def status(self) -> ServiceStatus: ...
+
+
+def on_each_route(routes: tuple[str, ...], route: dict[str, Any],
+                  operation: Callable[[dict[str, Any], str | None], Change]) -> Change:
+    """`operation(object, route_name)` on each route that moves (the canary route when
+    `routes` is empty), as one change of the routing object: one write moves them all."""
+    from canarykit.mesh import istio
+    from canarykit.mesh.traffic import Change
+
+    after, change = route, None
+    for name in routes or (None,):
+        change = operation(after, name)
+        after = change.after
+    params = {**change.params, "routes": list(routes)} if routes else change.params
+    return Change(change.operation, params, istio.copy_object(route), after)
 
 
 def check_router(field: str, value: Any) -> str:

@@ -17,7 +17,7 @@ from canarykit.cluster.state import read_state, with_promotion, with_state
 from canarykit.core.errors import BadInput, ClusterError
 from canarykit.core.names import service_name
 from canarykit.mesh import gateway, istio, policy, traffic, validate, versions
-from canarykit.routers import GATEWAY_API, Objects
+from canarykit.routers import GATEWAY_API, Objects, on_each_route
 from canarykit.routers.istio import promotion_status, service_selector
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -98,13 +98,7 @@ class GatewayRouter:
         return self.routes[0] if self.routes else None
 
     def _each(self, route: dict[str, Any], operation: Any) -> traffic.Change:
-        """`operation(route, rule_name)` on each of the rules, as one change of the object."""
-        after, change = route, None
-        for name in self.routes or (None,):
-            change = operation(after, name)
-            after = change.after
-        params = {**change.params, "routes": list(self.routes)} if self.routes else change.params
-        return traffic.Change(change.operation, params, istio.copy_object(route), after)
+        return on_each_route(self.routes, route, operation)
 
     def read(self) -> Objects:
         return Objects(self.route())

@@ -9,7 +9,7 @@ from canarykit.cluster import client as cluster
 from canarykit.cluster.state import read_promotion, with_promotion, with_state
 from canarykit.core.errors import BadInput, ClusterError
 from canarykit.mesh import istio, policy, traffic, validate, versions
-from canarykit.routers import ISTIO, Objects
+from canarykit.routers import ISTIO, Objects, on_each_route
 
 # The match routes the internal-canary phase adds, by what they match; promote removes them.
 INTERNAL_ROUTES = ("canary-internal-header", "canary-internal-cookie", "canary-internal-query",
@@ -40,15 +40,8 @@ class IstioRouter:
     def _first(self) -> str | None:
         return self.routes[0] if self.routes else None
 
-    def _each(self, route: dict[str, Any],
-              operation: Any) -> traffic.Change:
-        """`operation(vs, route_name)` on each of the routes, as one change of the object."""
-        after, change = route, None
-        for name in self.routes or (None,):
-            change = operation(after, name)
-            after = change.after
-        params = {**change.params, "routes": list(self.routes)} if self.routes else change.params
-        return traffic.Change(change.operation, params, istio.copy_object(route), after)
+    def _each(self, route: dict[str, Any], operation: Any) -> traffic.Change:
+        return on_each_route(self.routes, route, operation)
 
     def read(self) -> Objects:
         return Objects(cluster.find_virtual_service(self.cluster, self.service),
