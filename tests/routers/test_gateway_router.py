@@ -342,3 +342,19 @@ def test_promote_with_move_sends_the_foreign_rules_to_the_canary_keeping_their_f
     status = router.status().to_dict()["lastPromotion"]
     assert status == {"release": "r-1", "from": "reviews-v1", "to": "reviews-v2",
                       "stillOnOld": []}
+
+
+def test_route_by_query_and_by_header_prefix_on_an_http_route(apiserver, kube, tmp_path):
+    from canarykit.cli.main import main
+
+    common = ["route", "reviews", "--kubeconfig", str(apiserver.kubeconfig), "--audit-log",
+              str(tmp_path / "audit.jsonl"), "--stable-subset", "reviews-v1",
+              "--canary-subset", "reviews-v2"]
+    assert main([*common, "--query", "canary=1"]) == 0
+    assert main([*common, "--header", "x-team=qa.", "--header-match", "prefix"]) == 0
+    rules = {r["name"]: r for r in _stored(kube)["spec"]["rules"]}
+    query = rules["canarykit-canary-internal-query"]["matches"][0]["queryParams"]
+    assert query == [{"type": "Exact", "name": "canary", "value": "1"}]
+    headers = rules["canarykit-canary-internal-header"]["matches"][0]["headers"]
+    assert headers == [{"type": "RegularExpression", "name": "x-team", "value": "qa\\..*"}]
+    assert main([*common, "--source-labels", "app=t"]) == 2
