@@ -44,9 +44,11 @@ class Judgement:
     evidence: dict[str, Any] = field(default_factory=dict)
     critical: bool = True
     required: bool = True
+    dry_run: bool = False  # measured and shown, never deciding (argo-rollouts#1617)
 
     def to_dict(self) -> dict:
-        """A JSON/YAML-safe dict (NaN and infinities become None, numpy scalars plain numbers)."""
+        """A JSON/YAML-safe dict (NaN and infinities become None, numpy scalars plain numbers);
+        `dry_run` only when set, so records of deciding judges stay as they were."""
         return {
             "judge": self.judge,
             "verdict": Verdict(self.verdict).value,
@@ -57,6 +59,7 @@ class Judgement:
             "evidence": json_safe(self.evidence),
             "critical": bool(self.critical),
             "required": bool(self.required),
+            **({"dry_run": True} if self.dry_run else {}),
         }
 
     @classmethod
@@ -77,6 +80,7 @@ class Judgement:
             evidence=dict(data.get("evidence") or {}),
             critical=bool(data.get("critical", True)),
             required=bool(data.get("required", True)),
+            dry_run=data.get("dry_run") is True,
         )
 
 
@@ -123,8 +127,21 @@ def decide(judgements: list[Judgement]) -> Decision:
     5. no required judge at all -> INCONCLUSIVE (nothing was required to pass);
     6. otherwise every required judge passed -> PASS.
     A limit on consecutive INCONCLUSIVE steps is the caller's policy, not decided here.
+    Dry-run judgements are kept in the decision (and named in its reason) but take no part in
+    these rules: whatever they say, the verdict is the one the others give.
     """
-    judgements = list(judgements)
+    deciding = [j for j in judgements if not j.dry_run]
+    dry = [j for j in judgements if j.dry_run]
+    decision = _decide(deciding) if deciding or not dry else Decision(
+        Verdict.INCONCLUSIVE, "no deciding judgement: only dry-run judges ran", [])
+    if dry:
+        decision.reason += "; dry-run (does not decide): " + ", ".join(
+            f"{j.judge} {Verdict(j.verdict).value}" for j in dry)
+    decision.judgements = list(judgements)
+    return decision
+
+
+def _decide(judgements: list[Judgement]) -> Decision:
     critical_fails = [j for j in judgements if j.verdict == Verdict.FAIL and j.critical]
     if critical_fails:
         return Decision(Verdict.FAIL, "failed: " + _join(critical_fails), judgements)

@@ -1030,15 +1030,20 @@ def custom_value(
     """Evaluate a custom metric for one version; it must give one number."""
     query = render_template(metric, selector, version=version, window_seconds=window_seconds)
     outcome = query_at(client, query, at)
+    value, problem = single_number(outcome)
+    return CustomValue(metric.name, value, outcome, problem)
+
+
+def single_number(outcome: QueryOutcome) -> tuple[float | None, str]:
+    """The one finite number an instant query gave, or None and why not."""
     if not outcome.ok:
-        return CustomValue(metric.name, None, outcome, outcome.message)
+        return None, outcome.message
     if len(outcome.result) != 1:
-        return CustomValue(metric.name, None, outcome,
-                           f"the query gave {len(outcome.result)} series; it must give exactly one")
+        return None, f"the query gave {len(outcome.result)} series; it must give exactly one"
     value = _number(outcome.result[0].get("value", [None, None])[1])
     if not math.isfinite(value):
-        return CustomValue(metric.name, None, outcome, f"the query gave {value}, not a number")
-    return CustomValue(metric.name, value, outcome)
+        return None, f"the query gave {value}, not a number"
+    return value, ""
 
 
 def custom_samples(

@@ -6,6 +6,11 @@ default or a limit cannot differ between them. Each field says where it applies
 (`metadata["where"]`): the one-shot CLI has no use for re-checking until a verdict, and a plan
 step sets the canary weight itself.
 
+Flagger's analysis options are here too: `iterations` checks per step of which `threshold`
+failed ones fail it, custom PromQL `metrics` (templates with `{{ selector }}`, see
+`analysis.templates`) and `dry_run_judges`, measured and shown but never deciding. A runbook
+takes `metrics` as JSON text and the judge lists as comma-separated text.
+
 Defaults are chosen for a real mesh (Prometheus scraping every 15-30 s): a 10 minute window of
 1 minute intervals, at least 100 canary requests, and the three judges that decide from counts
 and histograms (Mann-Whitney needs many intervals, so it is opt-in).
@@ -22,6 +27,7 @@ from typing import Any
 
 from canarykit.analysis import judges as j
 from canarykit.analysis import metrics as m
+from canarykit.analysis import templates as t
 from canarykit.core import yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
@@ -138,6 +144,30 @@ def _custom_metrics(name: str, value: Any) -> None:
         names.add(metric.name)
 
 
+def _metric_templates(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise BadInput(name, value, "must be a list of metrics")
+    names: set[str] = set()
+    for index, metric in enumerate(value):
+        path = f"{name}[{index}]"
+        if not isinstance(metric, t.MetricTemplate):
+            raise BadInput(path, metric, "must be a mapping with name, query and max and/or min")
+        metric.validate(path)
+        if metric.name in names:
+            raise BadInput(f"{path}.name", metric.name, "is the name of an earlier metric")
+        names.add(metric.name)
+
+
+def _dry_run_judges(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise BadInput(name, value, "must list judges: " + ", ".join(JUDGE_NAMES))
+    for judge in value:
+        if judge not in JUDGE_NAMES:
+            raise BadInput(name, judge, "must be one of " + ", ".join(JUDGE_NAMES))
+        if value.count(judge) > 1:
+            raise BadInput(name, judge, "is listed twice")
+
+
 def _label_key(name: str, value: Any) -> None:
     versions.check_label_key(name, value)
 
@@ -201,12 +231,22 @@ class AnalysisSettings:
     version_label_key: str = _setting(
         "", "subset label giving the metrics' version (empty: Istio's precedence)",
         _label_key)
+    metrics: list[t.MetricTemplate] = _setting(
+        [], "custom PromQL checks, as JSON: [{name, query, max, min, dry_run}]",
+        _metric_templates)
+    dry_run_judges: list[str] = _setting(
+        [], "judges measured and shown, never deciding, e.g. latency,sequential",
+        _dry_run_judges)
     until_verdict: bool = _setting(False, "re-check until PASS or FAIL (or max_duration)",
                                    _flag, REPEAT)
     check_every: str = _setting("30s", "time between checks with until_verdict", _duration,
                                 REPEAT)
     max_duration: str = _setting("20m", "with until_verdict: longest wait for a verdict",
                                  _duration, REPEAT)
+    iterations: int = _setting(1, "checks per step, one window each (Flagger's iterations)",
+                               _whole, REPEAT)
+    threshold: int = _setting(1, "failed checks that fail the step (Flagger's threshold)",
+                              _whole, REPEAT)
 
     @property
     def window_seconds(self) -> float:
@@ -233,6 +273,18 @@ class AnalysisSettings:
         if self.until_verdict and parse_duration(self.max_duration) < self.window_seconds:
             raise BadInput("max_duration", self.max_duration,
                            f"must be at least the window {self.window}")
+        if self.threshold > self.iterations:
+            raise BadInput("threshold", self.threshold,
+                           f"must not exceed iterations {self.iterations}: the step could "
+                           "never fail by count")
+        for judge in self.dry_run_judges:
+            if judge not in self.judges:
+                raise BadInput("dry_run_judges", judge,
+                               "is not among the judges run (" + ", ".join(self.judges) + ")")
+        if not self.deciding():
+            raise BadInput("dry_run_judges", self.dry_run_judges,
+                           "marks every judge dry-run and no metric decides: nothing would "
+                           "decide the step")
         known = set(m.STANDARD_METRICS) | {metric.name for metric in self.custom_metrics}
         for metric in self.compare_metrics:
             if metric.name not in known:
@@ -241,6 +293,12 @@ class AnalysisSettings:
                                + ") or the name of a custom metric")
         return self
 
+    def deciding(self) -> list[str]:
+        """The judges and metrics whose verdict counts (those not dry-run)."""
+        return ([name for name in self.judges if name not in self.dry_run_judges]
+                + [metric.judge for metric in self.metrics if not metric.dry_run]
+                + [f"custom:{metric.name}" for metric in self.custom_metrics])
+
     def to_dict(self, where: str | None = None) -> dict[str, Any]:
         """Plain YAML/JSON values; with `where`, only the settings that apply there."""
         out = {}
@@ -248,6 +306,8 @@ class AnalysisSettings:
             value = getattr(self, name)
             if name in ("compare_metrics", "custom_metrics"):
                 value = [asdict(metric) for metric in value]
+            elif name == "metrics":
+                value = [metric.to_dict() for metric in value]
             out[name] = copy.deepcopy(value)
         return out
 
@@ -274,9 +334,11 @@ class AnalysisSettings:
                                + (f" of the {where}" if where else "")
                                + f" (known: {', '.join(known)})")
         values = {**base.to_dict(), **copy.deepcopy(data)}
-        if isinstance(values["judges"], str):  # "success-rate,latency", as a flag or parameter
-            values["judges"] = [name.strip() for name in values["judges"].split(",")
-                                if name.strip()]
+        for name in ("judges", "dry_run_judges"):  # "success-rate,latency": flag or parameter
+            if isinstance(values[name], str):
+                values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
+        values["metrics"] = [t.MetricTemplate.from_dict(item, f"metrics[{index}]")
+                             for index, item in enumerate(_metric_list(values["metrics"]))]
         values["compare_metrics"] = [
             _compare_metric(item) for item in _list("compare_metrics", values["compare_metrics"])]
         values["custom_metrics"] = [
@@ -306,6 +368,18 @@ def _list(name: str, value: Any) -> list:
     if not isinstance(value, list):
         raise BadInput(name, value, "must be a list")
     return value
+
+
+def _metric_list(value: Any) -> list:
+    """The metrics as given: a list, or its JSON text (how a runbook parameter holds it)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text else []
+        except (ValueError, RecursionError):
+            raise BadInput("metrics", _cut_text(value), 'must be a JSON list such as [{"name": '
+                           '"errors", "query": "...", "max": 0.01}]') from None
+    return _list("metrics", value)
 
 
 def _mapping(name: str, value: Any) -> dict:

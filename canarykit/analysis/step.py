@@ -2,8 +2,9 @@
 
 `run_analysis` fetches the window's counts once (requests, 5xx, histogram buckets: three
 queries for all versions), the per-interval samples for the comparative judge (one range query
-per compared metric) and the custom metrics, runs the threshold, Mann-Whitney and sequential
-judges, records on each judgement the PromQL it was given, and combines them with
+per compared metric) and the custom metrics (`custom_metrics`, and the plan's PromQL templates
+`metrics`), runs the threshold, Mann-Whitney and sequential judges, records on each judgement
+the PromQL it was given, marks those of `dry_run_judges` dry-run, and combines them with
 `judges.decide`. Prometheus being unreachable or refusing is an INCONCLUSIVE decision that
 names the URL, never an exception. `canarykit analyze` is `add_arguments` + `run`.
 """
@@ -19,7 +20,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from canarykit.analysis import judges, sequential
+from canarykit.analysis import judges, sequential, templates
 from canarykit.analysis import metrics as m
 from canarykit.analysis.settings import (
     CLI,
@@ -33,6 +34,9 @@ from canarykit.core import times
 from canarykit.core.errors import BadInput, ExitCode
 
 SEQUENTIAL_JUDGES = ("error-rate-sequential", "traffic-split", "latency-sequential")
+# The judgements each judge setting makes (what `dry_run_judges` marks).
+JUDGES_OF = {"success-rate": ("success-rate",), "latency": ("latency-p99",),
+             "mann-whitney": ("mann-whitney",), "sequential": SEQUENTIAL_JUDGES}
 LATEST_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last time RFC 3339 can write
 
 
@@ -117,8 +121,14 @@ def run_analysis(
         found.extend(_sequential(client, selector, config, stable, canary, segments or [],
                                  count_queries, finish, missing_reason,
                                  history_end=history_end, deadline=deadline))
+    dry = {judge for name in config.dry_run_judges for judge in JUDGES_OF[name]}
+    for judgement in found:
+        judgement.dry_run = judgement.judge in dry
     for metric in config.custom_metrics:
         found.append(_custom(client, selector, config, metric, finish))
+    for template in config.metrics:
+        found.append(templates.measure(client, template, selector, window_seconds=window,
+                                       at=finish))
     decision = judges.decide(found)
     if missing_reason and decision.verdict == judges.Verdict.INCONCLUSIVE:
         decision.reason = missing_reason  # one sentence instead of the same one per judge
@@ -374,7 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="end of the window: RFC 3339 or Unix seconds (default now)")
     parser.add_argument("--output", choices=("text", "json"), default="text")
     parser.add_argument("--config", metavar="FILE",
-                        help="YAML analysis settings (any setting below, compare_metrics, "
+                        help="YAML analysis settings (any setting below, metrics, compare_metrics, "
                              "custom_metrics); flags override it")
     _add_setting_flags(parser)
     parser.add_argument("--reporter", choices=("destination", "source"),
@@ -399,11 +409,11 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per analysis setting the CLI takes, its help and default from the model."""
     defaults = AnalysisSettings()
     for item in fields(AnalysisSettings):
-        if CLI not in item.metadata["where"] or item.name.endswith("_metrics"):
+        if CLI not in item.metadata["where"] or item.name.endswith("metrics"):
             continue  # the metric lists are set in --config FILE only
         default = getattr(defaults, item.name)
         kind = {"int": int, "float": float, "float | None": float}.get(item.type, str)
-        shown = "none" if default is None else (
+        shown = "none" if default in (None, []) else (
             ",".join(default) if isinstance(default, list) else f"{default:g}"
             if isinstance(default, float) else default)
         parser.add_argument("--" + item.name.replace("_", "-"), type=kind,
@@ -505,6 +515,8 @@ def format_text(decision: judges.Decision) -> str:
     for judgement in decision.judgements:
         roles = (("critical", judgement.critical), ("required", judgement.required))
         flags = ", ".join(word for word, on in roles if on) or "advisory"
+        if judgement.dry_run:
+            flags = "dry-run, does not decide"
         lines.append(f"{judgement.judge}: {judgement.verdict.value} ({flags})")
         lines.append(f"  reason      {judgement.reason}")
         if judgement.values:

@@ -75,13 +75,22 @@ def _analysis(repeat: bool) -> tuple[Parameter, ...]:
     defaults = AnalysisSettings()
     judging = setting_names(CLI)
     found = []
+    values = defaults.to_dict()
     for name in setting_names(RUNBOOK):
         if repeat or name in judging:
-            value = getattr(defaults, name)
-            if isinstance(value, list):  # judges: one comma-separated string
-                value = ",".join(value)
+            value = runbook_form(name, values[name])
             found.append(Parameter(name, type(value).__name__, value, setting_help(name)))
     return tuple(found)
+
+
+def runbook_form(name: str, value: Any) -> Any:
+    """An analysis setting as a runbook parameter holds it, text papermill's `-p` can give:
+    `metrics` as JSON (empty: none), the judge lists comma-separated."""
+    if name == "metrics":
+        return json.dumps(value, separators=(",", ":")) if value else ""
+    if isinstance(value, list):
+        return ",".join(value)
+    return value
 
 
 def _policy() -> tuple[Parameter, ...]:
@@ -233,10 +242,9 @@ def analysis_settings(runbook_name: str, given: dict[str, Any]) -> AnalysisSetti
 
 
 def analysis_values(runbook_name: str, settings: AnalysisSettings) -> dict[str, Any]:
-    """`settings` as the runbook's parameters: judges as one comma-separated string."""
+    """`settings` as the runbook's parameters (`runbook_form`)."""
     values = settings.to_dict()
-    values["judges"] = ",".join(values["judges"])
-    return {name: values[name] for name in _analysis_names(runbook_name)}
+    return {name: runbook_form(name, values[name]) for name in _analysis_names(runbook_name)}
 
 
 # ---------------------------------------------------------------- the notebooks

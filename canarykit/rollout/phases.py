@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from canarykit.analysis import metrics as m
+from canarykit.analysis import templates
 from canarykit.analysis.judges import Decision, Judgement, Verdict, decide
 from canarykit.analysis.sequential import Segment
 from canarykit.analysis.settings import AnalysisSettings
@@ -598,6 +599,19 @@ def _metric_rows(client: m.Client, selector: m.MetricsSelector, start: float, en
 
 
 
+def _template_rows(client: m.Client, selector: m.MetricsSelector, config: AnalysisSettings,
+                   start: float, end: float) -> list[dict[str, Any]]:
+    """The canary's custom metrics per interval over [start, end], for the charts: rows of
+    the metric `metric:NAME` (dry-run ones too; the decision says which)."""
+    step = min(config.interval_seconds, max(end - start, 0.001))
+    first = min(start + step, end)  # each point covers the step before it, as _metric_rows
+    return [{"timestamp": stamp, "version": selector.canary, "metric": metric.judge,
+             "value": value}
+            for metric in config.metrics
+            for stamp, value in templates.samples(client, metric, selector, start=first,
+                                                  end=end, step_seconds=step)]
+
+
 @dataclass
 class WeightPeriod:
     """A stretch of the rollout at one configured canary weight (Unix seconds; `end` None while
@@ -705,9 +719,66 @@ def _check_record(decision: Decision, start: float, end: float, covered: bool) -
     sequential = next((j for j in decision.judgements if j.judge == "error-rate-sequential"),
                       None)
     evidence = sequential.evidence if sequential else {}
-    return {"time": times.timestamp(end), "seconds": round(end - start, 3),
-            "verdict": decision.verdict.value, "reason": decision.reason, "window_covered": covered,
-            "p_value": evidence.get("p_value"), "bayes_factor": evidence.get("bayes_factor")}
+    record = {"time": times.timestamp(end), "seconds": round(end - start, 3),
+              "verdict": decision.verdict.value, "reason": decision.reason,
+              "window_covered": covered, "p_value": evidence.get("p_value"),
+              "bayes_factor": evidence.get("bayes_factor")}
+    measured = {j.judge: j.values.get("value") for j in decision.judgements
+                if j.judge.startswith("metric:")}
+    if measured:  # the custom metrics' values at this check, dry-run ones too
+        record["metrics"] = measured
+    return record
+
+
+def _iterate(target: Target, client: m.Client, selector: m.MetricsSelector,
+             config: AnalysisSettings, *, start: float, began: float, limit: float,
+             check_every: float, segments: list[Segment], checks: list[dict],
+             rollout_start: float | None = None) -> tuple[Decision, float, list[dict]]:
+    """Flagger's iterations and threshold: `iterations` checks, each over its own window (the
+    next starts where the last ended), counting those that FAIL.
+
+    The step FAILs as soon as `threshold` checks failed (the rest are not run). It PASSes
+    only when all iterations ran with fewer failures and the last check PASSed; otherwise it
+    is INCONCLUSIVE. An INCONCLUSIVE check (no data, too few requests) is not a failure, and
+    never a pass either: only a PASS of the last check can make the step PASS. Each check is
+    one `_judge` (with until_verdict it re-checks every `check_every` and waits at most
+    `max_duration`); every record in `checks` gets its iteration and the failed checks so
+    far. With the defaults (1, 1) this is exactly one `_judge`.
+    """
+    window = config.window_seconds
+    failed, summary = 0, []
+    for iteration in range(1, config.iterations + 1):
+        first = len(checks)
+        opened = began if iteration == 1 else time.time()
+        decision, end = _judge(target, client, selector, config, start=start, window=window,
+                               until_verdict=config.until_verdict,
+                               deadline=max(opened + limit, start + window),
+                               check_every=check_every, segments=segments, checks=checks,
+                               rollout_start=rollout_start)
+        before = failed
+        failed += decision.verdict == Verdict.FAIL
+        for record in checks[first:]:
+            record.update(iteration=iteration, failed_checks=before)
+        if len(checks) > first:
+            checks[-1]["failed_checks"] = failed
+        summary.append({"iteration": iteration, "verdict": decision.verdict.value,
+                        "reason": decision.reason, "start": times.timestamp(start),
+                        "end": times.timestamp(end), "failed_checks": failed})
+        if failed >= config.threshold:
+            break
+        start = end
+    if config.iterations == 1:
+        return decision, end, summary
+    count = (f"{failed} of {len(summary)} checks failed (threshold {config.threshold}, "
+             f"{config.iterations} iterations)")
+    if failed >= config.threshold:
+        return Decision(Verdict.FAIL, f"{count}: {decision.reason}", decision.judgements), \
+            end, summary
+    if decision.verdict == Verdict.PASS:
+        return Decision(Verdict.PASS, f"{count}; the last check passed: {decision.reason}",
+                        decision.judgements), end, summary
+    return Decision(Verdict.INCONCLUSIVE, f"{count}; the last check did not pass, so the step "
+                    f"does not: {decision.reason}", decision.judgements), end, summary
 
 
 def _judge(target: Target, client: m.Client, selector: m.MetricsSelector,
@@ -759,8 +830,9 @@ def _judge(target: Target, client: m.Client, selector: m.MetricsSelector,
 
 
 def _undecidable(decision: Decision) -> bool:
-    """The error judge found the step cannot be decided at this traffic before its deadline."""
-    return any(j.judge == "error-rate-sequential"
+    """The error judge found the step cannot be decided at this traffic before its deadline
+    (a dry-run one decides nothing, so it cannot end the step either)."""
+    return any(j.judge == "error-rate-sequential" and not j.dry_run
                and j.evidence.get("decidable_in_budget") is False for j in decision.judgements)
 
 
@@ -778,10 +850,12 @@ def _fit_config(config: AnalysisSettings, result: runbook.RunbookResult, weight:
         return replace(config, canary_weight=None)
     if weight == 100:
         alone = [name for name in config.judges if name in ("success-rate", "latency")]
-        if alone and alone != config.judges:
+        fitted = replace(config, judges=alone, canary_weight=None,
+                         dry_run_judges=[n for n in config.dry_run_judges if n in alone])
+        if alone and alone != config.judges and fitted.deciding():
             result.notes.append("all traffic is on the canary: nothing to compare it with, "
                                    "so only " + ", ".join(alone) + " judge it")
-            return replace(config, judges=alone, canary_weight=None)
+            return fitted
         return replace(config, canary_weight=None)
     if config.canary_weight is None and weight is not None and 0 < weight < 100:
         return replace(config, canary_weight=float(weight))
@@ -804,7 +878,9 @@ def analyze(target: Target, result: runbook.RunbookResult,
     the rest of it ignored); `canary_weight` -1 reads the weight from the VirtualService.
     The window never reaches back before the last weight change (plus SETTLE_SECONDS): a run
     right after a shift waits until `window` at the new weight is covered (with
-    `until_verdict` it checks every `check_every` meanwhile and may FAIL early).
+    `until_verdict` it checks every `check_every` meanwhile and may FAIL early). With
+    `iterations` above 1 it judges that many windows one after the other and FAILs once
+    `threshold` of them failed (`_iterate`).
     """
     config = _settings("analyze", settings)
     if canary_weight != -1:
@@ -841,11 +917,10 @@ def analyze(target: Target, result: runbook.RunbookResult,
                if not periods else "the audit log disagrees with the VirtualService's weight")
         result.notes.append(f"evidence restarted at the current weight: {why}")
     checks: list[dict] = []
-    decision, end = _judge(target, client, selector, config, start=start, window=window_s,
-                           until_verdict=config.until_verdict,
-                           deadline=max(began + limit, start + window_s),
-                           check_every=every, segments=segments, checks=checks,
-                           rollout_start=periods[0].start if periods else None)
+    decision, end, iterations = _iterate(target, client, selector, config, start=start,
+                                         began=began, limit=limit, check_every=every,
+                                         segments=segments, checks=checks,
+                                         rollout_start=periods[0].start if periods else None)
     result.decision = decision.to_dict()
     result.evidence = {
         "window": {"start": times.timestamp(start), "end": times.timestamp(end),
@@ -855,7 +930,11 @@ def analyze(target: Target, result: runbook.RunbookResult,
         "checks": checks,
         "versions": _versions_evidence(selector),
     }
+    if config.iterations > 1:
+        result.evidence["iterations"] = iterations
+        result.evidence["threshold"] = config.threshold
     result.metrics = _metric_rows(client, selector, start, end, config.interval_seconds)
+    result.metrics += _template_rows(client, selector, config, start, end)
     return decision
 
 
@@ -889,6 +968,7 @@ def shadow(target: Target, result: runbook.RunbookResult,
     result.evidence = {"window": {"start": times.timestamp(start), "end": times.timestamp(end)},
                        "checks": checks, "versions": _versions_evidence(selector)}
     result.metrics = _metric_rows(client, selector, start, end, config.interval_seconds)
+    result.metrics += _template_rows(client, selector, config, start, end)
     if not keep_mirror:
         _apply(target, result, router.clear_mirror)
     _set_weights(target, result)
@@ -899,9 +979,12 @@ def judgement_table(decision: Decision) -> pd.DataFrame:
     """The decision's judgements as a table, for reading in the notebook."""
     import pandas as pd  # here: the other phases do without it
 
+    columns = ["judge", "verdict", "critical", "required", "reason"]
+    if any(j.dry_run for j in decision.judgements):  # said only where a judge is dry-run
+        columns.insert(2, "dry_run")
     return pd.DataFrame(
         [{"judge": j.judge, "verdict": j.verdict.value, "critical": j.critical,
-          "required": j.required, "reason": j.reason} for j in decision.judgements],
-        columns=["judge", "verdict", "critical", "required", "reason"])
+          "required": j.required, "reason": j.reason, "dry_run": j.dry_run}
+         for j in decision.judgements], columns=columns)
 
 

@@ -49,7 +49,9 @@ PHASE_FIELDS = ("index", "name", "runbook", "notebook", "started", "finished", "
                 "error", "decision", "decision_reason", "weights", "notes")
 DECISION_FIELDS = ("phase", "notebook", "finished", "decision", "decision_reason", "judge",
                    "verdict", "reason", "critical", "required", "p_value", "bayes_factor",
-                   "values", "thresholds")
+                   "values", "thresholds", "dry_run")
+CUSTOM_PREFIX = "metric:"  # the judges and metric rows of the plan's custom PromQL metrics
+DRY_RUN = "dry-run (does not decide)"
 CHANGE_FIELDS = ("operation", "target", "changed", "params", "resourceVersion", "auditHash",
                  "diff")
 
@@ -94,6 +96,20 @@ class Phase:
     @property
     def decision(self) -> dict[str, Any] | None:
         return self.result.decision if self.result else None
+
+    @property
+    def iterations(self) -> list[dict[str, Any]]:
+        """The checks of an analysis of several iterations (each with its verdict and the
+        failed checks so far); [] for one check or anything else recorded there."""
+        evidence = self.result.evidence if self.result else None
+        found = evidence.get("iterations") if isinstance(evidence, dict) else None
+        return [item for item in found if isinstance(item, dict)] \
+            if isinstance(found, list) else []
+
+    @property
+    def threshold(self) -> Any:
+        evidence = self.result.evidence if self.result else None
+        return evidence.get("threshold") if isinstance(evidence, dict) else None
 
 
 @dataclass
@@ -474,7 +490,8 @@ def release_frames(release: Release) -> dict[str, pd.DataFrame]:
                               "p_value": evidence.get("p_value"),
                               "bayes_factor": evidence.get("bayes_factor"),
                               "values": judgement.get("values"),
-                              "thresholds": judgement.get("thresholds")})
+                              "thresholds": judgement.get("thresholds"),
+                              "dry_run": judgement.get("dry_run") is True})
         for change in result.changes:
             changes.append({**tag, "finished": finished,
                             **{k: change.get(k) for k in CHANGE_FIELDS}})
@@ -525,6 +542,8 @@ def release_figures(frames: dict[str, pd.DataFrame], *,
         "errors": errors_figure(frames["metrics"], colors),
         "latency": latency_figure(frames["metrics"], colors),
     }
+    if frames["metrics"]["metric"].astype(str).str.startswith(CUSTOM_PREFIX).any():
+        figures["custom"] = custom_figure(frames)
     if evidence:
         figures["evidence"] = evidence_figure(frames["decisions"])
     span = _span(frames)
@@ -689,6 +708,34 @@ def latency_figure(metrics: pd.DataFrame, colors: dict[str, str]) -> go.Figure:
                                name=_label(f"{version} {metric.removeprefix('latency-')}"))
     if not figure.data:
         _no_data(figure, "no latency metrics were recorded")
+    return figure
+
+
+def custom_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
+    """The plan's custom PromQL metrics of the canary per interval, each with its limits as
+    dotted lines; dry-run ones say so in the legend, since they decide nothing."""
+    import plotly.graph_objects as go
+
+    metrics, decisions = frames["metrics"], frames["decisions"]
+    figure = go.Figure(layout=_layout("Custom metrics (canary)", "value"))
+    names = sorted({str(n) for n in metrics["metric"] if str(n).startswith(CUSTOM_PREFIX)})
+    for index, metric in enumerate(names):
+        judged = decisions[decisions["judge"] == metric]
+        dry = bool(len(judged)) and bool(judged["dry_run"].astype(bool).any())
+        label = metric.removeprefix(CUSTOM_PREFIX) + (f" \u2014 {DRY_RUN}" if dry else "")
+        color = COLORS[index % len(COLORS)]
+        for version, rows in _series(metrics, metric).items():
+            x = [times.plot_time(t) for t in rows["timestamp"]]
+            figure.add_scatter(x=x, y=list(rows["value"]), mode="lines+markers",
+                               line={"color": color, "dash": "dot" if dry else "solid"},
+                               name=_label(f"{label} ({version})"))
+            limits = judged["thresholds"].iloc[-1] if len(judged) else None
+            for bound in ("max_value", "min_value"):
+                limit = limits.get(bound) if isinstance(limits, dict) else None
+                if isinstance(limit, int | float) and x:
+                    figure.add_scatter(x=[x[0], x[-1]], y=[limit, limit], mode="lines",
+                                       line={"color": color, "dash": "dot", "width": 1},
+                                       name=_label(f"{label} {bound.removesuffix('_value')}"))
     return figure
 
 

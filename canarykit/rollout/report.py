@@ -88,7 +88,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters.update(clock=clock, took=took, rfc3339=rfc3339, compact=compact,
                        diff_lines=diff_lines, sibling_href=sibling_href)
-    env.globals.update(status_class=STATUS_CLASS, verdict_class=VERDICT_CLASS)
+    env.globals.update(status_class=STATUS_CLASS, verdict_class=VERDICT_CLASS,
+                       dry_run_label=releases.DRY_RUN)
     env.policies["json.dumps_kwargs"] = {"separators": (",", ":")}
     return env
 
