@@ -113,11 +113,15 @@ def longest_phase(plan: Any) -> tuple[float, str]:
         if parameters.get("until_verdict"):
             limit = parse_duration(parameters["max_duration"])
             seconds, name = max(seconds, limit), "max_duration"
+        # each iteration of an analyze phase judges a window of its own
+        iterations = parameters.get("iterations", 1) if spec.runbook == "analyze" else 1
+        seconds *= iterations
         if seconds > longest:
             inherited = parameters[name] == getattr(plan.analysis, name)
             where = ("analysis" if spec.step is None or inherited
                      else f"steps[{spec.step}].analysis")
-            longest, setting = seconds, f"{where}.{name}"
+            longest, setting = seconds, f"{where}.{name}" + (
+                f" times its {iterations} iterations" if iterations > 1 else "")
     return longest + PHASE_OVERHEAD_SECONDS, setting
 
 

@@ -122,6 +122,8 @@ def test_a_plan_that_cannot_fit_the_schedule_is_refused_naming_what_to_change(tm
     slow = plan_file(tmp_path, steps=[{"weight": 5, "analysis": {"max_duration": "10m"}}])
     assert "steps[0].analysis.max_duration" in refused(slow).problem
     assert manifests.render(slow, schedule="*/15 * * * *", **RENDER)  # fits every 15 minutes
+    repeated = plan_file(tmp_path, steps=[{"weight": 5, "analysis": {"iterations": 5}}])
+    assert "times its 5 iterations" in refused(repeated).problem
 
 
 @pytest.mark.parametrize(("changes", "field"), [
