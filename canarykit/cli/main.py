@@ -407,19 +407,16 @@ def run_traffic(args: argparse.Namespace) -> int:
     """`route`, `mirror`, `switch`: each operation checked before anything is written, the
     rollout begun (its snapshot is what rollback restores), then one write per operation."""
     from canarykit.cluster import client as cluster
-    from canarykit.cluster.state import read_state
     from canarykit.mesh import validate
     from canarykit.rollout.target import route_names
-    from canarykit.routers import open_router
+    from canarykit.routers import adopt_rollout, open_router
 
     kube = _connect(args)
     routes = route_names("--routes", args.routes)
     router = open_router(kube, args.service, args.stable_subset, args.canary_subset,
                          args.router, routes)
     objects = router.read()
-    state = read_state(objects.route)
-    if state is not None:
-        router.stable, router.canary = state.stable, state.canary
+    state = adopt_rollout(router, objects.route, versions=True)
     operations = _traffic_operations(args, router)
     trial = objects.route
     for operation in operations:
@@ -442,11 +439,14 @@ def run_traffic(args: argparse.Namespace) -> int:
 
 def run_weight(args: argparse.Namespace) -> int:
     from canarykit.cluster import client as cluster
+    from canarykit.routers import adopt_rollout
 
     kube = _connect(args)
     router = _router(args, kube, args.stable_subset, args.canary_subset)
-    if router.name != "istio":
-        _print_changes([_set_backend_weight(router, args)], args)
+    objects = router.read()
+    adopt_rollout(router, objects.route)
+    if router.name != "istio" or router.routes:
+        _print_changes([_set_weight_by_router(router, objects, args)], args)
         return ExitCode.OK
     applied = cluster.set_weight(
         kube,
@@ -462,24 +462,26 @@ def run_weight(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _set_backend_weight(router: Any, args: argparse.Namespace) -> Any:
-    """`weight` on a Gateway API route: the canary rule's backend weights (starting the
-    rollout, whose snapshot rollback restores, unless one is in progress)."""
+def _set_weight_by_router(router: Any, objects: Any, args: argparse.Namespace) -> Any:
+    """`weight` through the router: a Gateway API route's canary rule, or the Istio routes a
+    rollout moves together (starting the rollout, whose snapshot rollback restores, unless
+    one is in progress)."""
     from canarykit.cluster import client as cluster
     from canarykit.core.errors import BadInput
-    from canarykit.routers import Objects
 
     if args.route:
-        raise BadInput("--route", args.route, "names an Istio http route; a Gateway API "
-                       "route's canary rule is the one whose backends are the versions")
-    route = router.route()
-    router.set_canary_weight(route, args.canary, None)  # refused before anything is written
+        raise BadInput("--route", args.route, "the rollout in progress moves routes "
+                       f"{', '.join(router.routes)} together" if router.routes else
+                       "names an Istio http route; a Gateway API route's canary rule is the "
+                       "one whose backends are the versions")
+    router.set_canary_weight(objects.route, args.canary, objects.extra)  # refused first
     if not args.dry_run:
-        cluster.start_rollout(router.cluster, route, router.snapshot(Objects(route)),
+        cluster.start_rollout(router.cluster, objects.route, router.snapshot(objects),
                               stable=router.stable, canary=router.canary,
-                              audit_log=args.audit_log)
+                              audit_log=args.audit_log, routes=router.routes)
+    fresh = router.read()
     return cluster.apply_change(router.cluster,
-                                router.set_canary_weight(router.route(), args.canary, None),
+                                router.set_canary_weight(fresh.route, args.canary, fresh.extra),
                                 dry_run=args.dry_run, audit_log=args.audit_log)
 
 

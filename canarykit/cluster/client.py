@@ -843,7 +843,7 @@ def start_rollout(
                 f"(release {state.release}); roll it back or finish it first",
             )
         return state
-    state = new_state(stable, canary, snapshot, release)
+    state = new_state(stable, canary, snapshot, release, routes)
     change = Change(
         "begin_rollout",
         {"stable": stable, "canary": canary, "release": state.release,

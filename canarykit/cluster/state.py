@@ -33,9 +33,13 @@ class RolloutState:
     snapshot: dict[str, Any] = field(default_factory=dict)
     """Managed fields before the rollout: {"virtualService": {...}, "destinationRule": {...}}."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)  # moving together; [] = the canary route
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.routes:
+            del out["routes"]  # as a state written before routes moved together
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutState:
@@ -44,7 +48,8 @@ class RolloutState:
 
 
 def new_state(
-    stable: str, canary: str, snapshot: dict[str, Any], release: str = ""
+    stable: str, canary: str, snapshot: dict[str, Any], release: str = "",
+    routes: tuple[str, ...] = (),
 ) -> RolloutState:
     started = times.utc_now()
     return RolloutState(
@@ -53,13 +58,14 @@ def new_state(
         release=release or f"{canary}-{times.compact(started)}",
         started_at=times.timestamp(started),
         snapshot=copy.deepcopy(snapshot),
+        routes=list(routes),
     )
 
 
 MAX_STATE_CHARS = 1024 * 1024  # far above any real state; an annotation is at most 256 KiB
 _FIELD = f"metadata.annotations[{ROLLOUT_ANNOTATION}]"
 _REQUIRED = {"stable": str, "canary": str, "release": str, "started_at": str, "snapshot": dict}
-_OPTIONAL = {"step": int, "phase": str, "history": list}
+_OPTIONAL = {"step": int, "phase": str, "history": list, "routes": list}
 # What rollback restores, by the kind that carries the state: a VirtualService's own managed
 # fields and its DestinationRule's; a Gateway API route's rules.
 _SNAPSHOT = {"VirtualService": ("virtualService", "destinationRule"),

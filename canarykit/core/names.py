@@ -68,16 +68,13 @@ def host_fqdn(host: str, namespace: str) -> str:
     """The fully qualified name Istio resolves `host` to from `namespace`.
 
     `reviews`, `reviews.default` and `reviews.default.svc` all mean
-    `reviews.default.svc.cluster.local` when written in namespace `default`. A cluster with
-    another DNS domain (`reviews.default.svc.corp.example`) names the same service: its FQDN
-    is given here with `cluster.local`, so hosts compare equal whichever domain is written.
+    `reviews.default.svc.cluster.local` when written in namespace `default` (`same_host`
+    also knows a cluster whose DNS domain is another).
     """
     name = host.strip().lower().rstrip(".")
     if name.startswith("*") or name.endswith(CLUSTER_SUFFIX):
         return name
     parts = name.split(".")
-    if len(parts) >= 4 and parts[2] == "svc":
-        return ".".join(parts[:2]) + CLUSTER_SUFFIX
     if name.endswith(".svc"):
         return name + ".cluster.local"
     if len(parts) == 1:
@@ -85,6 +82,38 @@ def host_fqdn(host: str, namespace: str) -> str:
     if len(parts) == 2:
         return name + CLUSTER_SUFFIX
     return name
+
+
+def same_host(a: str, b: str, namespace: str) -> bool:
+    """Whether two hosts written in `namespace` name the same service. A host written
+    without a domain (`reviews`, `reviews.prod`, `reviews.prod.svc`) takes the cluster's own,
+    whatever it is, so it is the FQDN `reviews.prod.svc.corp.example` in a cluster with that
+    domain; two FQDNs with different domains (`clusterset.local` among them) stay different."""
+    full_a, full_b = host_fqdn(a, namespace), host_fqdn(b, namespace)
+    if full_a == full_b:
+        return True
+    if _has_domain(a) == _has_domain(b):
+        return False
+    written = full_b if _has_domain(b) else full_a
+    parts = written.split(".")
+    return (len(parts) >= 4 and parts[2] == "svc"
+            and ".".join(parts[3:]) not in ("cluster.local", "clusterset.local")
+            and parts[:2] == (full_a if written is full_b else full_b).split(".")[:2])
+
+
+def qualified(host: str, namespace: str) -> str:
+    """`host` with its namespace but without a domain when it was written without one
+    (`reviews` in prod is `reviews.prod.svc`), so hosts of two namespaces compare."""
+    name = host.strip().lower().rstrip(".")
+    if _has_domain(name) or name.startswith("*"):
+        return name
+    parts = name.split(".")
+    return f"{parts[0]}.{parts[1] if len(parts) > 1 else namespace}.svc"
+
+
+def _has_domain(host: str) -> bool:
+    parts = host.strip().lower().rstrip(".").split(".")
+    return len(parts) > 3 or len(parts) == 3 and parts[2] != "svc"
 
 
 def service_name(host: str) -> str:

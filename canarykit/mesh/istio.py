@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from canarykit.core import names  # hosts compare (same_host) by the one rule there
 from canarykit.core.errors import BadInput
-
-# Hosts compare as FQDNs (same_host), by the one rule in core.names.
-from canarykit.core.names import host_fqdn
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -121,7 +119,7 @@ def with_managed_fields(obj: dict, fields: dict) -> dict:
 
 def same_host(a: str, b: str, namespace: str) -> bool:
     """Whether two host names written in `namespace` name the same service."""
-    return host_fqdn(a, namespace) == host_fqdn(b, namespace)
+    return names.same_host(a, b, namespace)
 
 
 def http_routes(vs: dict) -> list[dict]:

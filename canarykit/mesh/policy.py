@@ -200,10 +200,24 @@ def _of(group: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def route_change(vs: dict, values: dict[str, Any], clear: list[str], *,
-                 route: str | None, stable: str, canary: str) -> traffic.Change:
-    """One change of the route's timeout, retries and fault: cleared groups first, then what
-    is set (fault as a whole: the route's `fault` becomes exactly what is given)."""
-    where = {"route": route or None, "stable": stable, "canary": canary}
+                 route: str | None, stable: str, canary: str,
+                 routes: tuple[str, ...] = ()) -> traffic.Change:
+    """One change of the route's timeout, retries and fault (`route`, else each of the
+    `routes` that move together, else the canary route): cleared groups first, then what is
+    set (fault as a whole: the route's `fault` becomes exactly what is given)."""
+    after = vs
+    for name in (route,) if route else routes or (None,):
+        after = _route_settings(after, values, clear, {"route": name, "stable": stable,
+                                                       "canary": canary})
+    params = {"settings": {n: v for n, v in values.items() if BY_NAME[n].group in ROUTE_GROUPS},
+              "clear": [g for g in clear if g in ROUTE_GROUPS], "route": route or None,
+              "stable": stable, "canary": canary, **({"routes": list(routes)}
+                                                     if routes and not route else {})}
+    return traffic.Change("set_traffic_policy", params, istio.copy_object(vs), after)
+
+
+def _route_settings(vs: dict, values: dict[str, Any], clear: list[str],
+                    where: dict[str, Any]) -> dict:
     after = vs
     if {"timeout", "retries"} & set(clear):
         after = traffic.clear_timeout_and_retries(
@@ -216,9 +230,7 @@ def route_change(vs: dict, values: dict[str, Any], clear: list[str], *,
     fault = _of("fault", values)
     if fault:
         after = traffic.set_fault(after, **fault, **where).after
-    params = {"settings": {n: v for n, v in values.items() if BY_NAME[n].group in ROUTE_GROUPS},
-              "clear": [g for g in clear if g in ROUTE_GROUPS], **where}
-    return traffic.Change("set_traffic_policy", params, istio.copy_object(vs), after)
+    return after
 
 
 def destination_change(dr: dict, values: dict[str, Any], clear: list[str], *,
@@ -248,16 +260,17 @@ def destination_change(dr: dict, values: dict[str, Any], clear: list[str], *,
 
 def istio_changes(vs: dict, dr: dict | None, values: dict[str, Any], clear: list[str], *,
                   route: str | None = None, subset: str | None = None, stable: str = "v1",
-                  canary: str = "v2", naming: str = "plan",
-                  prefix: str = "") -> list[traffic.Change]:
+                  canary: str = "v2", naming: str = "plan", prefix: str = "",
+                  routes: tuple[str, ...] = ()) -> list[traffic.Change]:
     """The VirtualService change and/or the DestinationRule change that make the policy,
-    each refused (naming the setting) before either is written."""
+    each refused (naming the setting) before either is written. Route settings go to
+    `route`, else to each of the `routes` that move together, else the canary route."""
     route_groups = {BY_NAME[n].group for n in values} | set(clear)
     changes = []
     try:
         if route_groups & set(ROUTE_GROUPS):
             changes.append(route_change(vs, values, clear, route=route, stable=stable,
-                                        canary=canary))
+                                        canary=canary, routes=routes))
         elif route:
             raise BadInput("route", route, "names a VirtualService route, but no timeout, "
                            "retries or fault setting is given")

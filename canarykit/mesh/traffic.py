@@ -19,7 +19,6 @@ import re2
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
 from canarykit.core.names import (
-    host_fqdn,
     is_cookie_name,
     is_dns1123_label,
     is_header_name,
@@ -27,6 +26,7 @@ from canarykit.core.names import (
     is_label_value,
     is_query_parameter_name,
     is_route_name,
+    qualified,
 )
 from canarykit.mesh import istio
 
@@ -265,8 +265,8 @@ def _check_dr_host(dr: dict | None, vs: dict, host: str, label: str) -> None:
     if dr is None:
         return
     dr_host = (dr.get("spec") or {}).get("host") or ""
-    if host_fqdn(dr_host, istio.namespace_of(dr)) != host_fqdn(
-            host, istio.namespace_of(vs)):
+    if not istio.same_host(qualified(dr_host, istio.namespace_of(dr)),
+                           qualified(host, istio.namespace_of(vs)), istio.namespace_of(vs)):
         raise BadInput("dr", istio.object_ref(dr),
                        f"is for host {dr_host!r} but route {label} sends to {host!r}")
 
@@ -450,19 +450,30 @@ def add_match_route(vs: dict, *, name: str, canary: str = "v2", header: str | No
     return _change("add_match_route", _with_dr(params, dr), vs, after)
 
 
-def move_routes(vs: dict, *, stable: str, canary: str) -> Change:
-    """Every route still sending to `stable` sends that share to `canary` instead (a
-    destination of both becomes one, weights added), so no route is left on the old version."""
+def sends_to(entry: dict, subset: str, host: str, namespace: str) -> bool:
+    """Whether a route destination sends traffic (weight unset or above 0) to `subset` of
+    `host`: another service's subset of the same name is not this version."""
+    destination = entry.get("destination") or {}
+    return (destination.get("subset") == subset
+            and istio.same_host(destination.get("host") or "", host, namespace)
+            and (entry.get("weight") is None or entry.get("weight", 0) > 0))
+
+
+def move_routes(vs: dict, *, stable: str, canary: str, host: str) -> Change:
+    """Every route still sending to `stable` of `host` sends that share to `canary` instead
+    (a destination of both becomes one, weights added), so no route is left on the old
+    version; other services' subsets are left alone."""
     after = istio.copy_object(vs)
+    namespace = istio.namespace_of(vs)
     moved = []
     for index, rule in enumerate(istio.http_routes(after)):
         entries = istio.route_destinations(rule)
-        if not any((e.get("destination") or {}).get("subset") == stable for e in entries):
+        if not any(sends_to(e, stable, host, namespace) for e in entries):
             continue
         merged: list[dict] = []
         for entry in entries:
             destination = entry.get("destination") or {}
-            if destination.get("subset") == stable:
+            if sends_to(entry, stable, host, namespace):
                 entry = {**entry, "destination": {**destination, "subset": canary}}
             same = next((m for m in merged if m.get("destination") == entry.get("destination")),
                         None)

@@ -47,7 +47,7 @@ from canarykit.rollout.target import (  # noqa: F401 - connect_target: for the r
     subset_versions,
     text_parameter,
 )
-from canarykit.routers import Objects, Router
+from canarykit.routers import Objects, Router, adopt_rollout
 from canarykit.routers.istio import INTERNAL_ROUTES
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ def _record_change(result: runbook.RunbookResult, applied: cluster.AppliedChange
 def _set_weights(target: Target, result: runbook.RunbookResult) -> dict[str, Any]:
     router = router_of(target)
     route = router.route()
+    adopt_rollout(router, route)
     result.weights = router.weights(route)
     return route
 
@@ -112,6 +113,7 @@ def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
     """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running."""
     router = router_of(target)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     vs = objects.route
     running = read_state(vs)
     state = cluster.start_rollout(target.cluster, vs, {} if running else router.snapshot(objects),
@@ -429,6 +431,7 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
                                  cookie_value=cookie_value, query_parameter=query_parameter,
                                  query_value=query_value, source_labels=source_labels)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     trial = objects.route
     for operation, names in operations:  # every route is checked before anything is written
         try:
@@ -453,6 +456,7 @@ def shift_traffic(target: Target, result: runbook.RunbookResult, *, canary_weigh
     """Send `canary_weight`% of the canary route to the canary (starting the rollout)."""
     router = router_of(target)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     router.set_canary_weight(objects.route, canary_weight, objects.extra)  # refused before
     _ensure_rollout(target, result)                                         # anything is written
     _apply(target, result, lambda route: router.set_canary_weight(route, canary_weight,
@@ -465,6 +469,7 @@ def blue_green_switch(target: Target, result: runbook.RunbookResult, *, to_subse
     """Send all of the canary route's traffic to one version (blue-green)."""
     router = router_of(target)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     if to_subset not in (target.stable, target.canary):
         raise BadInput("to_subset", to_subset, f"must be the stable ({target.stable}) or the "
                        f"canary ({target.canary}) version")
@@ -533,6 +538,7 @@ def promote(target: Target, result: runbook.RunbookResult, *,
     flag_parameter("move_routes", move_routes)
     router = router_of(target)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     state = read_state(objects.route)
     if state is not None and (state.stable, state.canary) != (target.stable, target.canary):
         raise BadInput("canary", target.canary, f"the rollout in progress is of {state.canary} "
@@ -954,6 +960,7 @@ def shadow(target: Target, result: runbook.RunbookResult,
     client = prometheus_client(target)
     router = router_of(target)
     objects = router.read()
+    adopt_rollout(router, objects.route)  # its routes that move together
     selector = _selector(target, result, router.versions(objects, config.version_label_key))
     router.set_mirror(objects.route, percentage, objects.extra)  # refused before any write
     _ensure_rollout(target, result)

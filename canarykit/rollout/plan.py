@@ -467,7 +467,7 @@ def _policy_settings(path: str, kind: str, raw: Any, plan: Plan) -> dict[str, An
                              route=raw.get("route"), subset=raw.get("subset"))
     else:
         policy.istio_changes(stand_in.route, stand_in.extra, values, clear,
-                             route=raw.get("route") or (plan.routes or [None])[0],
+                             route=raw.get("route"), routes=tuple(plan.routes),
                              subset=raw.get("subset"),
                              stable=plan.stable, canary=plan.canary, prefix=f"{path}.")
     settings = {**values, **{k: raw[k] for k in ("route", "subset") if k in raw}}
@@ -628,7 +628,7 @@ def _rehearsal_route(plan: Plan, index: int) -> str:
         if step.kind == "internal-canary":
             settings = internal_defaults(step.settings)
             for key, route in zip(INTERNAL_MATCHES, INTERNAL_ROUTES, strict=True):
-                if settings.get(key, True):
+                if settings.get(key, default("internal-canary", key)):
                     return route
     return ""
 

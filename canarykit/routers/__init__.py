@@ -140,6 +140,24 @@ def open_router(cluster: Cluster, service: str, stable: str, canary: str,
     return implementation(cluster, service, stable, canary, routes)
 
 
+def adopt_rollout(router: Router, route: dict[str, Any], *, versions: bool = False) -> Any:
+    """The rollout in progress on `route` (or None), its routes that move together taken by
+    the router when it was given none (refused when it names others); with `versions` its
+    stable and canary too (a command acting within whatever rollout is in progress)."""
+    from canarykit.cluster.state import read_state
+
+    state = read_state(route)
+    if state is None:
+        return None
+    if state.routes and router.routes and set(router.routes) != set(state.routes):
+        raise BadInput("routes", ",".join(router.routes), "the rollout in progress (release "
+                       f"{state.release}) moves routes {', '.join(state.routes)} together")
+    router.routes = router.routes or tuple(state.routes)
+    if versions:
+        router.stable, router.canary = state.stable, state.canary
+    return state
+
+
 def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str], *,
                        route: str | None = None, subset: str | None = None,
                        dry_run: bool = False, audit_log: Any = None, release: str = "",
@@ -149,12 +167,9 @@ def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str],
     changed through `cluster.apply_change` (validated, dry-run on the server, optimistic
     concurrency, audited). During a rollout the policy follows its stable and canary."""
     from canarykit.cluster import client as cluster
-    from canarykit.cluster.state import read_state
 
     objects = router.read()
-    state = read_state(objects.route)
-    if state is not None:
-        router.stable, router.canary = state.stable, state.canary
+    state = adopt_rollout(router, objects.route, versions=True)
     options = {"route": route, "subset": subset, "naming": naming, "prefix": prefix}
     changes = router.policy_changes(objects, values, clear, **options)
     if not dry_run and state is None and any(c.changed for c in changes):

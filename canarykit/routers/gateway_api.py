@@ -233,31 +233,47 @@ class GatewayRouter:
         if subset:
             raise BadInput(prefix + policy.label("subset", naming), subset,
                            "names a DestinationRule subset; the Gateway API router has none")
+        if objects.route.get("kind") == "GRPCRoute":
+            raise BadInput(prefix + policy.label("timeout", naming), values.get("timeout"),
+                           "a GRPCRoute has no timeouts in Gateway API's standard channel")
         after = istio.copy_object(objects.route)
-        try:
-            rule = gateway.rules(after)[gateway.find_canary_rule(after, self.stable, self.canary,
-                                                                 route or self._first())]
-        except BadInput as err:
-            raise BadInput(prefix + policy.label(err.field, naming), err.value,
-                           err.problem) from None
+        for name in (route,) if route else self.routes or (None,):
+            try:
+                rule = gateway.rules(after)[gateway.find_canary_rule(
+                    after, self.stable, self.canary, name)]
+            except BadInput as err:
+                field = "route" if err.field == "rule" else err.field
+                raise BadInput(prefix + policy.label(field, naming), err.value,
+                               err.problem) from None
+            self._set_request_timeout(rule, values, clear, naming, prefix)
+        params = {"settings": dict(values), "clear": list(clear), "route": route or None}
+        return [traffic.Change("set_traffic_policy", params, istio.copy_object(objects.route),
+                               after)]
+
+    @staticmethod
+    def _set_request_timeout(rule: dict[str, Any], values: dict[str, Any], clear: list[str],
+                             naming: str, prefix: str) -> None:
+        """`timeouts.request` of one rule (clearing keeps a backendRequest timeout)."""
+        timeouts = dict(rule.get("timeouts") or {})
         if "timeout" in clear:
-            rule.pop("timeouts", None)
+            timeouts.pop("request", None)
         if "timeout" in values:
             request = values["timeout"]
             seconds = gateway.duration_seconds(request)
-            backend = gateway.duration_seconds((rule.get("timeouts") or {}).get("backendRequest"))
+            backend = gateway.duration_seconds(timeouts.get("backendRequest"))
             if seconds is None or seconds < 0.001:
                 raise BadInput(prefix + policy.label("timeout", naming), request,
                                "must be a Gateway API duration of at least 1ms, such as 3s, "
                                "500ms or 1m30s")
             if backend is not None and backend > seconds:
                 raise BadInput(prefix + policy.label("timeout", naming), request,
-                               f"must not be shorter than the rule's backendRequest timeout "
-                               f"({rule['timeouts']['backendRequest']})")
-            rule["timeouts"] = {**(rule.get("timeouts") or {}), "request": request}
-        params = {"settings": dict(values), "clear": list(clear), "route": route or None}
-        return [traffic.Change("set_traffic_policy", params, istio.copy_object(objects.route),
-                               after)]
+                               "must not be shorter than the rule's backendRequest timeout "
+                               f"({timeouts['backendRequest']})")
+            timeouts["request"] = request
+        if timeouts:
+            rule["timeouts"] = timeouts
+        else:
+            rule.pop("timeouts", None)
 
     def rollback(self, *, dry_run: bool = False,
                  audit_log: Any = None) -> list[cluster.AppliedChange]:
@@ -289,4 +305,4 @@ class GatewayRouter:
             virtual_service_resource_version=route["metadata"].get("resourceVersion"),
             destination_rule="", subsets=[], traffic_policy=None, routes=routes,
             rollout=read_state(route), router=GATEWAY_API,
-            promotion=promotion_status(route, GatewayRouter))
+            promotion=promotion_status(route, GatewayRouter, self.service))

@@ -167,7 +167,8 @@ class IstioRouter:
         after = self.switch_all_traffic(after, self.canary, extra).after
         moved = []
         if move:
-            change = traffic.move_routes(after, stable=self.stable, canary=self.canary)
+            change = traffic.move_routes(after, stable=self.stable, canary=self.canary,
+                                         host=self.service)
             after, moved = change.after, change.params["moved"]
         params = {"stable": self.stable, "canary": self.canary, "release": release,
                   "removed_routes": removed, "moved_routes": moved,
@@ -176,17 +177,17 @@ class IstioRouter:
         return traffic.Change("promote", params, istio.copy_object(route), ended)
 
     def left_on_stable(self, route: dict[str, Any]) -> list[str]:
+        namespace = istio.namespace_of(route)
         return [istio.route_label(route, index)
                 for index, rule in enumerate(istio.http_routes(route))
-                if any(s == self.stable and (d.get("weight") is None or d.get("weight", 0) > 0)
-                       for s, d in zip(istio.route_subsets(rule), istio.route_destinations(rule),
-                                       strict=False))]
+                if any(traffic.sends_to(entry, self.stable, self.service, namespace)
+                       for entry in istio.route_destinations(rule))]
 
     def policy_changes(self, objects: Objects, values: dict[str, Any], clear: list[str], *,
                        route: str | None = None, subset: str | None = None,
                        naming: str = "plan", prefix: str = "") -> list[traffic.Change]:
         return policy.istio_changes(objects.route, objects.extra, values, clear,
-                                    route=route or self._first(),
+                                    route=route, routes=self.routes,
                                     subset=subset, stable=self.stable, canary=self.canary,
                                     naming=naming, prefix=prefix)
 
@@ -197,16 +198,18 @@ class IstioRouter:
 
     def status(self) -> cluster.ServiceStatus:
         found = cluster.status(self.cluster, self.service)
-        return replace(found, promotion=promotion_status(self.route(), IstioRouter))
+        return replace(found, promotion=promotion_status(self.route(), IstioRouter,
+                                                         self.service))
 
 
-def promotion_status(route: dict[str, Any], implementation: Any) -> dict[str, Any] | None:
+def promotion_status(route: dict[str, Any], implementation: Any,
+                     service: str) -> dict[str, Any] | None:
     """The last promotion on the routing object and the routes still sending to the old
     version (to move before it is scaled down)."""
     found = read_promotion(route)
     if found is None:
         return None
-    old = implementation(None, "", found["from"], found["to"])
+    old = implementation(None, service, found["from"], found["to"])
     return {**found, "stillOnOld": old.left_on_stable(route)}
 
 

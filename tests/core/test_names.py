@@ -97,12 +97,22 @@ def test_a_name_that_is_not_a_dns_label_is_refused_naming_field_and_value(name):
 
 @pytest.mark.parametrize("host", [
     "reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local",
-    "Reviews.Default.svc.cluster.local.", "reviews.default.svc.corp.example",
+    "Reviews.Default.svc.cluster.local.",
 ])
 def test_every_form_of_a_service_host_has_the_same_fqdn(host):
-    """A cluster whose DNS domain is not cluster.local names the same service."""
     assert names.host_fqdn(host, "default") == "reviews.default.svc.cluster.local"
     assert names.service_name(names.host_fqdn(host, "default")) == "reviews"
+
+
+@pytest.mark.parametrize("short", ["reviews", "reviews.prod", "reviews.prod.svc"])
+def test_a_host_without_a_domain_is_the_service_in_a_cluster_with_its_own_domain(short):
+    assert names.same_host(short, "reviews.prod.svc.corp.example", "prod")
+    assert names.same_host("reviews.prod.svc.corp.example", short, "prod")
+    assert not names.same_host(short, "reviews.prod.svc.clusterset.local", "prod")
+    assert not names.same_host(short, "ratings.prod.svc.corp.example", "prod")
+    assert not names.same_host(short, "reviews.shop.svc.corp.example", "prod")
+    assert not names.same_host("reviews.prod.svc.cluster.local",
+                               "reviews.prod.svc.corp.example", "prod")
 
 
 def test_hosts_outside_the_namespace_or_the_mesh_keep_their_own_fqdn():
