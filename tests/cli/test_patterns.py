@@ -111,3 +111,13 @@ def test_bad_input_is_refused_naming_it_and_nothing_changes(cli, capsys, command
     error = capsys.readouterr().err
     assert error.startswith(f"canarykit: error: {field}: "), error
     assert cli.vs() == before
+
+
+def test_routes_moving_together_are_kept_by_the_rollout_for_every_later_command(cli, capsys):
+    assert cli("mirror", *SUBSETS, "--percent", "10", "--routes", "api,api-internal") == 0
+    assert cli("weight", "--canary", "30", *SUBSETS) == ExitCode.OK  # no --routes given
+    vs = cli.vs()
+    assert [[d.get("weight") for d in r["route"]] for r in vs["spec"]["http"]] == [[70, 30]] * 2
+    assert read_state(vs).routes == ["api", "api-internal"]
+    assert cli("switch", *SUBSETS, "--to", "canary", "--routes", "api") == 2
+    assert "moves routes api, api-internal together" in capsys.readouterr().err

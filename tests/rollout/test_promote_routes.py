@@ -70,3 +70,15 @@ def test_a_bad_move_routes_is_refused_when_the_plan_loads():
     with pytest.raises(Exception) as refused:
         parse_plan({"service": "reviews", "steps": [{"promote": {"move_routes": "yes"}}]})
     assert refused.value.field == "steps[0].promote.move_routes"
+
+
+def test_a_route_to_another_services_subset_of_the_same_name_is_neither_listed_nor_moved(
+        apiserver, tmp_path):
+    vs = copy.deepcopy(VS)
+    vs["spec"]["http"].insert(0, {"name": "ratings-proxy", "match": [{"uri": {"prefix": "/r"}}],
+                                  "route": [{"destination": {"host": "ratings",
+                                                             "subset": "stable"}}]})
+    seed(apiserver, vs, copy.deepcopy(DR))
+    result, after = _promote(apiserver, tmp_path, move_routes=True)
+    assert result.evidence == {"left_on_stable": [], "moved_routes": ["api-internal"]}
+    assert after["spec"]["http"][0] == vs["spec"]["http"][0]

@@ -172,3 +172,25 @@ def test_policy_steps_round_trip_through_the_plans_dict():
     plan = _plan()
     again = parse_plan(plan.to_dict())
     assert again.to_dict() == plan.to_dict() and again.digest() == plan.digest()
+
+
+def test_a_fault_rehearsal_after_a_source_labels_internal_canary_uses_its_route():
+    plan = parse_plan({"service": "reviews", "steps": [
+        {"internal-canary": {"source_labels": {"app": "tester"}}},
+        {"fault-rehearsal": {"fault_abort": 503}}]})
+    rehearsal = [s for s in expand(plan) if s.name.startswith(("fault-rehearsal", "clear"))]
+    assert {s.parameters["route"] for s in rehearsal} == {"canary-internal-source"}
+
+
+def test_with_routes_moving_together_a_destination_policy_loads_and_a_route_policy_goes_to_each(
+        apiserver, kube, tmp_path):
+    plan = _plan(routes=["api", "api-internal"])
+    (destination,) = [s for s in expand(plan) if s.name == "policy-2"]
+    assert "route" not in destination.parameters
+    target = rollout_target.connect_target(service=FQDN, stable="stable", canary="canary",
+                                           kubeconfig=str(apiserver.kubeconfig),
+                                           audit_log=str(tmp_path / "audit.jsonl"),
+                                           routes="api,api-internal")
+    phases.traffic_policy(target, runbook.new_result("traffic-policy", {}), timeout="3s")
+    vs, _ = _objects(kube)
+    assert [r.get("timeout") for r in vs["spec"]["http"]] == ["3s", "3s"]

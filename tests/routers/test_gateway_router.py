@@ -358,3 +358,14 @@ def test_route_by_query_and_by_header_prefix_on_an_http_route(apiserver, kube, t
     headers = rules["canarykit-canary-internal-header"]["matches"][0]["headers"]
     assert headers == [{"type": "RegularExpression", "name": "x-team", "value": "qa\\..*"}]
     assert main([*common, "--source-labels", "app=t"]) == 2
+
+
+def test_clearing_the_timeout_keeps_a_backend_request_timeout(router):
+    objects = router.read()
+    _primary(objects.route)["timeouts"] = {"request": "10s", "backendRequest": "2s"}
+    (change,) = router.policy_changes(objects, {}, ["timeout"])
+    assert _primary(change.after)["timeouts"] == {"backendRequest": "2s"}
+    (change,) = router.policy_changes(objects, {"timeout": "5s"}, [])
+    assert _primary(change.after)["timeouts"] == {"request": "5s", "backendRequest": "2s"}
+    with pytest.raises(BadInput, match="backendRequest timeout"):
+        router.policy_changes(objects, {"timeout": "1s"}, [])
