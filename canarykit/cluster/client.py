@@ -764,17 +764,22 @@ def _apply_with_retries(
 
 
 def _refuse_dropped_fields(sent: dict[str, Any], preview: dict[str, Any]) -> None:
-    """A Gateway API route whose dry run lost fields the change relies on is not written:
-    the cluster's CRDs are older than those fields."""
-    if sent.get("kind") not in ("HTTPRoute", "GRPCRoute"):
+    """A change whose dry run lost managed fields it sent is not written: the cluster's CRDs
+    are older than those fields and would prune them without an error (a mirror at 10 %
+    would copy every request, a connection limit would silently not be there)."""
+    dropped = istio.missing_fields(istio.managed_fields(sent), istio.managed_fields(preview),
+                                   "spec")
+    if not dropped:
         return
-    from canarykit.mesh import gateway
+    if sent.get("kind") in ("HTTPRoute", "GRPCRoute"):
+        from canarykit.mesh import gateway
 
-    dropped = gateway.dropped_fields(sent, preview)
-    if dropped:
-        raise ClusterError(f"{istio.object_ref(sent)}: the cluster dropped {', '.join(dropped)} "
-                           "from the change (its Gateway API CRDs are older than these fields; "
-                           "install Gateway API v1.2 or later); nothing was changed")
+        dropped = gateway.dropped_fields(sent, preview) or dropped
+        crds = "its Gateway API CRDs are older than these fields; install Gateway API v1.2 or later"
+    else:
+        crds = "its Istio CRDs are older than these fields; upgrade Istio's CRDs"
+    raise ClusterError(f"{istio.object_ref(sent)}: the cluster dropped {', '.join(dropped[:5])} "
+                       f"from the change ({crds}); nothing was changed")
 
 
 def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:

@@ -117,6 +117,24 @@ def with_managed_fields(obj: dict, fields: dict) -> dict:
     return result
 
 
+def missing_fields(sent: Any, kept: Any, path: str) -> list[str]:
+    """Paths `sent` has (with a value) that `kept` lacks: what an API server pruned. Values
+    the server changed or fields it added do not count."""
+    if isinstance(sent, dict):
+        if not isinstance(kept, dict):
+            return [path]
+        return [found for key, value in sent.items() if value is not None
+                for found in ([f"{path}.{key}"] if key not in kept
+                              else missing_fields(value, kept[key], f"{path}.{key}"))]
+    if isinstance(sent, list):
+        if not isinstance(kept, list):
+            return [path]
+        return [found for index, item in enumerate(sent)
+                for found in ([f"{path}[{index}]"] if index >= len(kept)
+                              else missing_fields(item, kept[index], f"{path}[{index}]"))]
+    return []
+
+
 def same_host(a: str, b: str, namespace: str) -> bool:
     """Whether two host names written in `namespace` name the same service."""
     return names.same_host(a, b, namespace)

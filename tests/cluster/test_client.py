@@ -28,7 +28,7 @@ from canarykit.cluster.state import (
     with_state,
 )
 from canarykit.core import times
-from canarykit.core.errors import BadInput, ConcurrentChangeError
+from canarykit.core.errors import BadInput, ClusterError, ConcurrentChangeError
 from canarykit.mesh import istio, traffic
 from tests.apiserver_fixture import seed
 
@@ -823,3 +823,18 @@ def test_a_fifo_as_kubeconfig_is_refused_without_waiting(home, tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(BadInput, match="not a regular file"):
         cluster.connect(kubeconfig=str(fifo))
+
+
+def test_a_change_whose_dry_run_lost_a_field_it_sent_is_refused_naming_the_field():
+    """An older Istio CRD prunes a field it does not know without an error: the write would
+    "succeed" without the setting."""
+    sent = copy.deepcopy(DR)
+    sent["spec"]["trafficPolicy"]["connectionPool"] = {"tcp": {"maxConnections": 5,
+                                                               "idleTimeout": "1h"}}
+    kept = copy.deepcopy(sent)
+    del kept["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["idleTimeout"]
+    kept["spec"]["trafficPolicy"]["loadBalancer"]["warmupDurationSecs"] = "0s"  # added: fine
+    with pytest.raises(ClusterError, match=r"dropped spec.trafficPolicy.connectionPool.tcp"
+                                           r".idleTimeout .*Istio's CRDs"):
+        cluster._refuse_dropped_fields(sent, kept)
+    cluster._refuse_dropped_fields(sent, sent)
