@@ -379,7 +379,8 @@ def _traffic_operations(args: argparse.Namespace, router: Any) -> list[Any]:
                   "header_match": "--header-match", "match": "--header-match",
                   "cookie_name": "--cookie", "cookie_value": "--cookie", "cookie": "--cookie",
                   "query_parameter": "--query", "query_value": "--query",
-                  "source_labels": "--source-labels"})
+                  "source_labels": "--source-labels", "headers": "--header",
+                  "query_params": "--query"})
     try:
         found = internal_routes(router, header=header[0], header_value=header[1],
                                 header_match=args.header_match, cookie_name=cookie[0],
@@ -425,6 +426,8 @@ def run_traffic(args: argparse.Namespace) -> int:
     if errors:
         raise cluster.InvalidChange(errors)
     if not args.dry_run and state is None and trial != objects.route:
+        for operation in operations:  # the server's word before the rollout begins
+            cluster.apply_change(kube, operation(objects.route, objects.extra), dry_run=True)
         cluster.start_rollout(kube, objects.route, router.snapshot(objects),
                               stable=router.stable, canary=router.canary,
                               audit_log=args.audit_log, routes=routes)

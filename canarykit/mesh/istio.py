@@ -7,12 +7,15 @@ carried through unchanged.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from canarykit.core import names  # hosts compare (same_host) by the one rule there
 from canarykit.core.errors import BadInput
 
 ISTIO_GROUP = "networking.istio.io"
+# A JWT claim as a header match (only at a gateway): @request.auth.claims.NAME, .a.b, [a][b]
+CLAIM_HEADER = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 API_VERSIONS = tuple(f"{ISTIO_GROUP}/{v}" for v in ISTIO_VERSIONS)
 KINDS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}

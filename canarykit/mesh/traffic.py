@@ -31,8 +31,6 @@ from canarykit.core.names import (
 from canarykit.mesh import istio
 
 HEADER_MATCH_KINDS = ("exact", "prefix", "regex")
-# A JWT claim as a header match (Istio; only at a gateway): @request.auth.claims.NAME
-CLAIM_HEADER = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
 _MIRROR_KEYS = ("mirror", "mirrorPercentage", "mirrorPercent", "mirror_percent")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _COOKIE_PATH = re.compile(r"/[^;\s\x00-\x1f]*")
@@ -417,7 +415,7 @@ def add_match_route(vs: dict, *, name: str, canary: str = "v2", header: str | No
     elif value is not None:
         raise BadInput("value", value, "goes with a header or a query parameter")
     if header is not None:
-        if not CLAIM_HEADER.fullmatch(header):
+        if not istio.CLAIM_HEADER.fullmatch(header):
             _header_name("header", header)
         condition: dict = {"headers": {header: {match: value}}}
     elif query_parameter is not None:
@@ -776,6 +774,12 @@ def set_outlier_detection(dr: dict, *, consecutive_5xx_errors: int | None = None
     after = _dr_copy(dr, subset)
     policy = _policy(_policy_holder(after, subset))
     _merge(policy, "outlierDetection", settings)
+    merged = policy["outlierDetection"]
+    if "consecutiveLocalOriginFailures" in merged \
+            and merged.get("splitExternalLocalOriginErrors") is not True:
+        raise BadInput("consecutive_local_origin_failures",
+                       merged["consecutiveLocalOriginFailures"], "counts only with "
+                       "split_external_local_origin_errors true (Envoy ignores it otherwise)")
     return _change("set_outlier_detection", {**given, "subset": subset}, dr, after)
 
 

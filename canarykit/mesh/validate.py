@@ -45,7 +45,7 @@ from canarykit.mesh.gateway import (
     MAX_WEIGHT,
     duration_seconds,
 )
-from canarykit.mesh.istio import API_VERSIONS, HASH_KEYS, KINDS, RETRY_ON_POLICIES
+from canarykit.mesh.istio import API_VERSIONS, CLAIM_HEADER, HASH_KEYS, KINDS, RETRY_ON_POLICIES
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 SCHEMA_ERROR = "IST0106"  # SchemaValidationError
@@ -92,7 +92,7 @@ MAX_DURATION_SECONDS = (2**63 - 1) / 1e9  # Go's longest duration, what the CRDs
 PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
 # Our own patterns use `re` (the re2 module's Python wrapper costs microseconds per call);
 # user regexes are checked with RE2, as Envoy compiles them.
-_JWT_CLAIM = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
+_JWT_CLAIM = CLAIM_HEADER
 CLAIM_PREFIX = "@request.auth.claims"
 STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")

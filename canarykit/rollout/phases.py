@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -391,17 +392,20 @@ def internal_routes(router: Router, *, header: str = "", header_value: str = "",
     if header:
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[0], header=header, value=header_value,
-            match=header_match), {"value": "header_value", "match": "header_match"}))
+            match=header_match), {"value": "header_value", "match": "header_match",
+                                  "headers": "header"}))
     if cookie_name:
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[1], cookie=(cookie_name, cookie_value)),
             {"value": "cookie_value", "cookie": "cookie_name"}))
-    if query_parameter:
-        match = "exact" if header_match == "prefix" else header_match
+    if query_parameter:  # query parameters match exactly or by regex: a prefix is a regex
+        match, value = header_match, query_value
+        if match == "prefix":
+            match, value = "regex", re.escape(query_value) + ".*"
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[2], query=query_parameter,
-            value=query_value, match=match),
-            {"value": "query_value", "match": "header_match"}))
+            value=value, match=match),
+            {"value": "query_value", "match": "header_match", "query_params": "query_value"}))
     if labels:
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[3], source_labels=labels), {}))

@@ -23,7 +23,7 @@ from canarykit.analysis.settings import MAX_DURATION_SECONDS, PLAN, AnalysisSett
 from canarykit.core import names, yamlsafe
 from canarykit.core.durations import parse_duration
 from canarykit.core.errors import BadInput
-from canarykit.mesh.traffic import CLAIM_HEADER
+from canarykit.mesh.istio import CLAIM_HEADER
 from canarykit.notify.channels import Channel, parse_channels
 from canarykit.notify.hooks import Hook, parse_hooks
 from canarykit.rollout import runbook

@@ -173,6 +173,8 @@ def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str],
     options = {"route": route, "subset": subset, "naming": naming, "prefix": prefix}
     changes = router.policy_changes(objects, values, clear, **options)
     if not dry_run and state is None and any(c.changed for c in changes):
+        for change in changes:  # the server's word before the rollout begins
+            cluster.apply_change(router.cluster, change, dry_run=True)
         cluster.start_rollout(router.cluster, objects.route, router.snapshot(objects),
                               stable=router.stable, canary=router.canary, release=release,
                               audit_log=audit_log, routes=router.routes)

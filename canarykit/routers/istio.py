@@ -40,6 +40,13 @@ class IstioRouter:
     def _first(self) -> str | None:
         return self.routes[0] if self.routes else None
 
+    def _earliest(self, route: dict[str, Any]) -> str | None:
+        """The moving route that comes first: a match route goes in front of it, so matched
+        users reach the canary before any of the moving routes can take them."""
+        names = [rule.get("name") for rule in istio.http_routes(route)]
+        present = [name for name in self.routes if name in names]
+        return min(present, key=names.index) if present else self._first()
+
     def _each(self, route: dict[str, Any], operation: Any) -> traffic.Change:
         return on_each_route(self.routes, route, operation)
 
@@ -122,7 +129,7 @@ class IstioRouter:
                         cookie: tuple[str, str] | None = None, query: str = "",
                         source_labels: dict[str, str] | None = None) -> traffic.Change:
         where = {"name": name, "canary": self.canary, "stable": self.stable, "dr": extra,
-                 "route": self._first()}
+                 "route": self._earliest(route)}
         if cookie is not None:
             pattern = traffic.cookie_regex(cookie[0], cookie[1] or None)
             return traffic.add_match_route(route, cookie_regex=pattern, **where)

@@ -121,3 +121,16 @@ def test_routes_moving_together_are_kept_by_the_rollout_for_every_later_command(
     assert read_state(vs).routes == ["api", "api-internal"]
     assert cli("switch", *SUBSETS, "--to", "canary", "--routes", "api") == 2
     assert "moves routes api, api-internal together" in capsys.readouterr().err
+
+
+def test_a_query_prefix_becomes_an_escaped_regex(cli):
+    assert cli("route", *SUBSETS, "--query", "team=qa.", "--header-match", "prefix") == 0
+    ((_, match, _),) = _added(cli.vs())
+    assert match == [{"queryParams": {"team": {"regex": "qa\\..*"}}}]
+
+
+def test_a_match_route_goes_in_front_of_the_first_of_the_routes_moving_together(cli):
+    assert cli("route", *SUBSETS, "--header", "x-canary-user=true",
+               "--routes", "api,api-internal") == 0
+    names = [r["name"] for r in cli.vs()["spec"]["http"]]
+    assert names == ["canary-internal-header", "api-internal", "api"]

@@ -96,3 +96,16 @@ def test_a_refusal_names_the_setting_as_its_caller_knows_it(values, clear, namin
         policy.istio_changes(VS, DR, values, clear, stable="stable", canary="canary",
                              naming=naming)
     assert refused.value.field == field
+
+
+def test_local_origin_failures_are_refused_unless_split_from_answers():
+    with pytest.raises(BadInput) as refused:
+        policy.istio_changes(VS, DR, {"outlier_consecutive_local_origin_failures": 3}, [],
+                             stable="stable", canary="canary")
+    assert refused.value.field == "outlier_consecutive_local_origin_failures"
+    (change,) = policy.istio_changes(
+        VS, DR, {"outlier_consecutive_local_origin_failures": 3,
+                 "outlier_split_local_origin_errors": True}, [], stable="stable",
+        canary="canary")
+    assert change.after["spec"]["trafficPolicy"]["outlierDetection"][
+        "consecutiveLocalOriginFailures"] == 3
