@@ -45,6 +45,8 @@ VERDICT_COLORS = {"PASS": COLORS[2], "FAIL": COLORS[4]}
 INCONCLUSIVE_COLOR = "#8a5a00"
 SUMMARY_FIELDS = ("service", "namespace", "release", "stable", "canary", "status", "reason",
                   "started", "finished")
+# beside the summary: the versions the metrics carry (`resolved_versions`)
+VERSION_FIELDS = ("stable_version", "canary_version")
 PHASE_FIELDS = ("index", "name", "runbook", "notebook", "started", "finished", "recorded",
                 "error", "decision", "decision_reason", "weights", "notes")
 DECISION_FIELDS = ("phase", "notebook", "finished", "decision", "decision_reason", "judge",
@@ -503,10 +505,13 @@ def release_frames(release: Release) -> dict[str, pd.DataFrame]:
     summary = {k: release.summary.get(k) for k in SUMMARY_FIELDS}
     summary["started"], summary["finished"] = (moment(summary["started"]),
                                                moment(summary["finished"]))
+    versions = resolved_versions(release)
+    summary.update({f"{role}_version": versions[role] or None for role in versions})
     metrics = _frame(metric_rows, [*FRAME_COLUMNS, "phase", "notebook"], "timestamp")
     metrics = metrics.drop_duplicates(["timestamp", "version", "metric"], keep="last")
     return {
-        "release": _frame([summary], SUMMARY_FIELDS, "started", "finished"),
+        "release": _frame([summary], [*SUMMARY_FIELDS, *VERSION_FIELDS], "started",
+                          "finished"),
         "phases": _frame(phases, [*PHASE_FIELDS, *(k for row in phases for k in row)],
                          "started", "finished"),
         "metrics": metrics.sort_values(["metric", "version", "timestamp"], ignore_index=True),
@@ -575,12 +580,18 @@ def _span(frames: dict[str, pd.DataFrame]) -> tuple[Any, Any] | None:
 
 
 def version_colors(frames: dict[str, pd.DataFrame]) -> dict[str, str]:
-    """A fixed color per version: stable first, then canary, then any other."""
+    """A fixed color per version: stable first, then canary, then any other. A subset and
+    the version its pods carry (`stable` and `v1`) share a color, so the weights (by subset)
+    and the metrics (by version) read alike."""
     summary = _summary(frames)
-    names = [str(summary[k]) for k in ("stable", "canary") if summary.get(k)]
-    names += [*frames["metrics"]["version"].astype(str), *frames["weights"]["version"]]
-    ordered = list(dict.fromkeys(names))
-    return {name: COLORS[i % len(COLORS)] for i, name in enumerate(ordered)}
+    roles = [[str(summary[k]) for k in (role, f"{role}_version")
+              if isinstance(summary.get(k), str) and summary.get(k)]
+             for role in ("stable", "canary")]
+    others = [*frames["metrics"]["version"].astype(str), *frames["weights"]["version"]]
+    groups = [names for names in roles if names]
+    groups += [[name] for name in dict.fromkeys(others)
+               if not any(name in names for names in groups)]
+    return {name: COLORS[i % len(COLORS)] for i, names in enumerate(groups) for name in names}
 
 
 def _layout(title: str, y_title: str, **extra: Any) -> dict[str, Any]:
@@ -845,6 +856,32 @@ def _routing_target(release: Release) -> str:
     return begins[-1] if begins else ""
 
 
+def resolved_versions(release: Release) -> dict[str, str]:
+    """{role: version} as the release's analyses found them on the metrics (a subset
+    `stable` may be `version: v1`); the subsets' names when no phase recorded versions."""
+    for phase in reversed(release.phases):
+        evidence = phase.result.evidence if phase.result else None
+        found = evidence.get("versions") if isinstance(evidence, dict) else None
+        if isinstance(found, dict) and all(
+                isinstance((found.get(role) or {}).get("version"), str)
+                for role in ("stable", "canary")):
+            return {role: found[role]["version"] for role in ("stable", "canary")}
+    return {role: str(release.summary.get(role) or "") for role in ("stable", "canary")}
+
+
+def plan_metrics(release: Release) -> dict[str, str]:
+    """The plan's `metrics:` section as run (reporter, version_label), {} when it has none."""
+    from canarykit.core import yamlsafe
+
+    try:
+        loaded = yamlsafe.load(release.plan, "plan.yaml") if release.plan else None
+    except (BadInput, ValueError):
+        return {}
+    section = loaded.get("metrics") if isinstance(loaded, dict) else None
+    return {k: v for k, v in (section or {}).items()
+            if k in ("reporter", "version_label") and isinstance(v, str) and v}
+
+
 def _summary_field(release: Release, key: str) -> str:
     value = release.summary.get(key)
     if not isinstance(value, str) or not value:
@@ -962,13 +999,17 @@ def export_replay_csv(release: Release | str | Path,
             raise BadInput(name, value, f"must be a number of seconds {'>=' if zero else '>'} 0")
     periods, source = replay_periods(release)
     routed = _routing_target(release)
+    for key in ("stable", "canary"):
+        _summary_field(release, key)
+    versions, source_of_metrics = resolved_versions(release), plan_metrics(release)
     selector = m.MetricsSelector(
         service=_summary_field(release, "service"), namespace=_summary_field(release, "namespace"),
-        stable=_summary_field(release, "stable"), canary=_summary_field(release, "canary"),
+        stable=versions["stable"], canary=versions["canary"],
+        reporter=source_of_metrics.get("reporter", "destination"),
         # behind a Gateway API route each version is a Service: its name is on the metrics
-        version_label="destination_service_name" if routed.startswith(("HTTPRoute ",
-                                                                        "GRPCRoute "))
-        else "destination_version",
+        version_label=source_of_metrics.get("version_label") or (
+            "destination_service_name" if routed.startswith(("HTTPRoute ", "GRPCRoute "))
+            else "destination_version"),
     ).validate()
     start, end = _rollout_span(release, periods)
     after = math.floor((end - start) / interval + 1e-9)
