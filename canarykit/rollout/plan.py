@@ -423,6 +423,12 @@ def _step(path: str, item: Any, plan: Plan) -> Step:
                        "names the subsets' version label for the whole release: set it in "
                        "the plan's analysis section")
     step.analysis = parse_analysis(f"{path}.analysis", raw_analysis, plan.analysis)
+    if kind == "shadow":  # a shadow step judges once, while it mirrors
+        for name in ("iterations", "threshold"):
+            if getattr(step.analysis, name) != 1 and isinstance(raw_analysis, dict) \
+                    and name in raw_analysis:
+                raise BadInput(f"{path}.analysis.{name}", raw_analysis[name],
+                               "a shadow step judges once; repeat checks in a weight step")
     if "window" in step.settings:  # the shadow step's own window, checked with its analysis
         parse_analysis(f"{path}.{kind}", {"window": step.settings["window"]}, step.analysis)
     return step

@@ -194,3 +194,10 @@ def test_with_routes_moving_together_a_destination_policy_loads_and_a_route_poli
     phases.traffic_policy(target, runbook.new_result("traffic-policy", {}), timeout="3s")
     vs, _ = _objects(kube)
     assert [r.get("timeout") for r in vs["spec"]["http"]] == ["3s", "3s"]
+
+
+def test_iterations_on_a_shadow_step_are_refused_rather_than_ignored():
+    with pytest.raises(BadInput) as refused:
+        parse_plan({"service": "reviews", "steps": [
+            {"shadow": {"percentage": 10}, "analysis": {"iterations": 3}}]})
+    assert refused.value.field == "steps[0].analysis.iterations"
