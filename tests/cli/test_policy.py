@@ -13,7 +13,7 @@ from canarykit.cli.main import main
 from canarykit.cluster import audit
 from canarykit.cluster import client as cluster
 from canarykit.cluster.state import read_state
-from canarykit.core.errors import ExitCode
+from canarykit.core.errors import BadInput, ExitCode
 from tests.apiserver_fixture import seed
 from tests.policy_seeds import (
     DESTINATION_SEEDS,
@@ -180,3 +180,38 @@ def test_during_a_rollout_the_policy_follows_its_subsets(kube, apiserver, tmp_pa
     route = canary_route(_objects(kube)[0])
     assert route["retries"] == {"attempts": 2}
     assert [d["weight"] for d in route["route"]] == [80, 20]
+
+
+BAD_TEXT = {"count": "-5", "duration": "soon", "percent": "130", "flag": "maybe",
+            "status": "700", "affinity": "bogus", "conditions": "sometimes", "choice": "X"}
+
+
+def test_every_policy_flag_refuses_a_bad_value_naming_itself_and_changes_nothing(
+        kube, policy, capsys):
+    from canarykit.mesh.policy import SETTINGS
+
+    before = _objects(kube)
+    for setting in SETTINGS:
+        value = BAD_TEXT[setting.type]
+        extra = {"fault_delay_percent": ["--fault-delay", "1s"],
+                 "fault_abort_percent": ["--fault-abort", "500"]}.get(setting.name, [])
+        assert policy(*extra, setting.flag, value) == ExitCode.BAD_INPUT, setting
+        error = capsys.readouterr().err
+        assert error.startswith(f"canarykit: error: {setting.flag}: "), error
+        assert value in error, error
+    assert _objects(kube) == before
+
+
+def test_every_policy_setting_of_a_plan_refuses_a_bad_value_naming_its_path():
+    from canarykit.mesh.policy import SETTINGS
+    from canarykit.rollout.plan import parse_plan
+
+    typed = {"count": -5, "duration": "soon", "percent": 130, "flag": "maybe", "status": 700,
+             "affinity": "bogus", "conditions": "sometimes", "choice": "X"}
+    for setting in SETTINGS:
+        extra = {"fault_delay_percent": {"fault_delay": "1s"},
+                 "fault_abort_percent": {"fault_abort": 500}}.get(setting.name, {})
+        with pytest.raises(BadInput) as refused:
+            parse_plan({"service": "reviews", "steps": [
+                {"policy": {**extra, setting.name: typed[setting.type]}}]})
+        assert refused.value.field == f"steps[0].policy.{setting.name}", setting
