@@ -131,29 +131,12 @@ def test_dry_run_asks_the_server_and_changes_nothing(kube, policy, capsys):
     assert _objects(kube) == before
 
 
-@pytest.mark.parametrize("args, field, value", [
-    (["--timeout", "3"], "--timeout", "'3'"),
-    (["--timeout", "0.5ms"], "--timeout", "'0.5ms'"),
-    (["--retries", "three"], "--retries", "'three'"),
-    (["--retries", "-1"], "--retries", "-1"),
-    (["--per-try-timeout", "soon"], "--per-try-timeout", "'soon'"),
+@pytest.mark.parametrize("args, field, value", [  # each flag alone: the test after the next
     (["--retry-on", "5xx,sometimes"], "--retry-on", "'sometimes'"),
-    (["--retry-remote-localities", "maybe"], "--retry-remote-localities", "'maybe'"),
-    (["--max-retries", "3", "--fault-delay", "1s", "--fault-delay-percent", "130"],
-     "--fault-delay-percent", "130"),
     (["--fault-delay-percent", "10"], "--fault-delay-percent", "10"),
-    (["--fault-abort", "700"], "--fault-abort", "700"),
-    (["--fault-abort", "NOT_A_STATUS"], "--fault-abort", "'NOT_A_STATUS'"),
-    (["--affinity", "header:"], "--affinity", "'header:'"),
     (["--affinity", "cookie:session:forever"], "--affinity", "'forever'"),
     (["--affinity", "header:X-User"], "--affinity", "'X-User'"),
     (["--timeout", "1s", "--outlier-consecutive-5xx", "-2"], "--outlier-consecutive-5xx", "-2"),
-    (["--outlier-interval", "0s"], "--outlier-interval", "'0s'"),
-    (["--outlier-max-ejection-percent", "101"], "--outlier-max-ejection-percent", "101"),
-    (["--max-connections", "0"], "--max-connections", "0"),
-    (["--http1-max-pending", "1.5"], "--http1-max-pending", "'1.5'"),
-    (["--h2-upgrade-policy", "ALWAYS"], "--h2-upgrade-policy", "'ALWAYS'"),
-    (["--use-client-protocol", "yes"], "--use-client-protocol", "'yes'"),
     (["--clear", "everything"], "--clear", "'everything'"),
     (["--timeout", "1s", "--clear", "timeout"], "--timeout", "'1s'"),
     (["--subset", "blue", "--max-connections", "5"], "--subset", "'blue'"),
