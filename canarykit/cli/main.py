@@ -177,8 +177,9 @@ def _add_traffic_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--header", metavar="NAME=VALUE",
                             help="requests with this header (a JWT claim at a gateway: "
                                  "@request.auth.claims.NAME=VALUE)")
-        parser.add_argument("--header-match", default="exact",
-                            choices=("exact", "prefix", "regex"),
+        from canarykit.mesh.istio import STRING_MATCH_KINDS
+
+        parser.add_argument("--header-match", default="exact", choices=STRING_MATCH_KINDS,
                             help="how the header (or query) value matches (default exact)")
         parser.add_argument("--cookie", metavar="NAME[=VALUE]",
                             help="requests with this cookie (any value when none is given)")
@@ -405,12 +406,12 @@ def _renaming(operation: Any, flags: dict[str, str]) -> Any:
 
 
 def run_traffic(args: argparse.Namespace) -> int:
-    """`route`, `mirror`, `switch`: each operation checked before anything is written, the
-    rollout begun (its snapshot is what rollback restores), then one write per operation."""
+    """`route`, `mirror`, `switch`: the operations checked together before anything is
+    written, then one write each in the rollout (`routers.apply_in_rollout`)."""
     from canarykit.cluster import client as cluster
     from canarykit.mesh import validate
     from canarykit.rollout.target import route_names
-    from canarykit.routers import adopt_rollout, open_router
+    from canarykit.routers import adopt_rollout, apply_in_rollout, open_router
 
     kube = _connect(args)
     routes = route_names("--routes", args.routes)
@@ -425,17 +426,10 @@ def run_traffic(args: argparse.Namespace) -> int:
     errors = [m for m in validate.validate_object(trial) if m.level == "Error"]
     if errors:
         raise cluster.InvalidChange(errors)
-    if not args.dry_run and state is None and trial != objects.route:
-        for operation in operations:  # the server's word before the rollout begins
-            cluster.apply_change(kube, operation(objects.route, objects.extra), dry_run=True)
-        cluster.start_rollout(kube, objects.route, router.snapshot(objects),
-                              stable=router.stable, canary=router.canary,
-                              audit_log=args.audit_log, routes=routes)
-    applied = []
-    for operation in operations:
-        fresh = router.read()
-        applied.append(cluster.apply_change(kube, operation(fresh.route, fresh.extra),
-                                            dry_run=args.dry_run, audit_log=args.audit_log))
+    applied = apply_in_rollout(
+        router, objects, state,
+        lambda found: [operation(found.route, found.extra) for operation in operations],
+        dry_run=args.dry_run, audit_log=args.audit_log)
     _print_changes(applied, args)
     return ExitCode.OK
 
@@ -467,8 +461,8 @@ def run_weight(args: argparse.Namespace) -> int:
 
 def _set_weight_by_router(router: Any, objects: Any, args: argparse.Namespace) -> Any:
     """`weight` through the router: a Gateway API route's canary rule, or the Istio routes a
-    rollout moves together (starting the rollout, whose snapshot rollback restores, unless
-    one is in progress)."""
+    rollout moves together. Like `cluster.set_weight` it begins the rollout even when the
+    weight is already as asked, and refuses a rollout of other versions in progress."""
     from canarykit.cluster import client as cluster
     from canarykit.core.errors import BadInput
 

@@ -520,7 +520,7 @@ def _find_for_host(cluster: Cluster, kind: str, service: str) -> dict[str, Any]:
         return named
     matches = [obj for obj in list_objects(cluster, kind) if routes(obj)]
     if not matches:
-        raise ClusterError(f"no {kind} for host {service!r} in namespace {cluster.namespace}")
+        raise NotFound(f"no {kind} for host {service!r} in namespace {cluster.namespace}")
     if len(matches) > 1:
         names = ", ".join(m["metadata"]["name"] for m in matches)
         raise ClusterError(f"several {kind}s route host {service!r}: {names}; name one")
@@ -772,9 +772,6 @@ def _refuse_dropped_fields(sent: dict[str, Any], preview: dict[str, Any]) -> Non
     if not dropped:
         return
     if sent.get("kind") in ("HTTPRoute", "GRPCRoute"):
-        from canarykit.mesh import gateway
-
-        dropped = gateway.dropped_fields(sent, preview) or dropped
         crds = "its Gateway API CRDs are older than these fields; install Gateway API v1.2 or later"
     else:
         crds = "its Istio CRDs are older than these fields; upgrade Istio's CRDs"
@@ -802,6 +799,13 @@ def _audit_entry(cluster: Cluster, change: Change, ref: str) -> dict[str, Any]:
 # --- rollouts -----------------------------------------------------------------------------
 
 
+def istio_snapshot(vs: dict[str, Any], dr: dict[str, Any]) -> dict[str, Any]:
+    """What rollback restores for an Istio service: both objects' managed fields."""
+    return {"virtualService": istio.managed_fields(vs),
+            "destinationRule": istio.managed_fields(dr),
+            "destinationRuleName": dr["metadata"]["name"]}
+
+
 def begin_rollout(
     cluster: Cluster,
     service: str,
@@ -816,9 +820,7 @@ def begin_rollout(
     if read_state(vs) is not None:
         return start_rollout(cluster, vs, {}, stable=stable, canary=canary, release=release,
                              audit_log=audit_log)
-    dr = find_destination_rule(cluster, service)
-    snapshot = {"virtualService": istio.managed_fields(vs), "destinationRule":
-                istio.managed_fields(dr), "destinationRuleName": dr["metadata"]["name"]}
+    snapshot = istio_snapshot(vs, find_destination_rule(cluster, service))
     return start_rollout(cluster, vs, snapshot, stable=stable, canary=canary, release=release,
                          audit_log=audit_log)
 
@@ -939,9 +941,10 @@ def set_weight(
     return change_virtual_service(cluster, service, operation, dry_run=dry_run, audit_log=audit_log)
 
 
-def status(cluster: Cluster, service: str) -> ServiceStatus:
-    """What the service's traffic looks like now: routes, weights, subsets, rollout."""
-    vs = find_virtual_service(cluster, service)
+def status(cluster: Cluster, service: str, vs: dict[str, Any] | None = None) -> ServiceStatus:
+    """What the service's traffic looks like now: routes, weights, subsets, rollout (`vs`:
+    the VirtualService when the caller has just read it)."""
+    vs = vs if vs is not None else find_virtual_service(cluster, service)
     dr = find_destination_rule(cluster, service)
     routes = [
         RouteStatus(

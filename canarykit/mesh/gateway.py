@@ -635,28 +635,3 @@ def move_rules(route: dict, *, stable: str, canary: str) -> Change:
         moved.append(rule_label(after, index))
     return _change("move_rules", {"stable": stable, "canary": canary, "moved": moved}, route,
                    after)
-
-
-def _mirror_settings(filters: Any) -> list[dict]:
-    items = filters if isinstance(filters, list) else []
-    return [item["requestMirror"] for item in items
-            if isinstance(item, dict) and item.get("type") == MIRROR
-            and isinstance(item.get("requestMirror"), dict)]
-
-
-def dropped_fields(sent: dict, kept: dict) -> list[str]:
-    """Fields canarykit relies on that `sent` has and the API server's answer `kept` lacks:
-    a cluster whose Gateway API CRDs predate rule names or mirror percentages prunes them
-    without an error, and a mirror at 10 % would then copy every request."""
-    found = []
-    sent_rules, kept_rules = rules(sent), rules(kept)
-    for index, rule in enumerate(sent_rules):
-        other = kept_rules[index] if index < len(kept_rules) else {}
-        if "name" in rule and "name" not in other:
-            found.append(f"spec.rules[{index}].name")
-        kept_mirrors = _mirror_settings(other.get("filters"))
-        for k, item in enumerate(_mirror_settings(rule.get("filters"))):
-            for key in ("percent", "fraction"):
-                if key in item and (k >= len(kept_mirrors) or key not in kept_mirrors[k]):
-                    found.append(f"spec.rules[{index}].filters: requestMirror.{key}")
-    return found

@@ -14,6 +14,7 @@ from canarykit.core import names  # hosts compare (same_host) by the one rule th
 from canarykit.core.errors import BadInput
 
 ISTIO_GROUP = "networking.istio.io"
+STRING_MATCH_KINDS = ("exact", "prefix", "regex")  # an Istio StringMatch
 # A JWT claim as a header match (only at a gateway): @request.auth.claims.NAME, .a.b, [a][b]
 CLAIM_HEADER = re.compile(r"@request\.auth\.claims(?:(?:\.[^.\[\]]+)+|(?:\[[^\[\]]+\])+)")
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")

@@ -30,7 +30,7 @@ from canarykit.core.names import (
 )
 from canarykit.mesh import istio
 
-HEADER_MATCH_KINDS = ("exact", "prefix", "regex")
+HEADER_MATCH_KINDS = istio.STRING_MATCH_KINDS
 _MIRROR_KEYS = ("mirror", "mirrorPercentage", "mirrorPercent", "mirror_percent")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
 _COOKIE_PATH = re.compile(r"/[^;\s\x00-\x1f]*")
@@ -370,6 +370,12 @@ def _with_dr(params: dict, dr: dict | None) -> dict:
     if dr is not None:
         params["dr"] = istio.object_ref(dr)
     return params
+
+
+def prefix_regex(prefix: str) -> str:
+    """A prefix as an RE2 pattern, for matches that take no prefix (query parameters, Gateway
+    API headers)."""
+    return re.escape(prefix) + ".*"
 
 
 def cookie_regex(name: str, value: str | None = None) -> str:

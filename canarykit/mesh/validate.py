@@ -45,7 +45,14 @@ from canarykit.mesh.gateway import (
     MAX_WEIGHT,
     duration_seconds,
 )
-from canarykit.mesh.istio import API_VERSIONS, CLAIM_HEADER, HASH_KEYS, KINDS, RETRY_ON_POLICIES
+from canarykit.mesh.istio import (
+    API_VERSIONS,
+    CLAIM_HEADER,
+    HASH_KEYS,
+    KINDS,
+    RETRY_ON_POLICIES,
+    STRING_MATCH_KINDS,
+)
 
 ERROR, WARNING, INFO = "Error", "Warning", "Info"
 SCHEMA_ERROR = "IST0106"  # SchemaValidationError
@@ -92,9 +99,7 @@ MAX_DURATION_SECONDS = (2**63 - 1) / 1e9  # Go's longest duration, what the CRDs
 PSEUDO_HEADERS = frozenset({":method", ":scheme", ":authority", ":path", ":status"})
 # Our own patterns use `re` (the re2 module's Python wrapper costs microseconds per call);
 # user regexes are checked with RE2, as Envoy compiles them.
-_JWT_CLAIM = CLAIM_HEADER
 CLAIM_PREFIX = "@request.auth.claims"
-STRING_MATCH_KINDS = ("exact", "prefix", "regex")
 _HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 SHOWN = 80  # characters of a value or a key a message may show
 _CANONICAL = json.JSONEncoder(sort_keys=True, default=str)  # one encoder, made once
@@ -305,10 +310,10 @@ def _check_header_name(name: Any, path: str, out: list[_Finding]) -> None:
     if not isinstance(name, str) or name == "":
         out.append(_bad(path, "header name cannot be empty" if name == "" else
                         "header name must be a string", name))
-    elif name.startswith(CLAIM_PREFIX) and not _JWT_CLAIM.fullmatch(name):
+    elif name.startswith(CLAIM_PREFIX) and not CLAIM_HEADER.fullmatch(name):
         out.append(_bad(path, "JWT claim header must name a claim, no part empty: "
                         "@request.auth.claims.NAME, .a.b or [a][b]", name))
-    elif not (is_header_name(name) or name in PSEUDO_HEADERS or _JWT_CLAIM.fullmatch(name)):
+    elif not (is_header_name(name) or name in PSEUDO_HEADERS or CLAIM_HEADER.fullmatch(name)):
         out.append(_bad(path, "is not a valid header name (letters, digits and "
                         "!#$%&'*+-.^_`|~ only)", name))
 
@@ -675,7 +680,7 @@ def _claim_matches(http: list) -> Iterator[tuple[str, int, dict, Any]]:
             for field in ("headers", "withoutHeaders"):
                 headers = match.get(field) if isinstance(match, dict) else None
                 for name, string_match in (headers.items() if isinstance(headers, dict) else ()):
-                    if isinstance(name, str) and _JWT_CLAIM.fullmatch(name):
+                    if isinstance(name, str) and CLAIM_HEADER.fullmatch(name):
                         yield f"spec.http[{n}].match[{k}].{field}.{_key(name)}", n, match, \
                             string_match
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -110,11 +109,14 @@ def _set_weights(target: Target, result: runbook.RunbookResult) -> dict[str, Any
     return route
 
 
-def _ensure_rollout(target: Target, result: runbook.RunbookResult) -> None:
-    """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running."""
+def _ensure_rollout(target: Target, result: runbook.RunbookResult,
+                    objects: Objects | None = None) -> None:
+    """Start the rollout (the pre-rollout snapshot rollback restores) unless one is running;
+    `objects`: the routing objects as the phase has just read them."""
     router = router_of(target)
-    objects = router.read()
-    adopt_rollout(router, objects.route)  # its routes that move together
+    if objects is None:
+        objects = router.read()
+        adopt_rollout(router, objects.route)  # its routes that move together
     vs = objects.route
     running = read_state(vs)
     state = cluster.start_rollout(target.cluster, vs, {} if running else router.snapshot(objects),
@@ -401,7 +403,7 @@ def internal_routes(router: Router, *, header: str = "", header_value: str = "",
     if query_parameter:  # query parameters match exactly or by regex: a prefix is a regex
         match, value = header_match, query_value
         if match == "prefix":
-            match, value = "regex", re.escape(query_value) + ".*"
+            match, value = "regex", traffic.prefix_regex(query_value)
         operations.append((functools.partial(
             router.add_match_route, name=INTERNAL_ROUTES[2], query=query_parameter,
             value=value, match=match),
@@ -443,7 +445,7 @@ def internal_canary(target: Target, result: runbook.RunbookResult, *,
         except BadInput as err:
             raise renamed(err, names) from None
     _refuse_invalid(trial)
-    _ensure_rollout(target, result)
+    _ensure_rollout(target, result, objects)
     for operation, _ in operations:
         _apply(target, result, functools.partial(operation, extra=objects.extra))
     _set_weights(target, result)
@@ -462,7 +464,7 @@ def shift_traffic(target: Target, result: runbook.RunbookResult, *, canary_weigh
     objects = router.read()
     adopt_rollout(router, objects.route)  # its routes that move together
     router.set_canary_weight(objects.route, canary_weight, objects.extra)  # refused before
-    _ensure_rollout(target, result)                                         # anything is written
+    _ensure_rollout(target, result, objects)                               # anything is written
     _apply(target, result, lambda route: router.set_canary_weight(route, canary_weight,
                                                                   objects.extra))
     _set_weights(target, result)
@@ -478,7 +480,7 @@ def blue_green_switch(target: Target, result: runbook.RunbookResult, *, to_subse
         raise BadInput("to_subset", to_subset, f"must be the stable ({target.stable}) or the "
                        f"canary ({target.canary}) version")
     router.switch_all_traffic(objects.route, to_subset, objects.extra)
-    _ensure_rollout(target, result)
+    _ensure_rollout(target, result, objects)
     _apply(target, result, lambda route: router.switch_all_traffic(route, to_subset,
                                                                    objects.extra))
     _set_weights(target, result)
@@ -515,9 +517,10 @@ def traffic_policy(target: Target, result: runbook.RunbookResult, *, route: str 
     values = policy.check_settings(policy_values(settings), groups, "runbook")
     router = router_of(target)
     options = {"route": route or None, "subset": subset or None, "naming": "runbook"}
-    changes = router.policy_changes(router.read(), values, groups, **options)  # refused first
+    objects = router.read()
+    changes = router.policy_changes(objects, values, groups, **options)  # refused first
     if not dry_run and any(change.changed for change in changes):
-        _ensure_rollout(target, result)
+        _ensure_rollout(target, result, objects)
     applied = set_traffic_policy(router, values, groups, dry_run=dry_run,
                                  audit_log=target.audit_log, release=target.release, **options)
     for item in applied:
@@ -526,10 +529,9 @@ def traffic_policy(target: Target, result: runbook.RunbookResult, *, route: str 
                                 + ("would change" if item.change.changed else "unchanged"))
         else:
             _record_change(result, item)
-    state = read_state(router.route())
+    state = read_state(_set_weights(target, result))
     if state is not None:
         result.release = state.release
-    _set_weights(target, result)
 
 
 @_phase
@@ -967,7 +969,7 @@ def shadow(target: Target, result: runbook.RunbookResult,
     adopt_rollout(router, objects.route)  # its routes that move together
     selector = _selector(target, result, router.versions(objects, config.version_label_key))
     router.set_mirror(objects.route, percentage, objects.extra)  # refused before any write
-    _ensure_rollout(target, result)
+    _ensure_rollout(target, result, objects)
     _apply(target, result, lambda route: router.set_mirror(route, percentage, objects.extra))
     start = time.time() + SETTLE_SECONDS
     checks: list[dict] = []

@@ -587,9 +587,7 @@ def _check_match_routes(path: str, settings: dict[str, Any], plan: Plan) -> None
     given = {name: default("internal-canary", name)
              for name in ("header", "header_value", "header_match", "cookie_name",
                           "cookie_value", "query_parameter", "query_value", "source_labels")}
-    given.update(internal_defaults(settings))
-    if isinstance(given.get("source_labels"), dict):
-        given["source_labels"] = _labels_text(f"{path}.source_labels", given["source_labels"])
+    given.update(internal_defaults(settings, f"{path}.source_labels"))
     try:
         for operation, renames in internal_routes(router, **given):
             try:
@@ -612,13 +610,17 @@ def _labels_text(field: str, labels: dict[str, Any]) -> str:
     return ",".join(f"{key}={value}" for key, value in labels.items())
 
 
-def internal_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+def internal_defaults(settings: dict[str, Any],
+                      field: str = "source_labels") -> dict[str, Any]:
     """An internal-canary step's settings as the runbook's parameters: naming any match adds
-    only the routes it names; naming none adds the runbook's default header and cookie."""
+    only the routes it names; naming none adds the runbook's default header and cookie;
+    `source_labels` as the runbook's text (a refusal names `field`)."""
     found = dict(settings)
     if set(INTERNAL_MATCHES) & set(found):
         found.setdefault("header", "")
         found.setdefault("cookie_name", "")
+    if isinstance(found.get("source_labels"), dict):
+        found["source_labels"] = _labels_text(field, found["source_labels"])
     return found
 
 
@@ -666,8 +668,6 @@ def _step_phases(index: int, step: Step, plan: Plan) -> list[PhaseSpec]:
     weight: float = -1  # -1: the analyze runbook reads the configured weight
     if step.kind == "internal-canary":
         settings = internal_defaults(step.settings)
-        if isinstance(settings.get("source_labels"), dict):
-            settings["source_labels"] = _labels_text("source_labels", settings["source_labels"])
         found = [PhaseSpec("internal-canary", "internal-canary", settings, index)]
         label = "internal"
     elif step.kind == "shadow":

@@ -155,13 +155,13 @@ def subset_versions(target: Target, version_label_key: str = ""
     pods' version label is what Istio's metrics carry); for Gateway API the backend Services'
     names."""
     versions.check_label_key("version_label_key", version_label_key)
-    if target.router != "gateway-api":
-        try:
-            router = router_of(target)
-        except ClusterError:  # nothing routes the service (yet): its DestinationRule says
-            dr = cluster.find_destination_rule(target.cluster, target.service)
-            return versions.subset_versions(dr, target.stable, target.canary, version_label_key)
-    router = router_of(target)
+    try:
+        router = router_of(target)
+    except ClusterError:  # nothing routes the service (yet): its DestinationRule says
+        if target.router == "gateway-api":
+            raise
+        dr = cluster.find_destination_rule(target.cluster, target.service)
+        return versions.subset_versions(dr, target.stable, target.canary, version_label_key)
     return router.versions(router.read(), version_label_key)
 
 

@@ -162,22 +162,41 @@ def set_traffic_policy(router: Router, values: dict[str, Any], clear: list[str],
                        route: str | None = None, subset: str | None = None,
                        dry_run: bool = False, audit_log: Any = None, release: str = "",
                        naming: str = "plan", prefix: str = "") -> list[AppliedChange]:
-    """Set and clear traffic policy (`mesh.policy`): every change refused before any write,
-    a rollout begun when none is (its snapshot is what `rollback` restores), then each object
-    changed through `cluster.apply_change` (validated, dry-run on the server, optimistic
-    concurrency, audited). During a rollout the policy follows its stable and canary."""
-    from canarykit.cluster import client as cluster
-
+    """Set and clear traffic policy (`mesh.policy`) as `apply_in_rollout` does; during a
+    rollout the policy follows its stable and canary."""
     objects = router.read()
     state = adopt_rollout(router, objects.route, versions=True)
     options = {"route": route, "subset": subset, "naming": naming, "prefix": prefix}
-    changes = router.policy_changes(objects, values, clear, **options)
-    if not dry_run and state is None and any(c.changed for c in changes):
+    return apply_in_rollout(router, objects, state,
+                            lambda found: router.policy_changes(found, values, clear, **options),
+                            dry_run=dry_run, audit_log=audit_log, release=release)
+
+
+def apply_in_rollout(router: Router, objects: Objects, state: Any,
+                     changes_of: Callable[[Objects], list[Change]], *, dry_run: bool = False,
+                     audit_log: Any = None, release: str = "") -> list[AppliedChange]:
+    """The changes `changes_of` makes on the objects (`objects` as just read, `state` their
+    rollout or None), each refused before any write. When something changes and no rollout is
+    in progress, the server dry-runs each change and the rollout begins (its snapshot is what
+    `rollback` restores). Then each is applied through `cluster.apply_change` (validated,
+    dry-run on the server, optimistic concurrency, audited), made again on the objects as
+    they are after the writes before it."""
+    from canarykit.cluster import client as cluster
+
+    changes = changes_of(objects)
+    if dry_run:
+        return [cluster.apply_change(router.cluster, change, dry_run=True) for change in changes]
+    written = False
+    if state is None and any(change.changed for change in changes):
         for change in changes:  # the server's word before the rollout begins
             cluster.apply_change(router.cluster, change, dry_run=True)
         cluster.start_rollout(router.cluster, objects.route, router.snapshot(objects),
                               stable=router.stable, canary=router.canary, release=release,
                               audit_log=audit_log, routes=router.routes)
-        changes = router.policy_changes(router.read(), values, clear, **options)
-    return [cluster.apply_change(router.cluster, change, dry_run=dry_run, audit_log=audit_log)
-            for change in changes]
+        written = True
+    applied = []
+    for index in range(len(changes)):
+        change = changes_of(router.read())[index] if written else changes[index]
+        applied.append(cluster.apply_change(router.cluster, change, audit_log=audit_log))
+        written = written or change.changed
+    return applied

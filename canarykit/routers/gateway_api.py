@@ -9,7 +9,6 @@ rollback snapshot is the route's rules as they were.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from canarykit.cluster import client as cluster
@@ -178,7 +177,7 @@ class GatewayRouter:
             raise BadInput("source_labels", source_labels, "Gateway API routes cannot match "
                            "the calling workload; use the Istio router (sourceLabels)")
         if match == "prefix":  # Gateway API has Exact and RegularExpression only
-            match, value = "regex", re.escape(value) + ".*"
+            match, value = "regex", traffic.prefix_regex(value)
         kind = {"exact": "Exact", "regex": "RegularExpression"}.get(match)
         if kind is None:
             raise BadInput("match", match, "must be exact, prefix or regex")

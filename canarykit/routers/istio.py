@@ -22,10 +22,6 @@ def routes_service(kube: cluster.Cluster, service: str) -> str:
         return istio.object_ref(cluster.find_virtual_service(kube, service))
     except cluster.NotFound:
         return ""
-    except ClusterError as exc:
-        if str(exc).startswith("no VirtualService"):
-            return ""
-        raise
 
 
 class IstioRouter:
@@ -94,10 +90,7 @@ class IstioRouter:
         return found
 
     def snapshot(self, objects: Objects) -> dict[str, Any]:
-        dr = objects.extra or {}
-        return {"virtualService": istio.managed_fields(objects.route),
-                "destinationRule": istio.managed_fields(dr),
-                "destinationRuleName": dr["metadata"]["name"]}
+        return cluster.istio_snapshot(objects.route, objects.extra or {})
 
     def versions(self, objects: Objects, label_key: str
                  ) -> tuple[versions.SubsetVersion, versions.SubsetVersion]:
@@ -204,9 +197,9 @@ class IstioRouter:
                                 audit_log=audit_log)
 
     def status(self) -> cluster.ServiceStatus:
-        found = cluster.status(self.cluster, self.service)
-        return replace(found, promotion=promotion_status(self.route(), IstioRouter,
-                                                         self.service))
+        route = self.route()
+        found = cluster.status(self.cluster, self.service, route)
+        return replace(found, promotion=promotion_status(route, IstioRouter, self.service))
 
 
 def promotion_status(route: dict[str, Any], implementation: Any,

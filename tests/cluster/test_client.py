@@ -838,3 +838,12 @@ def test_a_change_whose_dry_run_lost_a_field_it_sent_is_refused_naming_the_field
                                            r".idleTimeout .*Istio's CRDs"):
         cluster._refuse_dropped_fields(sent, kept)
     cluster._refuse_dropped_fields(sent, sent)
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "reviews", "namespace": "default"},
+             "spec": {"rules": [{"name": "primary", "filters": [
+                 {"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "reviews-v2"}, "percent": 10}}]}]}}
+    kept = copy.deepcopy(route)
+    del kept["spec"]["rules"][0]["filters"][0]["requestMirror"]["percent"]
+    with pytest.raises(ClusterError, match=r"requestMirror.percent .*Gateway API CRDs"):
+        cluster._refuse_dropped_fields(route, kept)
